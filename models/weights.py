@@ -1,0 +1,111 @@
+"""Where pretrained weights come from.
+
+Order (DESIGN.md, Weights): an explicit path the caller got from a `--*-checkpoint` option, then the
+component's environment variable, then the monodyn cache folder (`$MONODYN_CACHE`, default
+`~/.cache/monodyn`), then for Hugging Face models the local Hugging Face cache. Nothing is downloaded at run
+time: when no copy is found the error says exactly what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.errors import WeightsNotFoundError
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str                   # short name used in messages and `monodyn doctor`
+    env: str                    # environment variable holding a path
+    filenames: tuple[str, ...]  # names looked for in the cache folder
+    source: str                 # where a person gets the file (URL or Hugging Face id)
+    hub_id: str | None = None   # Hugging Face id loaded with from_pretrained(local_files_only=True)
+
+
+KNOWN: dict[str, WeightSpec] = {s.name: s for s in [
+    WeightSpec("raft-small", "MONODYN_RAFT_SMALL", ("raft-small.pth", "raft_small.pth"),
+               "models.zip of the official RAFT repository (princeton-vl/RAFT, download_models.sh)"),
+    WeightSpec("raft-things", "MONODYN_RAFT_THINGS", ("raft-things.pth",),
+               "models.zip of the official RAFT repository (princeton-vl/RAFT, download_models.sh)"),
+    WeightSpec("sam-vit_b", "MONODYN_SAM_VIT_B", ("sam_vit_b_01ec64.pth",),
+               "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
+    WeightSpec("sam-vit_l", "MONODYN_SAM_VIT_L", ("sam_vit_l_0b3195.pth",),
+               "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth"),
+    WeightSpec("sam-vit_h", "MONODYN_SAM_VIT_H", ("sam_vit_h_4b8939.pth",),
+               "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
+    WeightSpec("sam2-video", "MONODYN_SAM2", ("sam2",), "Hugging Face facebook/sam2.1-hiera-tiny",
+               hub_id="facebook/sam2.1-hiera-tiny"),
+    WeightSpec("depth-anything", "MONODYN_DEPTH_ANYTHING", ("depth-anything",),
+               "Hugging Face depth-anything/Depth-Anything-V2-Small-hf",
+               hub_id="depth-anything/Depth-Anything-V2-Small-hf"),
+]}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MONODYN_CACHE", Path.home() / ".cache" / "monodyn")).expanduser()
+
+
+def find_weights(spec: WeightSpec, explicit: str | Path | None = None) -> Path | None:
+    """The first existing candidate path, or None. An explicit path that does not exist is an error."""
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.exists():
+            raise WeightsNotFoundError(f"{spec.name} checkpoint not found: {path}")
+        return path
+    env = os.environ.get(spec.env)
+    if env:
+        path = Path(env).expanduser()
+        if not path.exists():
+            raise WeightsNotFoundError(f"{spec.env}={env} does not exist (it should point at the {spec.name} weights)")
+        return path
+    for name in spec.filenames:
+        path = cache_dir() / name
+        if path.exists():
+            return path
+    return None
+
+
+def require_weights(spec: WeightSpec, explicit: str | Path | None = None, option: str | None = None) -> Path:
+    """Like `find_weights` but raises a WeightsNotFoundError that says what to download and where to put it."""
+    path = find_weights(spec, explicit)
+    if path is None:
+        how = f"pass {option} PATH, " if option else ""
+        raise WeightsNotFoundError(
+            f"{spec.name} weights not found: download {spec.source} and {how}set {spec.env}=PATH, "
+            f"or place it at {cache_dir() / spec.filenames[0]}")
+    return path
+
+
+def hub_source(spec: WeightSpec, explicit: str | Path | None = None, option: str | None = None) -> str:
+    """A local path or a Hugging Face id that `from_pretrained(..., local_files_only=True)` can load.
+
+    Only checks that a local copy exists; the caller loads it with local_files_only=True and should turn an
+    OSError into `offline_error(spec)`.
+    """
+    path = find_weights(spec, explicit)
+    if path is not None:
+        return str(path)
+    if spec.hub_id and hf_cached(spec.hub_id):
+        return spec.hub_id
+    raise offline_error(spec, option)
+
+
+def offline_error(spec: WeightSpec, option: str | None = None) -> WeightsNotFoundError:
+    how = f"pass {option} PATH (a folder saved with save_pretrained), " if option else ""
+    return WeightsNotFoundError(
+        f"{spec.name} weights not found and this machine cannot download them: on a machine with internet run "
+        f"`huggingface-cli download {spec.hub_id}`, copy the folder here, then {how}set {spec.env}=PATH or place "
+        f"it at {cache_dir() / spec.filenames[0]}")
+
+
+def hf_cached(hub_id: str) -> bool:
+    """Whether a Hugging Face model id has a snapshot in the local hub cache (no network access)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(hub_id, local_files_only=True)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,3 @@
+from monodyn_cli.app import main
+
+main()

@@ -1,0 +1,35 @@
+"""The `monodyn` command: one Typer app; each command lives in its own module under commands/."""
+
+from __future__ import annotations
+
+import typer
+
+from monodyn_cli.commands import doctor, preprocess, status
+
+app = typer.Typer(
+    name="monodyn",
+    help="Novel views of a dynamic scene from one casually filmed video: orbit, dolly, bullet time, "
+         "stabilised view. Preprocess a clip once (cached), fit a method, render camera paths.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+for module in (preprocess, status, doctor):
+    module.register(app)
+
+try:  # commands whose modules are optional during development are registered when present
+    from monodyn_cli.commands import synth
+
+    synth.register(app)
+except ImportError:
+    pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

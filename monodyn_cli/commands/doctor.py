@@ -1,0 +1,75 @@
+"""`monodyn doctor`: what this machine can run (torch device, codecs, decoders, COLMAP, weights found)."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+from rich.table import Table
+
+from monodyn_cli.console import handle_errors, stdout
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help="Check the installation: torch and device, video codecs, decord, pycolmap, weights found.")(doctor)
+
+
+def _version(module: str) -> tuple[bool, str]:
+    try:
+        if module == "pycolmap":
+            import cv2  # noqa: F401  (cv2 must be imported before pycolmap)
+        mod = importlib.import_module(module)
+        return True, str(getattr(mod, "__version__", "installed"))
+    except Exception as e:
+        return False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def _codecs() -> list[tuple[str, bool, str]]:
+    import av
+
+    rows = []
+    for name, mode in (("libx264", "w"), ("h264", "r"), ("hevc", "r"), ("vp9", "r")):
+        try:
+            av.codec.Codec(name, mode)
+            rows.append((f"PyAV {name} {'encode' if mode == 'w' else 'decode'}", True, "available"))
+        except Exception as e:
+            rows.append((f"PyAV {name} {'encode' if mode == 'w' else 'decode'}", False, str(e).splitlines()[0]))
+    return rows
+
+
+@handle_errors
+def doctor(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    import torch
+
+    from models import weights
+
+    table = Table(title="monodyn doctor")
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("detail", overflow="fold")
+
+    def row(name: str, ok: bool, detail: str) -> None:
+        table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", detail)
+
+    cuda = torch.cuda.is_available()
+    row("torch", True, f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
+    row("CUDA", cuda, torch.cuda.get_device_name(0) if cuda else "not available: methods run on the CPU")
+    for module in ("av", "decord", "cv2", "pycolmap", "transformers", "diffusers", "segment_anything"):
+        ok, detail = _version(module)
+        row(module, ok, detail)
+    for name, ok, detail in _codecs():
+        row(name, ok, detail)
+    row("weights folder", weights.cache_dir().exists(), str(weights.cache_dir()))
+    for spec in weights.KNOWN.values():
+        try:
+            path = weights.find_weights(spec)
+        except Exception as e:
+            row(f"weights {spec.name}", False, str(e))
+            continue
+        if path is None and spec.hub_id and weights.hf_cached(spec.hub_id):
+            row(f"weights {spec.name}", True, f"Hugging Face cache: {spec.hub_id}")
+        elif path is None:
+            row(f"weights {spec.name}", False, f"not found (${spec.env}, {weights.cache_dir()}); source: {spec.source}")
+        else:
+            row(f"weights {spec.name}", True, str(path))
+    stdout.print(table)

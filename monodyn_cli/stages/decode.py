@@ -1,0 +1,254 @@
+"""Decode stage: a video file, a folder of images or a glob -> frames.npy (T,H,W,3) uint8 + timestamps + meta.
+
+Video goes through PyAV (decord is an optional faster backend that yields the same frames). Rotation metadata
+(phone videos) is applied, timestamps come from the stream (variable frame rate is fine), `--fps` picks the
+first frame at or after each tick of the requested rate, and 10-bit / 16-bit sources are reduced to 8 bits.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+from natsort import natsorted
+
+from models.errors import InputError
+from monodyn_cli.workspace import StageContext
+
+NAME, VERSION = "decode", 1
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SEQUENCE_FPS = 24.0  # assumed rate of a folder of frames (DAVIS is 24 fps)
+
+
+@dataclass
+class DecodeConfig:
+    fps: float | None = None       # resample to this rate (None: keep every frame)
+    max_frames: int | None = None  # keep at most this many frames (after fps/start/end)
+    max_side: int | None = 512     # resize so the longer side is at most this (None: native)
+    start: float | None = None     # seconds
+    end: float | None = None       # seconds
+    backend: str = "pyav"          # pyav | decord
+
+
+@dataclass
+class Source:
+    kind: str          # video | images
+    files: list[Path]  # one video, or the image files in order
+    label: str         # what the user passed
+
+    def content_hash(self) -> str:
+        """sha256 of the bytes (and names, for sequences): the cache key changes if the input changes."""
+        h = hashlib.sha256()
+        for f in self.files:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+
+def resolve_source(spec: str | Path) -> Source:
+    """Find what the user means: a video file, a folder of images (or a folder with images/ inside), a glob."""
+    text = str(spec)
+    if any(c in text for c in "*?[") and not Path(text).exists():
+        files = [Path(p) for p in natsorted(globlib.glob(text)) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise InputError(f"no images match {text}")
+        return Source("images", files, text)
+    path = Path(text)
+    if not path.exists():
+        raise InputError(f"no such file or folder: {path}")
+    if path.is_dir():
+        try:
+            entries = list(path.iterdir())
+        except PermissionError:
+            raise InputError(f"cannot read folder {path} (permission denied)") from None
+        files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not files and (path / "images").is_dir():
+            return resolve_source(path / "images")
+        if not files:
+            raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        return Source("images", natsorted(files, key=lambda p: p.name), text)
+    if path.stat().st_size == 0:
+        raise InputError(f"empty file: {path}")
+    return Source("video", [path], text)
+
+
+# ---- frame iterators: yield (timestamp seconds, HxWx3 uint8) -------------------------------------------
+
+def _rotate(img: np.ndarray, degrees: float) -> np.ndarray:
+    """Apply a display rotation (counter-clockwise degrees, as FFmpeg reports it) to get the upright image."""
+    turns = int(round(degrees / 90.0)) % 4
+    if turns == 0:
+        return img
+    # FFmpeg's display matrix angle is counter-clockwise; showing the video upright means rotating the
+    # stored picture by the same angle counter-clockwise (np.rot90 rotates counter-clockwise).
+    return np.ascontiguousarray(np.rot90(img, k=turns))
+
+
+def _iter_pyav(path: Path) -> Iterator[tuple[float, np.ndarray]]:
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # PyAV raises several error types for non-media input
+        raise InputError(f"not a video: {path} (PyAV: {_first_line(e)})") from None
+    with container:
+        if not container.streams.video:
+            raise InputError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else i / float(stream.average_rate or IMAGE_SEQUENCE_FPS)
+                # rgb24 conversion maps 10-bit (and other) pixel formats to 8 bits via swscale
+                img = frame.to_ndarray(format="rgb24")
+                yield float(t), _rotate(img, getattr(frame, "rotation", 0) or 0)
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"cannot decode {path} (PyAV: {_first_line(e)})") from None
+
+
+def _iter_decord(path: Path) -> Iterator[tuple[float, np.ndarray]]:
+    try:
+        import decord
+    except ImportError:
+        raise InputError("decord is not installed; use --decoder pyav or `pip install decord`") from None
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    except Exception as e:
+        raise InputError(f"not a video: {path} (decord: {_first_line(e)})") from None
+    times = reader.get_frame_timestamp(range(len(reader)))[:, 0]
+    for i in range(len(reader)):
+        yield float(times[i]), reader[i].asnumpy()
+
+
+def _iter_images(files: list[Path]) -> Iterator[tuple[float, np.ndarray]]:
+    first_shape = None
+    for i, f in enumerate(files):
+        img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise InputError(f"cannot read image {f}")
+        img = _to_rgb8(img)
+        if first_shape is None:
+            first_shape = img.shape
+        elif img.shape != first_shape:
+            raise InputError(f"mixed image sizes: {files[0].name} is {first_shape[1]}x{first_shape[0]} but "
+                             f"{f.name} is {img.shape[1]}x{img.shape[0]}; resize them to one size first")
+        yield i / IMAGE_SEQUENCE_FPS, img
+
+
+def _to_rgb8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = np.clip(img.astype(np.float32) * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    elif img.shape[2] == 4:
+        img = img[..., :3]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if img.shape[2] == 3 else img
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# ---- selection ----------------------------------------------------------------------------------------
+
+def select_frames(stream: Iterator[tuple[float, np.ndarray]], cfg: DecodeConfig
+                  ) -> Iterator[tuple[float, np.ndarray]]:
+    """Apply --start/--end (seconds), --fps (first frame at or after each tick) and --max-frames, lazily."""
+    next_tick = None
+    kept = 0
+    for t, img in stream:
+        if cfg.start is not None and t < cfg.start - 1e-6:
+            continue
+        if cfg.end is not None and t > cfg.end + 1e-6:
+            break
+        if cfg.fps:
+            if next_tick is None:
+                next_tick = t
+            if t + 1e-6 < next_tick:
+                continue
+            while next_tick <= t + 1e-6:
+                next_tick += 1.0 / cfg.fps
+        yield t, img
+        kept += 1
+        if cfg.max_frames and kept >= cfg.max_frames:
+            break
+
+
+def resize_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    h, w = img.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return img
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def decode(source: Source, cfg: DecodeConfig, advance=lambda n=1: None
+           ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Decode and select frames. Returns frames (T,H,W,3) uint8, timestamps (T,) seconds, meta dict."""
+    if source.kind == "video":
+        raw = _iter_decord(source.files[0]) if cfg.backend == "decord" else _iter_pyav(source.files[0])
+    else:
+        raw = _iter_images(source.files)
+    frames, times, native = [], [], None
+    for t, img in select_frames(raw, cfg):
+        native = native or (img.shape[1], img.shape[0])
+        frames.append(resize_max_side(img, cfg.max_side))
+        times.append(t)
+        advance(1)
+    if len(frames) < 2:
+        what = "no frames" if not frames else "only one frame"
+        raise InputError(f"{source.label} gives {what} after selection; monodyn needs a video of at least 2 frames"
+                         + (" (check --start/--end/--fps)" if (cfg.start or cfg.end or cfg.fps) else ""))
+    times_arr = np.asarray(times, dtype=np.float64)
+    fps = (len(times) - 1) / (times_arr[-1] - times_arr[0]) if times_arr[-1] > times_arr[0] else IMAGE_SEQUENCE_FPS
+    meta = {"num_frames": len(frames), "width": frames[0].shape[1], "height": frames[0].shape[0],
+            "native_width": native[0], "native_height": native[1], "fps": round(float(fps), 4),
+            "source": source.label, "source_kind": source.kind}
+    return np.stack(frames), times_arr, meta
+
+
+def estimate_count(source: Source) -> int | None:
+    """Frame count for the progress bar (None when the container does not say)."""
+    if source.kind == "images":
+        return len(source.files)
+    try:
+        import av
+
+        with av.open(str(source.files[0])) as c:
+            return c.streams.video[0].frames or None
+    except Exception:
+        return None
+
+
+def config_for(source: Source, cfg: DecodeConfig) -> dict:
+    """The cache config: the options plus the input's content hash (a changed input is a new key)."""
+    return {**asdict(cfg), "source_sha256": source.content_hash()}
+
+
+def run(ctx: StageContext, source: Source, cfg: DecodeConfig) -> list[str]:
+    total = estimate_count(source)
+    if cfg.max_frames and total:
+        total = min(total, cfg.max_frames)
+    with ctx.progress.task("decode", total) as advance:
+        frames, times, meta = decode(source, cfg, advance)
+    meta["source_sha256"] = ctx.config["source_sha256"]
+    np.save(ctx.out / "frames.npy", frames)
+    np.save(ctx.out / "timestamps.npy", times)
+    (ctx.out / "meta.json").write_text(json.dumps(meta, indent=2))
+    ctx.extra["summary"] = f"{meta['num_frames']} frames {meta['width']}x{meta['height']} @ {meta['fps']:.3g} fps"
+    return ["frames.npy", "timestamps.npy", "meta.json"]
