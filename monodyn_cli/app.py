@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from monodyn_cli.commands import doctor, preprocess, status
+from monodyn_cli.commands import doctor, fit, preprocess, render, status
 
 app = typer.Typer(
     name="monodyn",
@@ -16,7 +16,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (preprocess, status, doctor):
+for module in (preprocess, fit, render, status, doctor):
     module.register(app)
 
 try:  # commands whose modules are optional during development are registered when present

@@ -1,0 +1,87 @@
+"""`Scene`: what preprocessing produced for one clip, handed to every method.
+
+Arrays are kept as numpy (memory-mapped when loaded from a workspace), so nothing is read until a method
+asks for it; `tensor_*` helpers convert on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from models.cameras import Cameras
+
+
+@dataclass
+class Scene:
+    """One monocular clip after preprocessing.
+
+    frames: (T,H,W,3) uint8. timestamps: (T,) seconds. cameras: T cameras (one per frame).
+    instances: (T,H,W) uint8 object ids (0 = static background) or None.
+    flow_fw / flow_bw: (T-1,H,W,2) pixels (flow_bw[i] maps frame i+1 -> i) or None; valid_fw / valid_bw bool.
+    depth: (T,H,W) z-depth in world units, 0 = unknown, or None.
+    points: (N,3) sparse static points in world units or None.
+    center / radius: a sphere holding the region of interest (from SfM points or cameras).
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    cameras: Cameras
+    instances: np.ndarray | None = None
+    flow_fw: np.ndarray | None = None
+    flow_bw: np.ndarray | None = None
+    valid_fw: np.ndarray | None = None
+    valid_bw: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    points: np.ndarray | None = None
+    center: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
+    radius: float = 1.0
+    static_camera: bool = False
+    meta: dict = field(default_factory=dict)
+    object_cameras: dict[int, Cameras] = field(default_factory=dict)  # per-object SfM (OSN): id -> w2o cameras
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def times(self) -> Float[Tensor, "T"]:
+        """Normalised time in [0, 1] per frame: frame index / (T - 1), measured on the full clip's frame grid
+        (so a subset made for held-out evaluation keeps the times of the frames it kept)."""
+        if "subset_index" in self.meta:
+            full = self.meta["subset_of"]
+            return torch.tensor(self.meta["subset_index"], dtype=torch.float32) / max(full - 1, 1)
+        return torch.linspace(0.0, 1.0, self.num_frames)
+
+    def images(self, idx=None) -> Float[Tensor, "T H W 3"]:
+        """Frames as float32 in [0, 1] (all, or those at `idx`)."""
+        frames = self.frames if idx is None else self.frames[idx]
+        return torch.from_numpy(np.asarray(frames, dtype=np.float32) / 255.0)
+
+    def subset(self, idx: np.ndarray) -> "Scene":
+        """The scene restricted to frames `idx` (e.g. every other frame for held-out evaluation).
+
+        Flow is dropped because neighbours change; `times` of the subset are those of the full clip.
+        """
+        idx = np.asarray(idx)
+        full_index = np.asarray(self.meta.get("subset_index", np.arange(self.num_frames)))[idx]
+        pick = lambda a: None if a is None else np.asarray(a[idx])
+        sub = Scene(frames=np.asarray(self.frames[idx]), timestamps=self.timestamps[idx],
+                    cameras=self.cameras[torch.as_tensor(idx)], instances=pick(self.instances),
+                    depth=pick(self.depth), points=self.points, center=self.center, radius=self.radius,
+                    static_camera=self.static_camera, meta={**self.meta, "subset_of": self.meta.get("subset_of", self.num_frames),
+                                                            "subset_index": full_index.tolist()},
+                    object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()})
+        return sub

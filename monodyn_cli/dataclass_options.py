@@ -1,0 +1,122 @@
+"""Method configs are dataclasses; their fields become `--kebab-case` options of `monodyn fit`.
+
+A field's help is the string literal written right under it (an attribute docstring, read from the source),
+so the config class is the one place that documents an option:
+
+    @dataclass
+    class DpDyConfig:
+        steps: int = 3000
+        \"\"\"Optimisation steps.\"\"\"
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from functools import lru_cache
+
+from models.errors import InputError
+
+
+@lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (and its bases), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                    isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) and \
+                    isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp):
+    """int for `int`, `int | None`, `Optional[int]`; the type of the first non-None member of a union."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return _base_type(args[0]) if args else tp
+
+
+def _convert(value: str, tp, option: str):
+    base = _base_type(tp)
+    if typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise InputError(f"{option} must be one of {', '.join(map(str, choices))}, not {value!r}")
+        return value
+    try:
+        if base is bool:
+            if value.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if value.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        if base in (int, float, str):
+            return base(value)
+        if typing.get_origin(base) in (tuple, list):
+            inner = typing.get_args(base)[0]
+            return typing.get_origin(base)(inner(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"{option}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+    raise InputError(f"{option}: unsupported option type {base}")
+
+
+def parse_options(cls: type, args: list[str]):
+    """Build `cls(**values)` from `--name value`, `--name=value`, `--flag` / `--no-flag` arguments."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    by_option = {_option(n): n for n in fields}
+    values: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, _, inline = arg.partition("=")
+        negated = key.startswith("--no-") and key[:2] + key[5:] in by_option
+        name = by_option.get(key[:2] + key[5:] if negated else key)
+        if name is None:
+            known = ", ".join(sorted(by_option))
+            raise InputError(f"unknown option {key} for this method (its options: {known})")
+        if _base_type(hints[name]) is bool and not inline:
+            values[name] = not negated
+            i += 1
+            continue
+        if not inline:
+            if i + 1 >= len(args):
+                raise InputError(f"{key} needs a value")
+            inline = args[i + 1]
+            i += 1
+        values[name] = _convert(inline, hints[name], key)
+        i += 1
+    return cls(**values)
+
+
+def options_table(cls: type) -> list[tuple[str, str, str, str]]:
+    """(option, type, default, help) rows for `--help`."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        base = _base_type(hints[f.name])
+        tname = "/".join(map(str, typing.get_args(base))) if typing.get_origin(base) is typing.Literal \
+            else getattr(base, "__name__", str(base))
+        opt = f"{_option(f.name)}/--no-{f.name.replace('_', '-')}" if base is bool else _option(f.name)
+        rows.append((opt, tname, str(default), docs.get(f.name, "")))
+    return rows
