@@ -40,6 +40,15 @@ KNOWN: dict[str, WeightSpec] = {s.name: s for s in [
     WeightSpec("depth-anything", "MONODYN_DEPTH_ANYTHING", ("depth-anything",),
                "Hugging Face depth-anything/Depth-Anything-V2-Small-hf",
                hub_id="depth-anything/Depth-Anything-V2-Small-hf"),
+    # LPIPS v0.1 = linear calibration layers (LPIPS repository, lpips/weights/v0.1/) + ImageNet backbone
+    WeightSpec("lpips-alex-lin", "MONODYN_LPIPS_ALEX", ("lpips-alex.pth", "alex.pth"),
+               "lpips/weights/v0.1/alex.pth of the LPIPS repository (richzhang/PerceptualSimilarity)"),
+    WeightSpec("alexnet", "MONODYN_ALEXNET", ("alexnet-owt-7be5be79.pth",),
+               "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    WeightSpec("lpips-vgg-lin", "MONODYN_LPIPS_VGG", ("lpips-vgg.pth", "vgg.pth"),
+               "lpips/weights/v0.1/vgg.pth of the LPIPS repository (richzhang/PerceptualSimilarity)"),
+    WeightSpec("vgg16", "MONODYN_VGG16", ("vgg16-397923af.pth",),
+               "https://download.pytorch.org/models/vgg16-397923af.pth"),
 ]}
 
 

@@ -1,0 +1,337 @@
+"""Camera paths for `monodyn render` and nerfstudio file import/export (transforms.json, camera_path.json).
+
+Sections: "camera paths" (orbit, bullet time, spiral, dolly, stabilised, camera_path.json) and "nerfstudio
+transforms.json" (read/write of the dataset format). OpenCV axes inside, OpenGL only at the file boundary.
+"""
+
+from __future__ import annotations
+
+# ---- camera paths
+# Novel-view trajectories for `monodyn render`. Every function returns a CameraPath: Cameras (OpenCV axes,
+# world-to-camera, the input intrinsics and image size) plus one *normalised* time in [0, 1] per output frame
+# (0 = first input frame, 1 = last). Angles are in degrees. The "up" of a path is the average image-up of
+# the input cameras (the -y axis of their camera-to-world rotations), not the world z axis: SfM worlds have
+# an arbitrary orientation.
+
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from models.cameras import Cameras, look_at, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
+from models.errors import InputError
+
+
+class CameraPath(NamedTuple):
+    cameras: Cameras
+    times: Float[Tensor, "N"]  # normalised time in [0, 1] per output frame
+
+
+def estimate_up(cams: Cameras) -> Float[Tensor, "3"]:
+    """World direction that is 'up' in the input images on average (mean of -y camera axes)."""
+    up = -cams.c2w[:, :3, 1].mean(0)
+    if float(up.norm()) < 1e-6:
+        raise InputError("cannot estimate an up direction: the input cameras' image-up axes cancel out")
+    return up / up.norm()
+
+
+def estimate_center(cams: Cameras, fallback_distance: float | None = None) -> Float[Tensor, "3"]:
+    """The point nearest (least squares) to all optical axes: what a converging capture looks at.
+
+    When the axes are nearly parallel (a forward-facing clip) that point is ill-defined; then the point
+    `fallback_distance` in front of the mean camera is used (an error if it is not given).
+    """
+    c2w = cams.c2w
+    eye, fwd = c2w[:, :3, 3].double(), torch.nn.functional.normalize(c2w[:, :3, 2].double(), dim=-1)
+    proj = torch.eye(3, dtype=torch.float64) - fwd[:, :, None] * fwd[:, None, :]  # (I - d d^T) per axis
+    A, b = proj.sum(0), (proj @ eye[:, :, None]).sum(0)[:, 0]
+    eig = torch.linalg.eigvalsh(A)
+    if float(eig[0]) > 1e-3 * float(eig[-1]):
+        return torch.linalg.solve(A, b).float()
+    if fallback_distance is None:
+        raise InputError("the input cameras look in nearly parallel directions, so no common look-at point "
+                         "exists; give the scene centre (e.g. from the depth) explicitly")
+    mean_fwd = torch.nn.functional.normalize(fwd.mean(0), dim=0)
+    return (eye.mean(0) + fallback_distance * mean_fwd).float()
+
+
+def _basis(center: Tensor, up: Tensor, ref_eye: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Orthonormal (e1, e2, up): e1 = horizontal direction from the centre to the reference eye."""
+    up = up / up.norm()
+    off = ref_eye - center
+    e1 = off - (off @ up) * up
+    if float(e1.norm()) < 1e-6 * max(float(off.norm()), 1e-12):  # reference straight above/below: any e1
+        e1 = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0]) if abs(float(up[0])) < 0.9
+                                else torch.tensor([0.0, 1.0, 0.0]))
+    e1 = e1 / e1.norm()
+    return e1, torch.linalg.cross(up, e1), up
+
+
+def to_spherical(eye: Float[Tensor, "*B 3"], center: Float[Tensor, "3"], up: Float[Tensor, "3"],
+                 ref_eye: Float[Tensor, "3"]) -> tuple[Float[Tensor, "*B"], Float[Tensor, "*B"], Float[Tensor, "*B"]]:
+    """(azimuth, elevation, radius) of eyes around `center`; azimuth 0 = the direction of `ref_eye`,
+    positive counter-clockwise seen from above (right-handed about `up`); elevation above the horizon."""
+    e1, e2, u = _basis(center, up, ref_eye)
+    off = eye - center
+    radius = off.norm(dim=-1)
+    az = torch.rad2deg(torch.atan2(off @ e2, off @ e1))
+    el = torch.rad2deg(torch.asin((off @ u / radius.clamp(min=1e-12)).clamp(-1, 1)))
+    return az, el, radius
+
+
+def from_spherical(center: Float[Tensor, "3"], up: Float[Tensor, "3"], ref_eye: Float[Tensor, "3"],
+                   azimuth: Float[Tensor, "*B"], elevation: Float[Tensor, "*B"], radius: Float[Tensor, "*B"]
+                   ) -> Float[Tensor, "*B 3"]:
+    """Inverse of `to_spherical`: eye positions from (azimuth, elevation, radius) in degrees / world units."""
+    e1, e2, u = _basis(center, up, ref_eye)
+    az, el = torch.deg2rad(torch.as_tensor(azimuth)), torch.deg2rad(torch.as_tensor(elevation))
+    r = torch.as_tensor(radius, dtype=torch.float32)
+    d = (torch.cos(el) * torch.cos(az))[..., None] * e1 + (torch.cos(el) * torch.sin(az))[..., None] * e2 \
+        + torch.sin(el)[..., None] * u
+    return center + r[..., None] * d
+
+
+def _check(input_cams: Cameras, ref: int, n_frames: int, center=None) -> Tensor | None:
+    if n_frames < 1:
+        raise InputError(f"a camera path needs at least 1 frame, got {n_frames}")
+    if not -len(input_cams) <= ref < len(input_cams):
+        raise InputError(f"reference frame {ref} is outside the {len(input_cams)} input frames")
+    if center is None:
+        return None
+    center = torch.as_tensor(center, dtype=torch.float32)
+    if center.shape != (3,):
+        raise InputError(f"the scene centre must be 3 numbers, got shape {tuple(center.shape)}")
+    return center
+
+
+def _times(times, n_frames: int) -> Tensor:
+    """Given times (checked to lie in [0, 1]) or, by default, time playing across the whole input range."""
+    if times is None:
+        return torch.linspace(0.0, 1.0, n_frames) if n_frames > 1 else torch.zeros(1)
+    times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    if times.numel() != n_frames:
+        raise InputError(f"{times.numel()} times given for a path of {n_frames} frames")
+    if bool(((times < 0) | (times > 1)).any()):
+        raise InputError("camera path times are normalised: they must lie in [0, 1]")
+    return times
+
+
+def _looking_at(eyes: Tensor, center: Tensor, up: Tensor, K: Tensor, input_cams: Cameras) -> Cameras:
+    w2c = look_at(eyes, center.expand_as(eyes), up.expand_as(eyes))
+    return Cameras(K.expand(len(eyes), 3, 3).clone(), w2c, input_cams.width, input_cams.height)
+
+
+def orbit(input_cams: Cameras, center: Float[Tensor, "3"], degrees: float = 360.0, n_frames: int = 60,
+          times: Float[Tensor, "N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None) -> CameraPath:
+    """An arc of `degrees` around the up axis through `center`, starting at input camera `ref`, every camera
+    looking at the centre; distance and elevation stay those of the reference camera. Both ends are
+    included (360 degrees ends where it started). Time plays across the input range unless `times` given."""
+    center = _check(input_cams, ref, n_frames, center)
+    up = estimate_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
+    ref_eye = input_cams.centers[ref]
+    _, el, r = to_spherical(ref_eye, center, up, ref_eye)
+    az = torch.linspace(0.0, degrees, n_frames) if n_frames > 1 else torch.zeros(1)
+    eyes = from_spherical(center, up, ref_eye, az, el.expand_as(az), r.expand_as(az))
+    return CameraPath(_looking_at(eyes, center, up, input_cams.K[ref], input_cams), _times(times, n_frames))
+
+
+def bullet_time(input_cams: Cameras, center: Float[Tensor, "3"], degrees: float = 360.0, n_frames: int = 60,
+                time: float = 0.5, ref: int | None = None, up: Float[Tensor, "3"] | None = None) -> CameraPath:
+    """An orbit with time frozen at normalised `time`; it starts at the input camera of that moment
+    (the frame nearest to `time`) unless `ref` says otherwise."""
+    if not 0.0 <= time <= 1.0:
+        raise InputError(f"bullet-time time is normalised to [0, 1], got {time}")
+    if ref is None:
+        ref = round(time * (len(input_cams) - 1))
+    path = orbit(input_cams, center, degrees, n_frames, ref=ref, up=up)
+    return CameraPath(path.cameras, torch.full((n_frames,), float(time)))
+
+
+def spiral(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, degrees: float = 360.0,
+           radius_amplitude: float = 0.1, elevation_amplitude: float = 10.0, cycles: float = 2.0,
+           times: Float[Tensor, "N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None
+           ) -> CameraPath:
+    """An orbit of `degrees` whose radius oscillates by +-`radius_amplitude` (fraction of the reference
+    distance) and whose elevation wobbles by +-`elevation_amplitude` degrees, `cycles` times over the path;
+    it starts at the reference camera and always looks at the centre."""
+    center = _check(input_cams, ref, n_frames, center)
+    up = estimate_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
+    ref_eye = input_cams.centers[ref]
+    _, el0, r0 = to_spherical(ref_eye, center, up, ref_eye)
+    s = torch.linspace(0.0, 1.0, n_frames) if n_frames > 1 else torch.zeros(1)
+    wave = torch.sin(2 * torch.pi * cycles * s)
+    r = r0 * (1 + radius_amplitude * wave)
+    el = (el0 + elevation_amplitude * wave).clamp(-89.0, 89.0)  # never straight above: look_at needs a horizon
+    eyes = from_spherical(center, up, ref_eye, degrees * s, el, r)
+    return CameraPath(_looking_at(eyes, center, up, input_cams.K[ref], input_cams), _times(times, n_frames))
+
+
+def dolly(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, amount: float = 0.5,
+          zoom: bool = False, times: Float[Tensor, "N"] | None = None, ref: int = 0) -> CameraPath:
+    """Move input camera `ref` along its viewing direction, keeping its orientation, by `amount` times the
+    depth of the centre (0.5: halfway to it; negative: away). With `zoom` (the "dolly zoom"), the focal
+    length follows the distance so that things at the centre's depth keep their size in the image."""
+    center = _check(input_cams, ref, n_frames, center)
+    if amount >= 1.0:
+        raise InputError(f"dolly amount {amount} would reach or pass the scene centre; use a value below 1")
+    c2w = input_cams.c2w[ref]
+    eye0, fwd = c2w[:3, 3], c2w[:3, 2]
+    d0 = float((center - eye0) @ fwd)
+    if d0 <= 0:
+        raise InputError("the scene centre is behind the reference camera; a dolly needs it in front")
+    s = torch.linspace(0.0, 1.0, n_frames) if n_frames > 1 else torch.zeros(1)
+    travel = amount * d0 * s
+    w2c = input_cams.w2c[ref].expand(n_frames, 4, 4).clone()
+    # Moving the eye by +travel along the camera z axis shifts camera-space points by -travel in z.
+    w2c[:, 2, 3] -= travel
+    K = input_cams.K[ref].expand(n_frames, 3, 3).clone()
+    if zoom:
+        f_scale = (d0 - travel) / d0
+        K[:, 0, 0] *= f_scale
+        K[:, 1, 1] *= f_scale
+    return CameraPath(Cameras(K, w2c, input_cams.width, input_cams.height), _times(times, n_frames))
+
+
+def stabilized(input_cams: Cameras, frame: int, times: Float[Tensor, "N"] | None = None) -> CameraPath:
+    """The camera of input frame `frame` held fixed while time plays over every input frame."""
+    n = len(input_cams) if times is None else int(torch.as_tensor(times).numel())
+    _check(input_cams, frame, n)
+    cams = Cameras(input_cams.K[frame].expand(n, 3, 3).clone(), input_cams.w2c[frame].expand(n, 4, 4).clone(),
+                   input_cams.width, input_cams.height)
+    return CameraPath(cams, _times(times, n))
+
+
+# nerfstudio camera_path.json: camera_to_world is a row-major 4x4 in OpenGL axes, fov is vertical (degrees),
+# intrinsics are square pixels with a centred principal point, render_time (optional) is normalised time.
+
+def load_camera_path(path) -> CameraPath:
+    """Read a nerfstudio camera_path.json (as the nerfstudio viewer exports it)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"camera path file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not a JSON camera path: {path} ({e})") from None
+    entries = data.get("camera_path") if isinstance(data, dict) else None
+    if not entries:
+        raise InputError(f"{path} has no 'camera_path' list (expected a nerfstudio camera_path.json)")
+    if data.get("camera_type", "perspective") != "perspective":
+        raise InputError(f"{path}: camera_type {data['camera_type']!r} is not supported (only perspective)")
+    try:
+        height = int(data["render_height"])
+        width = int(data.get("render_width") or round(height * float(entries[0]["aspect"])))
+        c2w_gl = torch.tensor([e["camera_to_world"] for e in entries], dtype=torch.float64).reshape(-1, 4, 4)
+        fov = torch.tensor([float(e["fov"]) for e in entries], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{path}: malformed camera path entry ({type(e).__name__}: {e}); each entry needs "
+                         "camera_to_world (16 numbers) and fov, and the file render_height/render_width") from None
+    f = 0.5 * height / torch.tan(torch.deg2rad(fov) / 2)
+    K = torch.zeros(len(entries), 3, 3, dtype=torch.float64)
+    K[:, 0, 0], K[:, 1, 1] = f, f
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = width / 2, height / 2, 1.0
+    w2c = opengl_c2w_to_opencv_w2c(c2w_gl)
+    if all("render_time" in e for e in entries):
+        times = torch.tensor([float(e["render_time"]) for e in entries])
+        if bool(((times < 0) | (times > 1)).any()) or not math.isfinite(float(times.sum())):
+            raise InputError(f"{path}: render_time values must lie in [0, 1]")
+    else:
+        times = _times(None, len(entries))
+    return CameraPath(Cameras(K.float(), w2c.float(), width, height), times)
+
+
+def save_camera_path(path, camera_path: CameraPath, fps: float = 24.0) -> None:
+    """Write a nerfstudio camera_path.json. nerfstudio stores one vertical fov per camera, square pixels and
+    a centred principal point: fx and the principal point of our cameras are not kept."""
+    cams, times = camera_path
+    c2w_gl = opencv_w2c_to_opengl_c2w(cams.w2c.double())
+    fov = torch.rad2deg(2 * torch.atan(0.5 * cams.height / cams.K[:, 1, 1].double()))
+    entries = [{"camera_to_world": c2w_gl[i].reshape(-1).tolist(), "fov": float(fov[i]),
+                "aspect": cams.width / cams.height, "render_time": float(times[i])} for i in range(len(cams))]
+    data = {"camera_type": "perspective", "render_height": cams.height, "render_width": cams.width,
+            "fps": fps, "seconds": len(cams) / fps, "is_cycle": False, "smoothness_value": 0.0,
+            "keyframes": [], "camera_path": entries}
+    if not all(math.isfinite(v) for e in entries for v in e["camera_to_world"]):
+        raise InputError("camera path has non-finite poses; nothing written")
+    Path(path).write_text(json.dumps(data, indent=2))
+
+
+# ---- nerfstudio transforms.json
+# The nerfstudio dataset format (also read by instant-ngp, gsplat, ...): OpenGL camera-to-world
+# `transform_matrix` per frame, pinhole intrinsics fl_x, fl_y, cx, cy, w, h shared at the top level (or per frame
+# when they differ), `file_path` relative to the JSON's folder, and for dynamic scenes a normalised "time" in
+# [0, 1] per frame (0 = first frame, 1 = last) as nerfstudio's D-NeRF / DyCheck parsers use it.
+
+def write_transforms_json(path, cameras: Cameras, file_paths: list[str], times: list[float] | None = None,
+                          extra: dict | None = None) -> None:
+    """Write `cameras` (OpenCV world-to-camera inside) as a nerfstudio transforms.json at `path`."""
+    if len(file_paths) != len(cameras):
+        raise ValueError(f"{len(file_paths)} file paths for {len(cameras)} cameras")
+    if times is not None and len(times) != len(cameras):
+        raise ValueError(f"{len(times)} times for {len(cameras)} cameras")
+    K = cameras.K.double()
+    c2w_gl = opencv_w2c_to_opengl_c2w(cameras.w2c.double())
+    shared = bool(torch.allclose(K, K[:1].expand_as(K)))
+
+    def intrinsics(k: Tensor) -> dict:
+        return {"fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2])}
+
+    data: dict = {"camera_model": "OPENCV", "w": cameras.width, "h": cameras.height}
+    if shared:
+        data.update(intrinsics(K[0]))
+    frames = []
+    for i, file_path in enumerate(file_paths):
+        frame = {"file_path": str(file_path), "transform_matrix": c2w_gl[i].tolist()}
+        if not shared:
+            frame.update(intrinsics(K[i]))
+        if times is not None:
+            frame["time"] = float(times[i])
+        frames.append(frame)
+    data.update(extra or {})
+    data["frames"] = frames
+    Path(path).write_text(json.dumps(data, indent=2))
+
+
+def read_transforms_json(path) -> tuple[Cameras, list[str], list[float] | None]:
+    """Read a nerfstudio (or NeRF/Blender-style) transforms.json: cameras in our convention, the frames'
+    file paths as written, and per-frame times when every frame has one.
+
+    Intrinsics come from fl_x/fl_y/cx/cy (top level or per frame, per frame wins) or, in the Blender format,
+    from camera_angle_x; w/h must be given (top level or per frame). Lens distortion (k1, ...) is ignored.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"transforms file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not a JSON transforms file: {path} ({e})") from None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not frames:
+        raise InputError(f"{path} has no 'frames' list (expected a nerfstudio transforms.json)")
+    try:
+        width = int(frames[0].get("w", data.get("w")))
+        height = int(frames[0].get("h", data.get("h")))
+        K = torch.zeros(len(frames), 3, 3, dtype=torch.float64)
+        for i, fr in enumerate(frames):
+            get = lambda key: fr.get(key, data.get(key))  # noqa: E731 (per-frame value overrides the shared one)
+            if get("fl_x") is not None:
+                fx = float(get("fl_x"))
+                fy = float(get("fl_y") if get("fl_y") is not None else fx)
+            else:
+                fx = fy = 0.5 * width / math.tan(0.5 * float(get("camera_angle_x")))
+            cx = float(get("cx") if get("cx") is not None else width / 2)
+            cy = float(get("cy") if get("cy") is not None else height / 2)
+            K[i] = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]], dtype=torch.float64)
+        c2w_gl = torch.tensor([fr["transform_matrix"] for fr in frames], dtype=torch.float64).reshape(-1, 4, 4)
+        file_paths = [str(fr["file_path"]) for fr in frames]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{path}: malformed transforms ({type(e).__name__}: {e}); each frame needs file_path and "
+                         "transform_matrix (4x4), and the file w, h and fl_x/fl_y/cx/cy or camera_angle_x") from None
+    times = [float(fr["time"]) for fr in frames] if all("time" in fr for fr in frames) else None
+    w2c = opengl_c2w_to_opencv_w2c(c2w_gl)
+    return Cameras(K.float(), w2c.float(), width, height), file_paths, times
