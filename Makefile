@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m monodyn_cli preprocess samples/synth_small/input.mp4 --workspace $(DEMO)
+	$(PY) -m monodyn_cli preprocess samples/synth_scene/input.mp4 --workspace $(DEMO)
 	@echo "demo workspace: $(DEMO)"
 
 test: $(STAMP)

@@ -43,6 +43,8 @@ class Scene:
     static_camera: bool = False
     meta: dict = field(default_factory=dict)
     object_cameras: dict[int, Cameras] = field(default_factory=dict)  # per-object SfM (OSN): id -> w2o cameras
+    object_depth: dict[int, np.ndarray] = field(default_factory=dict)  # per-object SfM (OSN): id -> (T,H,W) z-depth in that object's units, 0 = unknown
+    frame_times: np.ndarray | None = None  # explicit normalised times (T,), e.g. for a subset or multi-view data
 
     @property
     def num_frames(self) -> int:
@@ -58,11 +60,10 @@ class Scene:
 
     @property
     def times(self) -> Float[Tensor, "T"]:
-        """Normalised time in [0, 1] per frame: frame index / (T - 1), measured on the full clip's frame grid
-        (so a subset made for held-out evaluation keeps the times of the frames it kept)."""
-        if "subset_index" in self.meta:
-            full = self.meta["subset_of"]
-            return torch.tensor(self.meta["subset_index"], dtype=torch.float32) / max(full - 1, 1)
+        """Normalised time in [0, 1] per frame: `frame_times` when given (a subset keeps the times of the frames
+        it kept), else frame index / (T - 1)."""
+        if self.frame_times is not None:
+            return torch.as_tensor(np.asarray(self.frame_times), dtype=torch.float32)
         return torch.linspace(0.0, 1.0, self.num_frames)
 
     def images(self, idx=None) -> Float[Tensor, "T H W 3"]:
@@ -76,12 +77,11 @@ class Scene:
         Flow is dropped because neighbours change; `times` of the subset are those of the full clip.
         """
         idx = np.asarray(idx)
-        full_index = np.asarray(self.meta.get("subset_index", np.arange(self.num_frames)))[idx]
         pick = lambda a: None if a is None else np.asarray(a[idx])
         sub = Scene(frames=np.asarray(self.frames[idx]), timestamps=self.timestamps[idx],
                     cameras=self.cameras[torch.as_tensor(idx)], instances=pick(self.instances),
                     depth=pick(self.depth), points=self.points, center=self.center, radius=self.radius,
-                    static_camera=self.static_camera, meta={**self.meta, "subset_of": self.meta.get("subset_of", self.num_frames),
-                                                            "subset_index": full_index.tolist()},
-                    object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()})
+                    static_camera=self.static_camera, meta=dict(self.meta), frame_times=self.times.numpy()[idx],
+                    object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()},
+                    object_depth={k: np.asarray(d[idx]) for k, d in self.object_depth.items()})
         return sub

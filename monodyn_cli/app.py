@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from monodyn_cli.commands import doctor, fit, preprocess, render, status
+from monodyn_cli.commands import doctor, eval, fit, preprocess, render, status, synth
 
 app = typer.Typer(
     name="monodyn",
@@ -16,15 +16,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (preprocess, fit, render, status, doctor):
+for module in (preprocess, fit, render, eval, synth, status, doctor):
     module.register(app)
-
-try:  # commands whose modules are optional during development are registered when present
-    from monodyn_cli.commands import synth
-
-    synth.register(app)
-except ImportError:
-    pass
 
 
 def main() -> None:

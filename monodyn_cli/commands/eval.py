@@ -1,0 +1,140 @@
+"""`monodyn eval`: fit (cached) and score rendered views against ground truth: PSNR, SSIM, LPIPS + masked variants."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+from rich.table import Table
+
+from models.errors import InputError
+from models.registry import METHODS, get_method
+from monodyn_cli import evaluation, metrics
+from monodyn_cli.commands.fit import fit_cached
+from monodyn_cli.console import RichProgress, RunLog, handle_errors, stdout
+from monodyn_cli.dataclass_options import parse_options
+from monodyn_cli.scene_loader import load_scene, resolve_workspace
+from monodyn_cli.workspace import Workspace
+
+PROTOCOLS = ("holdout", "synth", "multiview")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="eval",
+                help="Score a method against held-out views: holdout (any clip), synth (monodyn synth ground truth), "
+                     "multiview (images + cameras npz). Method options follow, as for fit.",
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(evaluate)
+
+
+@handle_errors
+def evaluate(
+    ctx: typer.Context,
+    protocol: str = typer.Option("holdout", help="holdout: fit every other frame, score the rest; synth: score "
+                                                 "held-out cameras of a `monodyn synth` scene (--gt DIR); "
+                                                 "multiview: fit the train split of --gt FILE.npz, score its test split."),
+    method: str = typer.Option("dpdy", "--method", "-m", help=f"Method: {', '.join(sorted(METHODS))}."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                             help="Workspace (multiview: where to cache the fit, default FILE.monodyn)."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Ground truth: the `monodyn synth` folder, or the multiview npz."),
+    cameras: Optional[str] = typer.Option(None, help="synth: comma-separated held-out camera names (default: all)."),
+    lpips_weights: Optional[Path] = typer.Option(None, help="LPIPS linear-layer weights (alex.pth); LPIPS is skipped "
+                                                            "without them."),
+    lpips_backbone: Optional[Path] = typer.Option(None, help="AlexNet backbone weights for LPIPS (torchvision format)."),
+    device: str = typer.Option("cpu", help="Torch device for rendering."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    if protocol not in PROTOCOLS:
+        raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    impl = get_method(method)
+    cfg = parse_options(impl.Config, list(ctx.args))
+    if protocol == "multiview":
+        if gt is None:
+            raise InputError("--protocol multiview needs --gt FILE.npz")
+        scene, views_list = evaluation.load_multiview_npz(gt)
+        views_list = [views_list]
+        ws = Workspace(workspace or gt.with_suffix(".monodyn"))
+        ws.ensure(source=str(gt))
+        keys = {"multiview": _file_key(gt)}
+        train_scene, tag = scene, "-multiview"
+    else:
+        ws = resolve_workspace(workspace)
+        scene, keys = load_scene(ws)
+        if protocol == "holdout":
+            train_scene, held = evaluation.holdout_split(scene)
+            views_list, tag = [held], "-holdout"
+        else:
+            if gt is None:
+                raise InputError("--protocol synth needs --gt DIR (the folder `monodyn synth` wrote)")
+            views_list = evaluation.synth_views(gt, scene, cameras.split(",") if cameras else None)
+            train_scene, tag = scene, ""
+    lpips_model, lpips_note = metrics.try_load_lpips("alex", lpips_weights, lpips_backbone, device)
+    with ws.lock():
+        log = RunLog(ws.root, "eval")
+        progress = RichProgress(quiet, log)
+        start = time.perf_counter()
+        ckpt = fit_cached(ws, method, impl, cfg, train_scene, keys, progress, resume=False, force=False, log=log,
+                          tag=tag)
+        fit_seconds = time.perf_counter() - start
+        out_dir = ws.root / "eval" / f"{protocol}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        all_rows, summaries = [], {}
+        for views in views_list:
+            pred = render_views(impl, ckpt, views, device, progress)
+            rows = metrics.evaluate(pred, views.images, views.mask, lpips_model)
+            for r in rows:
+                r["view"] = views.name
+            all_rows += rows
+            summaries[views.name] = metrics.summarize(rows)
+            _save_strip(out_dir / f"{views.name}.png", pred, views.images)
+        metrics.write_csv(out_dir / "per_frame.csv", all_rows)
+        summary = {"protocol": protocol, "method": method, "checkpoint": str(ckpt), "fit_seconds": round(fit_seconds, 1),
+                   "views": summaries, "lpips": lpips_note or "computed"}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log.close()
+    print_summary(summaries, f"{method} / {protocol}")
+    if lpips_note:
+        stdout.print(lpips_note)
+    stdout.print(f"per-frame CSV and summary: {out_dir}")
+
+
+def render_views(impl, ckpt: Path, views: evaluation.EvalViews, device: str, progress) -> torch.Tensor:
+    out = []
+    with progress.task(f"render {views.name}", len(views.cameras)) as advance:
+        for i in range(len(views.cameras)):
+            res = impl.render(ckpt, views.cameras[i].to(device), views.times[i:i + 1].to(device), device=device)
+            out.append(res.rgb[0].clamp(0, 1).float().cpu())
+            advance(1)
+    return torch.stack(out)
+
+
+def print_summary(summaries: dict[str, dict], title: str) -> None:
+    cols = sorted({k for s in summaries.values() for k in s})
+    table = Table(title=title)
+    table.add_column("view")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, s in summaries.items():
+        table.add_row(name, *(f"{s[c]:.4f}" if isinstance(s.get(c), float) else str(s.get(c, "")) for c in cols))
+    stdout.print(table)
+
+
+def _save_strip(path: Path, pred: torch.Tensor, gt: torch.Tensor, n: int = 4) -> None:
+    """A PNG with a few ground-truth / rendered pairs, to look at."""
+    import cv2
+
+    idx = np.linspace(0, len(pred) - 1, min(n, len(pred))).round().astype(int)
+    rows = [np.concatenate([gt[i].numpy(), pred[i].numpy()], axis=1) for i in idx]
+    img = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+    cv2.imwrite(str(path), img[..., ::-1])
+
+
+def _file_key(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

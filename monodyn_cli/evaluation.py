@@ -1,0 +1,152 @@
+"""Evaluation protocols: what to fit on, which views to render, what to compare them with.
+
+- holdout: any clip. Fit on every other frame, render the frames left out at their (SfM) cameras.
+- synth: a `monodyn synth` scene. Fit on the input video's workspace, render the held-out cameras after
+  aligning the ground-truth cameras to the SfM frame (similarity from input-camera centres and rotations).
+  Masked metrics use co-visible pixels (DyCheck): a held-out pixel counts when its 3D point was seen by the
+  input camera (moving objects: at the same time; static background: at any sampled time).
+- multiview: images + cameras with a train/test split (e.g. D-NeRF's npz): fit on train, score test.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.cameras import Cameras, opengl_c2w_to_opencv_w2c, project, unproject, pixel_grid
+from models.errors import InputError
+from models.sfm.align import Sim3, transform_w2c, umeyama
+from models.scene import Scene
+
+
+@dataclass
+class EvalViews:
+    """Ground truth to score: images (N,H,W,3) float [0,1], their cameras and normalised times, optional mask."""
+
+    name: str
+    images: torch.Tensor
+    cameras: Cameras
+    times: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+def holdout_split(scene: Scene) -> tuple[Scene, EvalViews]:
+    """Train on even frames, test on odd frames (DyCheck-style held-out evaluation on a monocular clip)."""
+    if scene.num_frames < 4:
+        raise InputError(f"holdout evaluation needs at least 4 frames, the clip has {scene.num_frames}")
+    train = np.arange(0, scene.num_frames, 2)
+    test = np.arange(1, scene.num_frames, 2)
+    views = EvalViews("holdout", scene.images(test), scene.cameras[torch.as_tensor(test)], scene.times[test])
+    return scene.subset(train), views
+
+
+# ---- multi-view data (D-NeRF npz) ------------------------------------------------------------------------
+
+def load_multiview_npz(path: Path) -> tuple[Scene, EvalViews]:
+    """`images` (N,H,W,3) [0,1], `poses` (N,4,4) camera-to-world OpenGL, `times` (N,) [0,1], `focal` px,
+    optional `train`/`test` index arrays (default D-NeRF tiny split: first 50 train, last 20 test)."""
+    try:
+        data = np.load(path)
+        images, poses, times, focal = data["images"], data["poses"], data["times"], float(data["focal"])
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except (KeyError, ValueError, OSError) as e:
+        raise InputError(f"{path} is not a multi-view npz with images/poses/times/focal ({e})") from None
+    n, h, w = images.shape[:3]
+    train = data["train"] if "train" in data else np.arange(0, min(50, n))
+    test = data["test"] if "test" in data else np.arange(max(0, n - 20), n)
+    K = torch.tensor([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1]], dtype=torch.float32).expand(n, 3, 3)
+    w2c = opengl_c2w_to_opencv_w2c(torch.as_tensor(poses, dtype=torch.float32))
+    cams = Cameras(K.clone(), w2c, w, h)
+    frames = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    order = train[np.argsort(times[train], kind="stable")]  # a clip plays forward in time
+    centers = cams.centers
+    radius = float(centers.norm(dim=-1).median()) * 0.4  # object-centred captures: the object fills ~40% of the range
+    scene = Scene(frames=frames[order], timestamps=times[order].astype(np.float64), cameras=cams[torch.as_tensor(order)],
+                  center=np.zeros(3, np.float32), radius=radius, frame_times=times[order].astype(np.float32),
+                  meta={"source": str(path), "background": "black"})
+    views = EvalViews("test", torch.as_tensor(images[test], dtype=torch.float32), cams[torch.as_tensor(test)],
+                      torch.as_tensor(times[test], dtype=torch.float32))
+    return scene, views
+
+
+# ---- synthetic ground truth -------------------------------------------------------------------------------
+
+def sim3_from_cameras(est: Cameras, gt: Cameras) -> Sim3:
+    """Similarity with x_est = s R x_gt + t, from camera centres (Umeyama). For a static camera the centres
+    coincide, so the rotation comes from the camera orientations and the scale is left at 1."""
+    c_est, c_gt = est.centers.double().numpy(), gt.centers.double().numpy()
+    spread = np.linalg.norm(c_gt - c_gt.mean(0), axis=1).max()
+    if spread > 1e-6 * max(1.0, np.abs(c_gt).max()):
+        return umeyama(c_gt, c_est)
+    R_est, R_gt = est.w2c[0, :3, :3].double().numpy(), gt.w2c[0, :3, :3].double().numpy()
+    R = R_est.T @ R_gt  # maps ground-truth world directions to estimated world directions
+    return Sim3(1.0, R, c_est[0] - R @ c_gt[0])
+
+
+def transform_cameras(cams: Cameras, sim: Sim3) -> Cameras:
+    """Cameras given in the ground-truth world, expressed in the estimated world x_est = s R x_gt + t."""
+    w2c = torch.as_tensor(transform_w2c(cams.w2c.double().numpy(), sim), dtype=torch.float32)
+    return Cameras(cams.K.clone(), w2c, cams.width, cams.height)
+
+
+def covisible_mask(view_depth: np.ndarray, view_cams: Cameras, view_inst: np.ndarray, input_depth: np.ndarray,
+                   input_cams: Cameras, rel_tol: float = 0.02, static_stride: int = 4) -> np.ndarray:
+    """(T,H,W) bool: held-out pixels whose 3D point the input camera saw (same time for moving objects, any
+    sampled time for the static background), by projecting with ground-truth depth and a depth test."""
+    T, H, W = view_depth.shape
+    xy = pixel_grid(W, H).reshape(-1, 2)
+    mask = np.zeros((T, H, W), bool)
+    static_times = list(range(0, input_depth.shape[0], static_stride))
+    for t in range(T):
+        pts = unproject(xy, torch.as_tensor(view_depth[t].reshape(-1)), view_cams.K[t], view_cams.w2c[t])
+        dynamic = view_inst[t].reshape(-1) > 0
+        seen = np.zeros(H * W, bool)
+        for u in sorted(set(static_times + [t])):
+            p_xy, z = project(pts, input_cams.K[u], input_cams.w2c[u])
+            px = p_xy.numpy()
+            inside = (z.numpy() > 0) & (px[:, 0] >= 0) & (px[:, 0] < W) & (px[:, 1] >= 0) & (px[:, 1] < H)
+            cols = np.clip(px[:, 0].astype(int), 0, W - 1)
+            rows = np.clip(px[:, 1].astype(int), 0, H - 1)
+            unoccluded = np.abs(input_depth[u][rows, cols] - z.numpy()) < rel_tol * z.numpy()
+            ok = inside & unoccluded
+            seen |= ok & (~dynamic if u != t else True)
+        mask[t] = seen.reshape(H, W)
+    return mask
+
+
+def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> list[EvalViews]:
+    """Held-out cameras of a `monodyn synth` scene, expressed in the workspace's (SfM) world and image size."""
+    import cv2
+
+    from monodyn_cli.synth.writer import load_gt
+
+    gt = load_gt(gt_dir)
+    roles = {c["name"]: c["role"] for c in gt.meta["cameras"]}
+    input_name = next(n for n, r in roles.items() if r == "input")
+    names = names or [n for n, r in roles.items() if r != "input"]
+    inp = gt.view(input_name)
+    if inp.rgb.shape[0] != scene.num_frames:
+        raise InputError(f"the workspace has {scene.num_frames} frames but the ground truth {inp.rgb.shape[0]}: "
+                         "preprocess the synthetic input.mp4 without --fps/--max-frames/--start/--end")
+    sim = sim3_from_cameras(scene.cameras, inp.cameras)
+    factor = scene.width / inp.cameras.width
+    views = []
+    for name in names:
+        v = gt.view(name)
+        mask = covisible_mask(np.asarray(v.depth), v.cameras, np.asarray(v.instances), np.asarray(inp.depth),
+                              inp.cameras)
+        cams = transform_cameras(v.cameras, sim)
+        images = np.asarray(v.rgb)
+        if factor != 1.0:
+            cams = cams.scaled(factor)
+            size = (cams.width, cams.height)
+            images = np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
+            mask = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in mask]) > 0
+        views.append(EvalViews(name, torch.as_tensor(images, dtype=torch.float32) / 255.0, cams,
+                               torch.linspace(0, 1, images.shape[0]), torch.as_tensor(mask, dtype=torch.float32)))
+    return views

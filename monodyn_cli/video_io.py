@@ -1,0 +1,45 @@
+"""Video files: writing mp4 (H.264) with PyAV."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
+    """Encode (T,H,W,3) uint8 RGB frames as H.264 yuv420p mp4 at `fps` frames per second.
+
+    4:2:0 chroma needs even sizes: odd widths/heights are padded by repeating the last column/row (the
+    video is then one pixel larger than `frames`). Lower crf = higher quality (0 is lossless luma, 18
+    visually lossless). Written to a temporary file beside `path`, then renamed, so a crash never leaves
+    a truncated video under the final name.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise ValueError(f"write_mp4 needs (T,H,W,3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
+    rate = Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(str(tmp), "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(int(crf))}
+            for img in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,65 @@
+"""Evaluation protocols: similarity alignment of ground-truth cameras, co-visibility, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.cameras import Cameras, intrinsics_from_fov, look_at, project
+from models.scene import Scene
+from models.sfm.align import Sim3
+from monodyn_cli.evaluation import holdout_split, sim3_from_cameras, transform_cameras
+
+
+def _arc_cameras(n=8) -> Cameras:
+    az = torch.linspace(0, 0.8, n)
+    eyes = torch.stack([4 * torch.cos(az), 4 * torch.sin(az), 1.5 + 0.2 * az], dim=-1)
+    w2c = look_at(eyes, torch.zeros(n, 3))
+    return Cameras(intrinsics_from_fov(64, 48, 60).expand(n, 3, 3).clone(), w2c, 64, 48)
+
+
+def _rotation(axis, angle) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+
+
+def test_transformed_cameras_see_transformed_points_at_the_same_pixels():
+    gt = _arc_cameras()
+    s, R, t = 0.37, _rotation([1, 2, 3], 0.9), np.array([0.5, -2.0, 1.0])
+    est = transform_cameras(gt, Sim3(s, R, t))
+    X = torch.randn(20, 3)
+    X_est = torch.as_tensor(s * (X.double().numpy() @ R.T) + t, dtype=torch.float32)
+    for i in range(len(gt)):
+        xy_gt, z_gt = project(X, gt.K[i], gt.w2c[i])
+        xy_est, z_est = project(X_est, est.K[i], est.w2c[i])
+        torch.testing.assert_close(xy_est, xy_gt, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(z_est, s * z_gt, atol=1e-4, rtol=1e-4)
+    # the rotation block stays a rotation
+    Rb = est.w2c[:, :3, :3]
+    torch.testing.assert_close(Rb @ Rb.transpose(1, 2), torch.eye(3).expand(len(gt), 3, 3), atol=1e-5, rtol=0)
+
+
+def test_similarity_is_recovered_from_camera_centres():
+    gt = _arc_cameras()
+    s, R, t = 2.5, _rotation([0, 1, 1], -0.4), np.array([1.0, 2.0, 3.0])
+    est = transform_cameras(gt, Sim3(s, R, t))
+    sim = sim3_from_cameras(est, gt)
+    assert abs(sim.scale - s) < 1e-4 and np.allclose(sim.R, R, atol=1e-5) and np.allclose(sim.t, t, atol=1e-4)
+
+
+def test_static_camera_alignment_uses_orientation():
+    gt = _arc_cameras(1)
+    gt = Cameras(gt.K.expand(5, 3, 3).clone(), gt.w2c.expand(5, 4, 4).clone(), 64, 48)
+    R, t = _rotation([0, 0, 1], 0.3), np.array([0.0, 1.0, 0.0])
+    est = transform_cameras(gt, Sim3(1.0, R, t))
+    torch.testing.assert_close(transform_cameras(gt, sim3_from_cameras(est, gt)).w2c, est.w2c, atol=1e-5, rtol=0)
+
+
+def test_holdout_split_keeps_times_of_the_full_clip():
+    cams = _arc_cameras(7)
+    scene = Scene(frames=np.zeros((7, 48, 64, 3), np.uint8), timestamps=np.arange(7) / 10.0, cameras=cams)
+    train, test = holdout_split(scene)
+    assert train.num_frames == 4 and len(test.cameras) == 3
+    torch.testing.assert_close(train.times, torch.tensor([0, 2, 4, 6]) / 6.0)
+    torch.testing.assert_close(test.times, torch.tensor([1, 3, 5]) / 6.0)
