@@ -31,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from models.errors import InputError, WeightsNotFoundError
+from models.weights import cache_dir
 
 CHECKPOINT_ENV = "MONODYN_RAFT_CHECKPOINT"
 OFFICIAL_MODELS_URL = "https://www.dropbox.com/s/npt24nvhoojdr0n/models.zip"  # from the authors' download_models.sh
@@ -646,11 +647,6 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if any(k.startswith("feature_encoder.") for k in state):
         state = official_from_torchvision(state, is_small_state_dict(state))
     return state
-
-
-def cache_dir() -> Path:
-    """Where monodyn looks for downloaded weights: ~/.cache/monodyn."""
-    return Path.home() / ".cache" / "monodyn"
 
 
 def find_checkpoint(checkpoint: Path | str | None = None, small: bool | None = None) -> Path:

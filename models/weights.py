@@ -25,9 +25,9 @@ class WeightSpec:
 
 
 KNOWN: dict[str, WeightSpec] = {s.name: s for s in [
-    WeightSpec("raft-small", "MONODYN_RAFT_SMALL", ("raft-small.pth", "raft_small.pth"),
+    WeightSpec("raft-small", "MONODYN_RAFT_CHECKPOINT", ("raft-small.pth", "raft-small.safetensors"),
                "models.zip of the official RAFT repository (princeton-vl/RAFT, download_models.sh)"),
-    WeightSpec("raft-things", "MONODYN_RAFT_THINGS", ("raft-things.pth",),
+    WeightSpec("raft-things", "MONODYN_RAFT_CHECKPOINT", ("raft-things.pth", "raft-things.safetensors"),
                "models.zip of the official RAFT repository (princeton-vl/RAFT, download_models.sh)"),
     WeightSpec("sam-vit_b", "MONODYN_SAM_VIT_B", ("sam_vit_b_01ec64.pth",),
                "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),

@@ -25,7 +25,7 @@ class FlowConfig:
     backend: Literal["raft", "dis"] = "dis"
     """raft (needs RAFT weights, more accurate) or dis (OpenCV, no weights)."""
     raft_checkpoint: str | None = None
-    """Path to raft-small.pth / raft-things.pth (default: $MONODYN_RAFT_SMALL, ~/.cache/monodyn)."""
+    """Path to raft-small.pth / raft-things.pth (default: $MONODYN_RAFT_CHECKPOINT, ~/.cache/monodyn)."""
     iters: int | None = None
     """RAFT refinement iterations (default 12 small / 20 large)."""
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
