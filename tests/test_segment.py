@@ -230,11 +230,11 @@ def test_sam_without_torchvision_says_what_to_install():
 # ---- SAM 2 -------------------------------------------------------------------------------------------------
 
 def tiny_sam2():
-    """A randomly initialised Sam2VideoModel with a 128 px input, one-block stages and 128-wide features."""
+    """A randomly initialised Sam2VideoModel with a 64 px input, one- or two-block stages, 128-wide features."""
     import torch
     from transformers import Sam2VideoConfig, Sam2VideoModel
 
-    s = 128
+    s = 64
     backbone = dict(model_type="sam2_hiera_det_model", hidden_size=8, num_attention_heads=1, image_size=[s, s],
                     blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
                     num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 2, 2],
@@ -254,7 +254,18 @@ def tiny_sam2():
     return Sam2VideoModel(cfg).eval()
 
 
-def test_sam2_prompt_and_propagate_runs(tmp_path):
+@pytest.fixture
+def one_torch_thread():
+    """The tiny model's ops take microseconds; on a busy 2-core machine thread hand-offs cost 50x more."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_sam2_prompt_and_propagate_runs(tmp_path, one_torch_thread):
     from models.segmentation.sam2_video import load_sam2_video, prepare_frames, segment_video_sam2
 
     frames, _ = scene(t_count=4, h=40, w=60, cam=(0, 0), squares=(((5, 5), (2.0, 1.0)),), size=12)

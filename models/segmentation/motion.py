@@ -10,11 +10,13 @@ consistent, textured correspondences, choosing between three models:
 
 The homography is preferred whenever it explains most textured correspondences: a fundamental matrix
 explains nearly any flow that has one moving object in it (the object reads as nearer or farther along the
-epipolar lines), which Torr's GRIC does not guard against once objects cover more than ~10% of the image. Residuals are divided by a threshold set from the pair's robust noise
-level, accumulated over neighbouring frames along the flow, thresholded with hysteresis, cleaned with
-morphology, snapped to colour edges (GrabCut in a narrow band), grouped into objects, and tracked over
-time: components are matched to the previous frame's objects carried forward by the flow (Hungarian
-assignment on IoU), so ids stay stable; objects that entered touching are split back to their first frame.
+epipolar lines), which Torr's GRIC does not guard against once objects cover more than ~10% of the image.
+
+Residuals are divided by a threshold set from the pair's robust noise level, accumulated over
+neighbouring frames along the flow, thresholded with hysteresis, cleaned with morphology, snapped to
+colour edges (GrabCut in a narrow band), grouped into objects, and tracked over time: components are
+matched to the previous frame's objects carried forward by the flow (Hungarian assignment on IoU), so ids
+stay stable; objects that entered touching are split back to their first frame.
 
 Known blind spots: motion along the epipolar line of a translating camera (e.g. an object moving radially
 while the camera moves forward) leaves no Sampson residual; an object that stops is kept only for a few
