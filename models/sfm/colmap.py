@@ -31,7 +31,7 @@ class ColmapOptions:
     focal: float | None = None            # known focal length (px at the images' size): held fixed
     max_features: int = 4096              # SIFT features per image
     overlap: int = 10                     # sequential matching: each frame against the next `overlap` frames
-    num_threads: int = 2
+    num_threads: int = 2                  # more than 1 thread makes COLMAP's results vary slightly run to run
     seed: int = 0
 
 

@@ -46,8 +46,12 @@ def preprocess(
                                       help="motion: snap mask edges to colour edges (GrabCut; about half the time)."),
     static_camera: bool = typer.Option(False, "--static-camera", help="The camera does not move: skip COLMAP, "
                                                                       "use a fixed camera."),
-    focal: Optional[float] = typer.Option(None, help="Focal length in pixels of the decoded frames (static camera, "
-                                                    "or to fix COLMAP's)."),
+    focal: Optional[float] = typer.Option(None, help="Focal length in pixels of the original video (for a static or "
+                                                    "turning camera; default: a --fov guess)."),
+    fov: float = typer.Option(60.0, help="Horizontal field of view in degrees assumed when the focal is unknown."),
+    sfm_max_frames: int = typer.Option(200, help="Run COLMAP on at most this many evenly spaced frames; the others get "
+                                                 "interpolated poses."),
+    sfm_threads: int = typer.Option(2, help="COLMAP threads (1 gives bit-identical results run to run)."),
     per_object_sfm: bool = typer.Option(False, "--per-object-sfm", help="Also run SfM per segmented object "
                                                                         "(needed by --method osn)."),
     depth: str = typer.Option("auto", help="Depth: depth-anything (needs weights), sfm (sparse SfM depth), none; "
@@ -71,6 +75,13 @@ def preprocess(
     if start is not None and end is not None and end <= start:
         raise InputError(f"--end ({end}) must be after --start ({start})")
 
+    # every option is checked before the workspace is touched
+    later = _later_stages(
+        until=until, flow=flow, raft_checkpoint=raft_checkpoint, segment=segment, point=point, box=box,
+        sam_model=sam_model, sam_checkpoint=sam_checkpoint, sam2_checkpoint=sam2_checkpoint,
+        min_object_area=min_object_area, max_objects=max_objects, refine_masks=refine_masks,
+        static_camera=static_camera, focal=focal, fov=fov, sfm_max_frames=sfm_max_frames, sfm_threads=sfm_threads,
+        per_object_sfm=per_object_sfm, depth=depth, depth_checkpoint=depth_checkpoint, device=device)
     source = decode.resolve_source(input)
     ws = Workspace(workspace or Workspace.default_for(Path(input)))
     _refuse_inside_input(ws.root, source)
@@ -84,9 +95,7 @@ def preprocess(
         spec = pipeline.StageSpec(decode.NAME, decode.VERSION, (),
                                   run=lambda ctx, cfg: decode.run(ctx, source, cfg))
         requests = [pipeline.StageRequest(spec, dcfg, decode.config_for(source, dcfg))]
-        requests += _later_stages(until, flow, raft_checkpoint, segment, point, box, sam_model, sam_checkpoint,
-                                  sam2_checkpoint, min_object_area, max_objects, refine_masks, static_camera, focal,
-                                  per_object_sfm, depth, depth_checkpoint, device)
+        requests += later
         results = pipeline.run_chain(ws, requests, progress, force=force, log=log)
         log.close()
     for name, res in results.items():
@@ -99,9 +108,9 @@ def preprocess(
 STAGES = ("decode", "flow", "segment", "sfm", "depth")
 
 
-def _later_stages(until, flow, raft_checkpoint, segment, point, box, sam_model, sam_checkpoint, sam2_checkpoint,
-                  min_object_area, max_objects, refine_masks, static_camera, focal, per_object_sfm, depth, depth_checkpoint,
-                  device) -> list[pipeline.StageRequest]:
+def _later_stages(*, until, flow, raft_checkpoint, segment, point, box, sam_model, sam_checkpoint, sam2_checkpoint,
+                  min_object_area, max_objects, refine_masks, static_camera, focal, fov, sfm_max_frames, sfm_threads,
+                  per_object_sfm, depth, depth_checkpoint, device) -> list[pipeline.StageRequest]:
     """Requests for flow -> segment -> sfm -> depth, up to --until; options are checked before anything runs."""
     from models.errors import InputError
 
@@ -132,7 +141,10 @@ def _later_stages(until, flow, raft_checkpoint, segment, point, box, sam_model, 
     if "sfm" in wanted:
         if focal is not None and focal <= 0:
             raise InputError(f"--focal must be positive, got {focal}")
-        cfg = sfm_stage.SfmConfig(static_camera=static_camera, focal=focal, per_object=per_object_sfm)
+        if not 1 <= fov < 180:
+            raise InputError(f"--fov must be in [1, 180) degrees, got {fov}")
+        cfg = sfm_stage.SfmConfig(static_camera=static_camera, focal=focal, fov=fov, max_frames=sfm_max_frames,
+                                  threads=sfm_threads, per_object=per_object_sfm)
         requests.append(pipeline.StageRequest(sfm_stage.SPEC, cfg))
     if "depth" in wanted:
         if depth not in {"auto", "depth-anything", "sfm", "none"}:

@@ -81,7 +81,7 @@ class SfmConfig:
     per_object: bool = False
     """Also run SfM on each segmented object's pixels (camera-to-object poses, for OSN)."""
     threads: int = 2
-    """CPU threads for COLMAP."""
+    """CPU threads for COLMAP (1: slower but the same result on every run; with more, results vary slightly)."""
     seed: int = 0
     """Random seed for COLMAP's RANSAC and mapper."""
 
