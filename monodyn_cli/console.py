@@ -37,7 +37,7 @@ class RichProgress(Progress):
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         start = time.perf_counter()
         if self.quiet or not console.is_terminal and not _force_bars():
-            yield lambda n=1: None
+            yield lambda n=1, **info: None
         else:
             columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
                        MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),

@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import types
 import typing
 from functools import lru_cache
 
@@ -47,6 +48,8 @@ def _option(name: str) -> str:
 
 def _base_type(tp):
     """int for `int`, `int | None`, `Optional[int]`; the type of the first non-None member of a union."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return tp  # Literal[...], tuple[...] are types of their own, not unions to unwrap
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     return _base_type(args[0]) if args else tp
 

@@ -87,7 +87,7 @@ class Progress:
     @contextmanager
     def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         """Yield `advance(n)`; the default implementation reports nothing."""
-        yield lambda n=1: None
+        yield lambda n=1, **info: None
 
     def warn(self, message: str) -> None:
         pass
@@ -166,17 +166,26 @@ class Workspace:
         return res
 
     def entries(self) -> list[dict]:
-        """Every stage folder with its state, for `monodyn status` (complete, crashed, and stale ones)."""
+        """Every stage folder with its state, for `monodyn status` (complete, crashed, and stale ones).
+
+        Preprocessing stages live in <stage>/<key>; fits in fit/<method>/<key> (reported as stage "fit:<method>")."""
         state = self._state()
+        fits_path = self.root / "fit" / "current.json"
+        fits = json.loads(fits_path.read_text()) if fits_path.exists() else {}
+        order = ["decode", "flow", "segment", "sfm", "depth"]
+        stage_dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name not in {"logs", "fit", "eval", "renders"}]
+        stage_dirs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+        groups = [(p.name, p, state.get(p.name)) for p in stage_dirs]
+        if (self.root / "fit").is_dir():
+            groups += [(f"fit:{p.name}", p, fits.get(p.name)) for p in sorted((self.root / "fit").iterdir()) if p.is_dir()]
         rows = []
-        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name not in {"logs"}):
+        for name, stage_dir, current in groups:
             for key_dir in sorted(p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 manifest_path = key_dir / MANIFEST
                 manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
                 size = sum(f.stat().st_size for f in key_dir.rglob("*") if f.is_file())
-                rows.append({"stage": stage_dir.name, "key": key_dir.name, "manifest": manifest, "bytes": size,
-                             "current": state.get(stage_dir.name) == key_dir.name,
-                             "mtime": key_dir.stat().st_mtime})
+                rows.append({"stage": name, "key": key_dir.name, "manifest": manifest, "bytes": size,
+                             "current": current == key_dir.name, "mtime": key_dir.stat().st_mtime})
         return rows
 
     # ---- running a stage ------------------------------------------------------------------------
@@ -224,7 +233,7 @@ class Workspace:
         return StageResult(stage, key, folder, manifest, cached=False)
 
     def clean_trash(self) -> None:
-        for trash in self.root.glob("*/.trash-*"):
+        for trash in [*self.root.glob("*/.trash-*"), *self.root.glob("fit/*/.trash-*")]:
             shutil.rmtree(trash, ignore_errors=True)
 
 

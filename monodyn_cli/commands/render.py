@@ -51,6 +51,11 @@ def render(
     png: bool = typer.Option(False, "--png", help="Also write the frames as PNG files."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output mp4 (default: "
                                                                       "<workspace>/renders/<path>-<time>.mp4)."),
+    scale_sample: Optional[int] = typer.Option(None, help="osn: render the K-th sampled valid object-scale "
+                                                          "configuration."),
+    scales: Optional[str] = typer.Option(None, help="osn: render this object-scale configuration, e.g. 1.0,0.7 "
+                                                    "(one scale per object)."),
+    scale_samples: Optional[int] = typer.Option(None, help="osn: a grid of N sampled valid configurations side by side."),
     method_args: list[str] = typer.Option([], "--method-args", help="Method-specific render option KEY=VALUE "
                                                                     "(repeatable), e.g. scale_sample=3."),
     device: str = typer.Option("cpu", help="Torch device (cpu, cuda)."),
@@ -78,6 +83,12 @@ def render(
         cams = cams.scaled(scale)
     impl = get_method(method)
     kwargs = _parse_method_args(method_args)
+    for name, value in (("scale_sample", scale_sample), ("scale_samples", scale_samples),
+                        ("scales", _floats(scales, "--scales") if scales else None)):
+        if value is not None:
+            if method != "osn":
+                raise InputError(f"--{name.replace('_', '-')} applies to --method osn, not {method}")
+            kwargs[name] = value
     out = output or ws.root / "renders" / f"{method}-{label}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
     out.parent.mkdir(parents=True, exist_ok=True)
     progress = RichProgress(quiet)
@@ -152,6 +163,13 @@ def _parse_method_args(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = value
     return out
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} expects comma-separated numbers like 1.0,0.7, got {text!r}") from None
 
 
 def _clip_fps(scene) -> float:

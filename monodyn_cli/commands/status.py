@@ -21,29 +21,31 @@ def register(app: typer.Typer) -> None:
 def status(
     workspace: Path = typer.Argument(..., help="Workspace folder made by `monodyn preprocess`."),
     all_keys: bool = typer.Option(False, "--all", help="Also list stale results (older configs) of each stage."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show each stage's config and output files."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     ws = Workspace(workspace)
     ws.check_exists()
     table = Table(title=f"monodyn workspace {ws.root}")
-    for col in ("stage", "key", "state", "config", "outputs", "size", "seconds", "summary"):
-        table.add_column(col, overflow="fold")
+    cols = ["stage", "key", "state", "seconds", "size", "summary"] + (["config", "outputs"] if verbose else [])
+    for col in cols:
+        table.add_column(col, overflow="fold", no_wrap=col in {"stage", "key", "seconds", "size"})
     for row in ws.entries():
         m = row["manifest"]
         if m is None:
-            state = "[red]crashed[/red] (no manifest; redone next run)"
+            state = ("[red]incomplete[/red] (fit killed: `monodyn fit --resume` continues it)"
+                     if row["stage"].startswith("fit:") else "[red]crashed[/red] (no manifest; redone next run)")
         elif row["current"]:
             state = "[green]valid[/green]"
         elif not all_keys:
             continue
         else:
             state = "stale"
-        cfg = json.dumps({k: v for k, v in (m or {}).get("config", {}).items() if "sha256" not in k},
-                         separators=(",", ":")) if m else ""
+        cfg = " ".join(f"{k}={v}" for k, v in (m or {}).get("config", {}).items() if "sha256" not in k)
         outputs = ", ".join(m["outputs"]) if m else ""
         seconds = f"{m['seconds']:.1f}" if m else ""
-        table.add_row(row["stage"], row["key"], state, cfg, outputs, human_bytes(row["bytes"]), seconds,
-                      str((m or {}).get("summary", "")))
+        cells = [row["stage"], row["key"][:8], state, seconds, human_bytes(row["bytes"]), str((m or {}).get("summary", ""))]
+        table.add_row(*cells, *([cfg, outputs] if verbose else []))
     stdout.print(table)
     info = json.loads((ws.root / "workspace.json").read_text())
     stdout.print(f"source: {info.get('source')}  created: {time.ctime(info.get('created', 0))}")
