@@ -84,7 +84,7 @@ def bench_case(case: str, work: Path, fit_args: list[str]) -> list[dict]:
         if not npz.exists():
             return [{"case": case, "view": "skipped: no ../shared"}]
         t_eval, m_eval, _ = run(["eval", "--protocol", "multiview", "--gt", npz, "-w", work / "dnerf.monodyn",
-                                 "--background", "black", *fit_args], work)
+                                 *fit_args], work)
         summary = latest_eval(work / "dnerf.monodyn")
         for view, s in summary["views"].items():
             rows.append({"case": case, "view": view, "t_fit": summary["fit_seconds"], "peak_MB": m_eval, **s})

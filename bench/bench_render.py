@@ -25,11 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.cameras import Cameras, camera_rays, intrinsics_from_fov, look_at, opengl_c2w_to_opencv_w2c  # noqa: E402
+from models.cameras import (Cameras, camera_rays, intrinsics_from_fov, look_at, opengl_c2w_to_opencv_w2c,  # noqa: E402
+                            pixel_grid, rays_from_pixels)
 from models.fields import AABBMap, KPlanes, RadianceField, StaticDynamicField, TensoRFVM  # noqa: E402
 from models.fields.base import DensityOutput  # noqa: E402
 from models.rendering import OccupancyGrid, RenderConfig, render_image, render_rays  # noqa: E402
-from models.rendering.losses import sparsity_loss  # noqa: E402
+from models.rendering.losses import distortion_loss, sparsity_loss  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LEGO = SHARED / "data" / "gt" / "dnerf_lego_tiny.npz"
@@ -55,10 +56,13 @@ class Fitter:
 
     def __init__(self, field: RadianceField, smap: AABBMap, rays: dict, cfg: RenderConfig, batch: int,
                  iters: int, occ_res: int = 64, lr_grid: float = 0.02, lr_net: float = 2e-3,
-                 upsample: dict[int, int] | None = None, reg=None, seed: int = 0):
+                 upsample: dict[int, int] | None = None, reg=None, seed: int = 0, dynamic_grid_from: int | None = None,
+                 jitter: bool = True):
         self.field, self.smap, self.rays, self.cfg = field, smap, rays, cfg
         self.batch, self.iters, self.lr_grid, self.lr_net = batch, iters, lr_grid, lr_net
         self.upsample = upsample or {}
+        self.dynamic_grid_from = dynamic_grid_from
+        self.jitter = jitter
         self.reg = reg
         self.grid = OccupancyGrid(occ_res)
         self.times = None if rays.get("t") is None else torch.unique(rays["t"])
@@ -91,10 +95,20 @@ class Fitter:
             if it % (16 if it >= 256 else 4) == 0:
                 self.grid.update(self.field, self.cfg.box_step(self.smap), times=self.times,
                                  fraction=0.25, generator=self.gen)
+            if self.dynamic_grid_from is not None and it >= self.dynamic_grid_from and it % 16 == 0:
+                # from here on the dynamic field is only evaluated where it has density (speed)
+                if self.field.dynamic_grid is None:
+                    self.field.dynamic_grid = OccupancyGrid(self.grid.resolution)
+                self.field.dynamic_grid.update(self.field.dynamic, self.cfg.box_step(self.smap), times=self.times,
+                                               fraction=0.25, warmup_updates=1, generator=self.gen)
             idx = torch.randint(0, n_rays, (self.batch,), generator=self.gen)
             t = None if self.rays.get("t") is None else self.rays["t"][idx]
-            out = render_rays(self.field, self.rays["o"][idx], self.rays["d"][idx], t, self.smap,
-                              self.grid, self.cfg, generator=self.gen)
+            if self.jitter:  # a random point of the pixel's footprint, not always its centre (anti-aliasing)
+                xy = self.rays["xy"][idx] + torch.rand(self.batch, 2, generator=self.gen) - 0.5
+                o, d = rays_from_pixels(self.rays["K"][idx], self.rays["w2c"][idx], xy)
+            else:
+                o, d = self.rays["o"][idx], self.rays["d"][idx]
+            out = render_rays(self.field, o, d, t, self.smap, self.grid, self.cfg, generator=self.gen)
             mse = ((out.rgb - self.rays["rgb"][idx]) ** 2).mean()
             loss = mse + (self.reg(self.field, out) if self.reg else 0.0)
             self.opt.zero_grad(set_to_none=True)
@@ -110,7 +124,12 @@ class Fitter:
 
 def rays_of(cams: Cameras, images: torch.Tensor, times: torch.Tensor | None) -> dict:
     o, d = camera_rays(cams)
-    out = {"o": o.reshape(-1, 3), "d": d.reshape(-1, 3), "rgb": images.reshape(-1, 3)}
+    n, h, w = images.shape[:3]
+    out = {"o": o.reshape(-1, 3), "d": d.reshape(-1, 3), "rgb": images.reshape(-1, 3),
+           # for sub-pixel jitter: each ray's camera and pixel centre
+           "K": cams.K[:, None, None].expand(n, h, w, 3, 3).reshape(-1, 3, 3),
+           "w2c": cams.w2c[:, None, None].expand(n, h, w, 4, 4).reshape(-1, 4, 4),
+           "xy": pixel_grid(w, h)[None].expand(n, h, w, 2).reshape(-1, 2)}
     if times is not None:
         out["t"] = times[:, None, None].expand(images.shape[:3]).reshape(-1)
     return out
@@ -148,19 +167,19 @@ def bench_cube(seconds: float) -> None:
     train = [i for i in range(24) if i % 6 != 3]
     test = [i for i in range(24) if i % 6 == 3]
     rays = rays_of(cams[train], gt[train], None)
-    field = TensoRFVM(resolution=48, density_rank=8, app_rank=16, app_dim=27)
-    cfg = RenderConfig(n_samples=192, stratified=True)
-    fit = Fitter(field, smap, rays, cfg, batch=2048, iters=1500, upsample={300: 96},
+    field = TensoRFVM(resolution=32, density_rank=8, app_rank=16, decoder="sh")
+    cfg = RenderConfig(n_samples=128, stratified=True)
+    fit = Fitter(field, smap, rays, cfg, batch=2048, iters=1500, upsample={150: 64, 400: 128},
                  reg=lambda f, out: 1e-4 * f.tv_loss())
     rows = []
     while fit.fit_seconds < seconds:
         mse = fit.run(100)
         with torch.no_grad():
-            pred = render_image(field, cams[test], None, smap, fit.grid, RenderConfig(n_samples=192)).rgb
-        rows.append([fit.step, round(fit.fit_seconds, 1), -10 * math.log10(mse), psnr(pred, gt[test]),
-                     round(fit.grid.occupancy_fraction(), 3)])
+            pred = render_image(field, cams[test], None, smap, fit.grid, RenderConfig(n_samples=128)).rgb
+        rows.append([fit.step, round(fit.fit_seconds, 1), round(fit.fit_wall, 1), -10 * math.log10(mse),
+                     psnr(pred, gt[test]), round(fit.grid.occupancy_fraction(), 3)])
     table("cube: TensoRF-VM fit to 20 views (64x64), PSNR on 4 held-out views",
-          ["iters", "fit s", "train PSNR", "test PSNR", "occupied"], rows)
+          ["iters", "fit cpu s", "fit wall s", "train PSNR", "test PSNR", "occupied"], rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,16 +196,22 @@ def lego_data():
 
 
 def make_lego_field(args) -> StaticDynamicField:
-    static = TensoRFVM(resolution=args.static_res[0], density_rank=8, app_rank=16, decoder=args.decoder,
+    static = TensoRFVM(resolution=args.static_res[0], density_rank=8, app_rank=args.app_rank, decoder=args.decoder,
                        app_dim=27, hidden=64, feat_freqs=0, view_freqs=2)
-    dynamic = KPlanes(resolution=args.dyn_res, scales=tuple(args.dyn_scales), time_resolution=25,
+    dynamic = KPlanes(resolution=args.dyn_res, scales=tuple(args.dyn_scales), time_resolution=args.time_res,
                       features=args.dyn_features, hidden=32)
     return StaticDynamicField(static, dynamic)
 
 
-def lego_reg(f: StaticDynamicField, out) -> torch.Tensor:
-    return (1e-4 * f.static.tv_loss() + 1e-4 * f.dynamic.tv_loss() + 1e-3 * f.dynamic.time_smoothness_loss()
-            + 1e-4 * f.dynamic.time_l1_loss() + 1e-3 * sparsity_loss(out.weights_dynamic))
+def lego_reg(args):
+    def reg(f: StaticDynamicField, out) -> torch.Tensor:
+        loss = (args.tv_static * f.static.tv_loss() + args.tv_dynamic * f.dynamic.tv_loss()
+                + args.time_smooth * f.dynamic.time_smoothness_loss() + 1e-4 * f.dynamic.time_l1_loss()
+                + args.dyn_sparsity * sparsity_loss(out.weights_dynamic))
+        if args.distortion > 0:
+            loss = loss + args.distortion * distortion_loss(out.samples).mean()
+        return loss
+    return reg
 
 
 def bench_lego(args) -> tuple:
@@ -198,21 +223,26 @@ def bench_lego(args) -> tuple:
     field = make_lego_field(args)
     cfg = RenderConfig(n_samples=args.n_samples, stratified=True)
     eval_cfg = RenderConfig(n_samples=args.n_samples)
-    up_iters = [int(args.lego_iters * f) for f in (0.1, 0.25)][: len(args.static_res) - 1]
+    up_iters = [int(args.lego_iters * f) for f in (0.08, 0.2)][: len(args.static_res) - 1]
     fit = Fitter(field, smap, rays, cfg, batch=args.batch, iters=args.lego_iters, occ_res=64,
-                 upsample=dict(zip(up_iters, args.static_res[1:])), reg=lego_reg)
+                 upsample=dict(zip(up_iters, args.static_res[1:])), reg=lego_reg(args),
+                 dynamic_grid_from=int(args.lego_iters * 0.5), jitter=not args.no_jitter)
     rows = []
     chunk = max(args.lego_iters // args.evals, 1)
     while fit.step < args.lego_iters:
         mse = fit.run(min(chunk, args.lego_iters - fit.step))
         with torch.no_grad():
             pred = render_image(field, cams[test], times[test], smap, fit.grid, eval_cfg)
-        rows.append([fit.step, round(fit.fit_seconds, 1), -10 * math.log10(mse), psnr(pred.rgb, images[test]),
+        rows.append([fit.step, round(fit.fit_seconds, 1), round(fit.fit_wall, 1), -10 * math.log10(mse),
+                     psnr(pred.rgb, images[test]),
                      round(fit.grid.occupancy_fraction(), 3), round(float(pred.part_weights[..., 1].mean()), 3)])
-        print(f"  lego it {fit.step} fit {fit.fit_seconds:.0f}s test PSNR {rows[-1][3]:.2f}", flush=True)
+        print(f"  lego it {fit.step} fit {fit.fit_seconds:.0f} cpu s, test PSNR {rows[-1][4]:.2f}", flush=True)
+    if args.save:
+        torch.save({"field": field.state_dict(), "grid": fit.grid.state_dict(), "pred": pred.rgb}, args.save)
     n_params = sum(p.numel() for p in field.parameters())
     table(f"lego: static+dynamic fit, {n_params / 1e6:.2f} M parameters, batch {args.batch}, "
-          f"n_samples {args.n_samples}", ["iters", "fit s", "train PSNR", "test PSNR", "occupied", "dyn share"], rows)
+          f"n_samples {args.n_samples}", ["iters", "fit cpu s", "fit wall s", "train PSNR", "test PSNR", "occupied",
+                                          "dyn share"], rows)
     return field, smap, fit.grid, cams, times
 
 
@@ -225,31 +255,42 @@ def bench_fps(field, smap, grid, cams, n_samples: int) -> None:
         cfg = RenderConfig(n_samples=n_samples, bf16=bf16)
         with torch.no_grad():
             render_image(field, cam, 0.5, smap, grid, cfg)  # warm-up
-            t0 = time.perf_counter()
             reps = 3
+            c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(reps):
                 out = render_image(field, cam, 0.5, smap, grid, cfg)
-            dt = (time.perf_counter() - t0) / reps
-        rows.append(["bf16" if bf16 else "fp32", round(1.0 / dt, 2), round(dt * 1000), out.stats["samples"],
-                     out.stats["colored"]])
-    table("render 256x192 (lego field, occupancy-skipped)", ["precision", "frames/s", "ms/frame", "samples",
-                                                              "colored"], rows)
+            cpu, wall = (time.process_time() - c0) / reps, (time.perf_counter() - w0) / reps
+        rows.append(["bf16" if bf16 else "fp32", round(1.0 / cpu, 2), round(1.0 / wall, 2), round(cpu * 1000),
+                     out.stats["occupied"], out.stats["samples"], out.stats["colored"]])
+    table(f"render 256x192 (lego field, occupancy-skipped, dynamic grid {'on' if field.dynamic_grid is not None else 'off'}"
+          f", {torch.get_num_threads()} thread(s))",
+          ["precision", "frames/s (cpu time)", "frames/s (wall)", "cpu ms/frame", "occupied", "density evals",
+           "colour evals"], rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["cube", "lego"], default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--cube-seconds", type=float, default=60.0)
+    ap.add_argument("--cube-seconds", type=float, default=60.0, help="CPU seconds of cube fitting")
     ap.add_argument("--lego-iters", type=int, default=3000)
     ap.add_argument("--evals", type=int, default=6, help="test evaluations during the lego fit")
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--n-samples", type=int, default=256)
-    ap.add_argument("--static-res", type=int, nargs="+", default=[64, 128, 160])
+    ap.add_argument("--n-samples", type=int, default=128)
+    ap.add_argument("--static-res", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--dyn-res", type=int, default=48)
     ap.add_argument("--dyn-scales", type=int, nargs="+", default=[1])
     ap.add_argument("--dyn-features", type=int, default=8)
     ap.add_argument("--decoder", choices=["sh", "mlp"], default="sh")
+    ap.add_argument("--app-rank", type=int, default=16)
+    ap.add_argument("--no-jitter", action="store_true", help="train on pixel-centre rays only")
+    ap.add_argument("--tv-static", type=float, default=1e-4)
+    ap.add_argument("--distortion", type=float, default=0.0)
+    ap.add_argument("--tv-dynamic", type=float, default=1e-4)
+    ap.add_argument("--time-smooth", type=float, default=1e-3)
+    ap.add_argument("--dyn-sparsity", type=float, default=1e-3)
+    ap.add_argument("--time-res", type=int, default=25)
+    ap.add_argument("--save", type=Path, default=None, help="save the fitted lego field, grid and test renders")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -48,6 +48,7 @@ class Method(Protocol):
 # name -> "module:Class"; a method lands here when its implementation does
 METHODS: dict[str, str] = {
     "dpdy": "models.dpdy.method:DpDyMethod",
+    "osn": "models.osn.method:OSNMethod",
 }
 
 

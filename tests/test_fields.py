@@ -211,3 +211,38 @@ def test_encodings():
     Y = sh_encoding(dirs, 3)
     gram = Y.t() @ Y * (4 * math.pi / n)
     torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=2e-3, rtol=0)
+
+
+def test_composite_dynamic_grid_restricts_the_dynamic_field():
+    from models.rendering import OccupancyGrid
+    torch.manual_seed(0)
+    field = StaticDynamicField(TensoRFVM(8, 2, 2, 4), KPlanes(6, (1,), 4, 4, 16, 3))
+    x, d, t = torch.rand(64, 3) * 2 - 1, F.normalize(torch.randn(64, 3), dim=-1), torch.rand(64)
+    full = field.query_density(x, t)
+    grid = OccupancyGrid(4)
+    grid.occupied = torch.arange(64) % 2 == 0  # half of the cells
+    field.dynamic_grid = grid
+    part = field.query_density(x, t)
+    on = grid.query(x)
+    assert 0 < int(on.sum()) < 64
+    torch.testing.assert_close(part.parts[on], full.parts[on])
+    assert bool((part.parts[~on, 1] == 0).all())
+    torch.testing.assert_close(part.parts[:, 0], full.parts[:, 0])
+    rgb = field.query_color(x, d, t, part.state)
+    torch.testing.assert_close(rgb[~on], field.static(x[~on], d[~on])[1])
+
+
+def test_param_groups_cover_every_parameter_once_and_survive_upsampling():
+    field = StaticDynamicField(TensoRFVM(8, 2, 2, 4), KPlanes(6, (1, 2), 4, 4, 16, 3))
+    field.static.upsample(12)
+    field.dynamic.upsample(8)
+    groups = field.param_groups(0.02, 1e-3)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(field.parameters()))
+    assert {g["name"] for g in groups} == {"static.grid", "static.net", "dynamic.grid", "dynamic.net"}
+    assert field.dynamic.levels[1].plane(0).shape == (16, 16, 4)
+    # a state dict round-trips into a field built at the final resolution
+    clone = StaticDynamicField(TensoRFVM(12, 2, 2, 4), KPlanes(8, (1, 2), 4, 4, 16, 3))
+    clone.load_state_dict(field.state_dict())
+    x, d, t = torch.rand(10, 3) * 2 - 1, F.normalize(torch.randn(10, 3), dim=-1), torch.rand(10)
+    torch.testing.assert_close(clone(x, d, t)[1], field(x, d, t)[1])

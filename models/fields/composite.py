@@ -19,7 +19,8 @@ static one. `dynamic_grid` (an `models.rendering.OccupancyGrid` kept up to date 
 `grid.update(field.dynamic, ...)`, i.e. a max over time of its density) makes the dynamic field be
 evaluated only in its occupied cells (sigma_d = 0 elsewhere). Attach it once the static/dynamic split
 has settled (e.g. after half of training) and keep it for rendering: cells it prunes get no dynamic
-gradient any more.
+gradient any more. It is a submodule, so it is saved in the state dict: to load such a checkpoint, build
+the field with `dynamic_grid=OccupancyGrid(res)` (and every grid at its final, upsampled resolution).
 """
 
 from __future__ import annotations

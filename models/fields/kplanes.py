@@ -26,6 +26,7 @@ from models.fields.mlp import TinyMLP, sh_encoding, trunc_exp
 
 # axis pairs (-> width, -> height); axis 3 is time, so time runs along plane rows
 PLANE_AXES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+_PLANE_SEL = torch.tensor([a for ax in PLANE_AXES for a in ax])
 SPACE_PLANES = (0, 1, 2)
 TIME_PLANES = (3, 4, 5)
 
@@ -58,8 +59,8 @@ class KPlanes(RadianceField):
         return [(size[b], size[a]) for a, b in PLANE_AXES]  # (height, width)
 
     def features(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"]) -> Float[Tensor, "M SF"]:
-        xt = torch.cat([x, (t * 2.0 - 1.0)[:, None].to(x)], dim=-1)  # time [0,1] -> [-1,1]
-        coords = torch.stack([xt[:, list(ax)] for ax in PLANE_AXES])  # (6, M, 2)
+        xt = torch.cat([x.t(), (t * 2.0 - 1.0)[None].to(x)], dim=0)  # (4, M); time [0,1] -> [-1,1]
+        coords = xt.index_select(0, _PLANE_SEL.to(x.device)).view(6, 2, -1).transpose(1, 2)  # (6, M, 2)
         feats = []
         for level in self.levels:
             f = level.lookup(coords)  # (6, M, F)

@@ -30,10 +30,14 @@ _MODES = ((0, 1), (0, 2), (1, 2))
 _LINE_AXES = (2, 1, 0)
 
 
+_PLANE_SEL = torch.tensor([a for ax in _MODES for a in ax])
+
+
 def vm_coords(x: Float[Tensor, "N 3"]) -> tuple[Float[Tensor, "3 N 2"], Float[Tensor, "3 N"]]:
-    """Plane and line coordinates of points for the three VM modes."""
-    planes = torch.stack([x[:, list(ax)] for ax in _MODES])
-    lines = torch.stack([x[:, a] for a in _LINE_AXES])
+    """Plane and line coordinates of points for the three VM modes (views into two small copies)."""
+    xt = x.t()
+    planes = xt.index_select(0, _PLANE_SEL.to(x.device)).view(3, 2, -1).transpose(1, 2)
+    lines = xt.flip(0)  # line axes (z, y, x) = _LINE_AXES
     return planes, lines
 
 
@@ -74,7 +78,7 @@ class TensoRFVM(RadianceField):
     def app_features(self, x: Float[Tensor, "M 3"]) -> Float[Tensor, "M A"]:
         pc, lc = vm_coords(x)
         f = self.app_planes.lookup(pc) * self.app_lines.lookup(lc)  # (3, M, R)
-        return self.basis(f.permute(1, 0, 2).reshape(x.shape[0], -1))
+        return self.basis(f.permute(1, 0, 2).reshape(x.shape[0], 3 * f.shape[-1]))
 
     def query_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None = None,
                     state: dict[str, Tensor] | None = None) -> Float[Tensor, "M 3"]:

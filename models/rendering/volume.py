@@ -74,37 +74,16 @@ def _lin_disp_inv(s: Tensor, r: float) -> Tensor:
     return torch.where(s < 1.0, s * r, r / (2.0 - s).clamp_min(1e-6))
 
 
-def candidate_intervals(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"],
-                        space_map: AABBMap | ContractedMap, n_samples: int, near: float, far: float
-                        ) -> tuple[Float[Tensor, "N K"], Float[Tensor, "N K"], Bool[Tensor, "N K"]]:
-    """Interval edges (t_starts, t_ends) and validity of the candidate samples of each ray, before any
-    skipping.
-
-    AABBMap: constant world step = box diagonal / n_samples, from the box entry to its exit (clipped to
-    [near, far]); rays get ceil(length / step) intervals, K = the largest. ContractedMap: n_samples
-    intervals uniform in s = t / r for t < r and s = 2 - r / t beyond (r = map radius; "linear then
-    disparity", mip-NeRF 360), over [near, far].
-    """
-    if isinstance(space_map, AABBMap):
-        aabb = space_map.aabb.to(origins)
-        t_near, t_far, hit = ray_aabb(origins, dirs, aabb)
-        t_near, t_far = t_near.clamp_min(near), t_far.clamp_max(far)
-        hit = hit & (t_far > t_near)
-        step = float(torch.linalg.vector_norm(aabb[1] - aabb[0])) / n_samples
-        length = torch.where(hit, t_far - t_near, torch.zeros_like(t_near))
-        k_max = max(int(math.ceil(float(length.max()) / step)) if len(length) else 0, 1)
-        k = torch.arange(k_max, device=origins.device, dtype=origins.dtype)
-        starts = t_near[:, None] + k * step
-        ends = torch.minimum(starts + step, t_far[:, None])
-        valid = hit[:, None] & (ends > starts)
-        return starts, ends, valid
+def _contracted_intervals(origins: Float[Tensor, "N 3"], space_map: ContractedMap, n_samples: int, near: float,
+                          far: float) -> tuple[Float[Tensor, "N K"], Float[Tensor, "N K"]]:
+    """Interval edges of unbounded scenes: n_samples intervals uniform in s = t / r for t < r and
+    s = 2 - r / t beyond (r = map radius; "linear then disparity", mip-NeRF 360), over [near, far]."""
     r = space_map.radius
     s_near, s_far = _lin_disp(torch.tensor(near), r), _lin_disp(torch.tensor(far), r)
     s = torch.linspace(float(s_near), float(s_far), n_samples + 1, device=origins.device, dtype=origins.dtype)
     edges = _lin_disp_inv(s, r)
     n = origins.shape[0]
-    starts, ends = edges[:-1].expand(n, -1), edges[1:].expand(n, -1)
-    return starts, ends, torch.ones(n, n_samples, dtype=torch.bool, device=origins.device)
+    return edges[:-1].expand(n, -1), edges[1:].expand(n, -1)
 
 
 def sample_along_rays(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"],
@@ -112,8 +91,14 @@ def sample_along_rays(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"],
                       occupancy=None, times: Float[Tensor, "N"] | None = None, stratified: bool = False,
                       generator: torch.Generator | None = None) -> PackedSamples:
     """Candidate intervals -> sample positions (midpoints, or uniform within the interval when
-    `stratified`) -> keep those in occupied cells of `occupancy` (an `OccupancyGrid`, or None to keep all)
-    -> packed samples with box-space positions and interval lengths.
+    `stratified`; `generator` must live on the rays' device) -> keep those in occupied cells of
+    `occupancy` (an `OccupancyGrid`, or None to keep all) -> packed samples with box-space positions and
+    interval lengths.
+
+    AABBMap: a constant world step = box diagonal / n_samples, on a lattice anchored at each ray's box
+    entry, up to its exit (clipped to [near, far]). ContractedMap: n_samples intervals uniform in
+    s = t / r for t < r and s = 2 - r / t beyond (r = map radius; mip-NeRF 360's "linear then
+    disparity"), over [near, far]; interval lengths in the box are measured through the contraction.
 
     AABB scenes with an occupancy grid are marched coarse-to-fine so that empty space costs little:
     rays are first clipped to the bounding box of the occupied cells, then tested in coarse intervals of
@@ -123,8 +108,8 @@ def sample_along_rays(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"],
     """
     if isinstance(space_map, AABBMap):
         return _sample_aabb(origins, dirs, space_map, n_samples, near, far, occupancy, stratified, generator)
-    starts, ends, valid = candidate_intervals(origins, dirs, space_map, n_samples, near, far)
-    ray_idx, k_idx = valid.nonzero(as_tuple=True)
+    starts, ends = _contracted_intervals(origins, space_map, n_samples, near, far)
+    ray_idx, k_idx = torch.ones_like(starts, dtype=torch.bool).nonzero(as_tuple=True)
     t0, t1 = starts[ray_idx, k_idx], ends[ray_idx, k_idx]
     t_pos = _positions(t0, t1, stratified, generator)
     o, d = origins[ray_idx], dirs[ray_idx]
@@ -174,21 +159,25 @@ def _sample_aabb(origins, dirs, space_map: AABBMap, n_samples, near, far, occupa
         half_box = 0.5 * coarse * float(scale.abs().max()) * math.sqrt(3.0)
         radius = int(math.ceil(half_box * occupancy.resolution / 2.0))
         rays_c, k_c = _lattice(torch.floor(k_lo / _COARSE), torch.ceil(k_hi / _COARSE))
-        mid = t_near[rays_c] + (k_c + 0.5) * coarse
-        keep = occupancy.query_dilated(o_box[rays_c] + mid[:, None] * d_box[rays_c], radius).nonzero()[:, 0]
+        ray = torch.cat([o_box, d_box, t_near[:, None]], dim=1)[rays_c]  # one gather of per-ray data
+        mid = ray[:, 6:7] + (k_c[:, None] + 0.5) * coarse
+        keep = occupancy.query_dilated(torch.addcmul(ray[:, 0:3], mid, ray[:, 3:6]), radius).nonzero()[:, 0]
         rays_c, k_c = rays_c[keep], k_c[keep]
         k = (k_c[:, None] * _COARSE + torch.arange(_COARSE, device=k_c.device)).reshape(-1)
         rays = rays_c.repeat_interleave(_COARSE)
-        inside = (k >= k_lo[rays]) & (k < k_hi[rays])
+        bounds = torch.stack([k_lo, k_hi], dim=1)[rays]
+        inside = ((k >= bounds[:, 0]) & (k < bounds[:, 1])).nonzero()[:, 0]
         rays, k = rays[inside], k[inside]
-    t0 = t_near[rays] + k * step
-    t1 = torch.minimum(t0 + step, t_far[rays])
+    ray = torch.cat([o_box, d_box, t_near[:, None], t_far[:, None],
+                     torch.linalg.vector_norm(d_box, dim=-1, keepdim=True)], dim=1)[rays]
+    t0 = ray[:, 6] + k * step
+    t1 = torch.minimum(t0 + step, ray[:, 7])
     t_pos = _positions(t0, t1, stratified, generator)
-    x = o_box[rays] + t_pos[:, None] * d_box[rays]
+    x = torch.addcmul(ray[:, 0:3], t_pos[:, None], ray[:, 3:6])
+    delta = (t1 - t0) * ray[:, 8]
     if occupancy is not None:
         keep = occupancy.query(x).nonzero()[:, 0]
-        rays, t0, t1, t_pos, x = rays[keep], t0[keep], t1[keep], t_pos[keep], x[keep]
-    delta = (t1 - t0) * torch.linalg.vector_norm(d_box, dim=-1)[rays]
+        rays, t0, t1, t_pos, x, delta = rays[keep], t0[keep], t1[keep], t_pos[keep], x[keep], delta[keep]
     return PackedSamples(ray_indices=rays, t_starts=t0, t_ends=t1, t_pos=t_pos, delta=delta, x=x, n_rays=n)
 
 
@@ -235,6 +224,13 @@ def composite_packed(sigma: Float[Tensor, "M"], delta: Float[Tensor, "M"], ray_i
     trans = torch.exp(-segment_exclusive_cumsum(tau, ray_indices, n_rays))
     alpha = -torch.expm1(-tau.double())
     return (trans * alpha).to(sigma.dtype), trans.to(sigma.dtype)
+
+
+def sort_by_ray_then_distance(ray_indices: Int[Tensor, "M"], t: Float[Tensor, "M"]) -> Int[Tensor, "M"]:
+    """Permutation putting samples in (ray, t) order: merge the packed samples of several fields along
+    the same rays (e.g. OSN's per-object fields), then composite them with `composite_packed`."""
+    by_t = torch.argsort(t, stable=True)
+    return by_t[torch.argsort(ray_indices[by_t], stable=True)]
 
 
 def accumulate(values: Float[Tensor, "M *C"], ray_indices: Int[Tensor, "M"], n_rays: int) -> Float[Tensor, "N *C"]:

@@ -1,0 +1,231 @@
+"""OSN on synthetic clips with several ground-truth scenes (the paper's Table 2, "multiple GT").
+
+For each seed, `monodyn_cli.synth` makes one input video of two rigid objects plus scale variants: the objects
+scaled about the input camera, so the video is (nearly) unchanged while held-out views differ. OSN is fitted on a
+`Scene` built straight from the ground truth (instance masks, per-object poses as camera-to-object SfM would give,
+depth; no COLMAP), then:
+
+1. validity: the scale network's score of every variant's ground-truth scales (= sigma_k * g_k) next to the
+   generator's verdict (valid = nothing interpenetrates and the input video is unchanged);
+2. novel views: at a held-out camera, for every ground-truth scene (the base scene and each valid variant), the
+   best of M valid OSN samples (scale_samples = M) by PSNR, and its SSIM; also OSN rendered at the exact
+   ground-truth scales (oracle) and at its default combination;
+3. DpDy (when `models.registry` has it) fitted on the same scene (with ground-truth flow and depth): one solution
+   compared with every ground-truth scene.
+
+    .venv/bin/python bench/bench_osn.py --seeds 14 --steps 1500 --samples 16
+
+Prints tables (time and peak memory too); --json PATH writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from models.osn.config import OSNConfig  # noqa: E402
+from models.osn.model import OSNModel  # noqa: E402
+from models.osn.synthetic import scene_from_ground_truth  # noqa: E402
+from models.osn.trainer import Trainer  # noqa: E402
+from models.registry import METHODS, get_method  # noqa: E402
+from monodyn_cli.metrics import psnr, ssim  # noqa: E402
+from monodyn_cli.synth import SynthConfig, generate_scene, parse_scale_variants  # noqa: E402
+from monodyn_cli.synth.scene import heldout_name  # noqa: E402
+
+console = Console()
+DEFAULT_VARIANTS = "0.8,0.8;1.0,0.6;0.6,1.0;2.0,2.0;1.2,1.2;0.5,0.5;0.7,0.5;0.9,1.1;0.65,0.75"
+
+
+def log(line: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}")
+
+
+def build(seed: int, args) -> tuple:
+    cfg = SynthConfig(seed=seed, frames=args.frames, width=args.width, height=args.height, objects=2,
+                      heldout_azimuths=(args.heldout,), fixed_cameras=0,
+                      scale_variants=parse_scale_variants(args.variants, 2))
+    sc = generate_scene(cfg)
+    v = sc.view("input")
+    room = sc.meta["room"]
+    aabb = [[-room["half_size"], -room["half_size"], 0.0], [room["half_size"], room["half_size"], room["height"]]]
+    scene, g = scene_from_ground_truth(v.rgb, v.instances, v.depth, v.cameras, sc.object_poses(), aabb=aabb)
+    scene.flow_fw, scene.flow_bw, scene.valid_fw, scene.valid_bw = v.flow_fw, v.flow_bw, v.valid_fw, v.valid_bw
+    return sc, scene, g
+
+
+def fit_osn(scene, args, out: Path) -> tuple[OSNModel, float]:
+    cfg = OSNConfig(steps=args.steps, batch_rays=args.batch_rays, device="cpu", checkpoint_every=0,
+                    background_resolution=args.bg_res, object_resolution=args.obj_res, n_samples_object=32,
+                    n_samples_background=96, scale_candidates=128, scale_steps=40, seed=args.fit_seed)
+    start = time.perf_counter()
+    def progress(step, total, **m):
+        if step % 250 == 0:
+            log(f"  OSN step {step}/{total} " + " ".join(f"{k}={v:.3g}" for k, v in m.items()))
+
+    trainer = Trainer(scene, cfg, out, progress)
+    trainer.run(resume=False)
+    return trainer.model, time.perf_counter() - start
+
+
+def nvs_metrics(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
+    return float(psnr(pred, gt).mean()), float(ssim(pred, gt).mean())
+
+
+def run_seed(seed: int, args) -> dict:
+    start = time.perf_counter()
+    sc, scene, g = build(seed, args)
+    log(f"seed {seed}: scene generated in {time.perf_counter() - start:.1f}s")
+    model, fit_s = fit_osn(scene, args, Path(args.workdir) / f"osn_seed{seed}")
+    log(f"seed {seed}: OSN fitted in {fit_s:.1f}s")
+    g_t = torch.tensor(g)
+    variants = [{"name": "base", "scales": [1.0, 1.0], "valid": True, "input_changed_fraction": 0.0}] + \
+        list(sc.meta["variants"])
+    osn_scales = torch.stack([torch.tensor(v["scales"]) * g_t for v in variants])
+    validity = model.validity(osn_scales)
+    for v, p in zip(variants, validity.tolist()):
+        v["osn_validity"] = p
+
+    # novel views at the held-out camera, every eval_every-th frame
+    cam_name = heldout_name(args.heldout)
+    frames = list(range(0, args.frames, args.eval_every))
+    idx = torch.tensor(frames)
+    cams = sc.view(cam_name).cameras[idx]
+    times = scene.times[idx]
+    valid, _ = model.valid_scales(0)
+    samples = valid[: args.samples]
+    start = time.perf_counter()
+    renders = [model.render_cameras(cams, times, s)["rgb"].clamp(0, 1) for s in samples]
+    render_s = (time.perf_counter() - start) / max(len(samples) * len(frames), 1)
+    log(f"seed {seed}: {len(samples)} samples x {len(frames)} held-out frames rendered "
+        f"({render_s:.2f}s per frame)")
+    default = model.render_cameras(cams, times, model.default_scales())["rgb"].clamp(0, 1)
+    gts = [v for v in variants if v["valid"]]
+    rows = []
+    dpdy = None
+    if args.dpdy and "dpdy" in METHODS:
+        dpdy = fit_dpdy(scene, args, Path(args.workdir) / f"dpdy_seed{seed}", cams, times)
+        if dpdy is not None:
+            log(f"seed {seed}: DpDy fitted in {dpdy['seconds']:.1f}s")
+    for v in gts:
+        gt_rgb = torch.from_numpy(np.asarray(sc.view(cam_name, None if v["name"] == "base" else v["name"]).rgb)
+                                  [frames].astype(np.float32) / 255.0)
+        per = [nvs_metrics(r, gt_rgb) for r in renders]
+        best = max(range(len(per)), key=lambda i: per[i][0]) if per else None
+        oracle = model.render_cameras(cams, times, torch.tensor(v["scales"]) * g_t)["rgb"].clamp(0, 1)
+        row = {"variant": v["name"], "scales": v["scales"],
+               "osn_best_psnr": per[best][0] if per else math.nan, "osn_best_ssim": per[best][1] if per else math.nan,
+               "osn_best_sample": best, "osn_default": nvs_metrics(default, gt_rgb),
+               "osn_oracle": nvs_metrics(oracle, gt_rgb)}
+        if dpdy is not None:
+            row["dpdy"] = nvs_metrics(dpdy["rgb"], gt_rgb)
+        rows.append(row)
+    return {"seed": seed, "g": g, "fit_seconds": fit_s, "render_seconds_per_frame": render_s,
+            "n_valid": len(valid), "variants": variants, "nvs": rows,
+            "dpdy_fit_seconds": None if dpdy is None else dpdy["seconds"]}
+
+
+def fit_dpdy(scene, args, out: Path, cams, times) -> dict | None:
+    method = get_method("dpdy")
+    cfg = method.Config(steps=args.dpdy_steps, device="cpu", checkpoint_every=0)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        method.fit(scene, cfg, out, lambda *a, **k: None)
+    except Exception as exc:  # report, do not hide: the OSN numbers stand on their own
+        console.print(f"[yellow]dpdy failed: {type(exc).__name__}: {exc}[/yellow]")
+        return None
+    seconds = time.perf_counter() - start
+    out_r = method.render(out, cams, times, device="cpu")
+    return {"rgb": out_r.rgb.clamp(0, 1), "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="14", help="comma-separated synthetic scene seeds")
+    ap.add_argument("--frames", type=int, default=24)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--height", type=int, default=48)
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="scale variants, 'a,b;c,d;...'")
+    ap.add_argument("--heldout", type=float, default=30.0, help="held-out camera: input path rotated by degrees")
+    ap.add_argument("--eval-every", type=int, default=4, help="evaluate every n-th frame")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-rays", type=int, default=1024)
+    ap.add_argument("--bg-res", type=int, default=64)
+    ap.add_argument("--obj-res", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=16, help="M: valid OSN samples per best-of-M")
+    ap.add_argument("--fit-seed", type=int, default=0)
+    ap.add_argument("--dpdy", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--dpdy-steps", type=int, default=1500)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
+    ap.add_argument("--workdir", default="/tmp/bench_osn")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [run_seed(int(s), args) for s in args.seeds.split(",")]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    vt = Table(title="validity of ground-truth scale combinations (scale network score; > 0.5 = valid)")
+    for col in ("seed", "variant", "scales", "generator", "input changed", "OSN validity", "agree"):
+        vt.add_column(col, justify="right")
+    for r in results:
+        for v in r["variants"]:
+            visually_valid = v["input_changed_fraction"] <= 1e-4
+            verdict = "valid" if v["valid"] else ("invalid" if not visually_valid else "interpenetrates")
+            agree = "" if v["valid"] != visually_valid else ("yes" if (v["osn_validity"] > 0.5) == v["valid"] else "NO")
+            vt.add_row(str(r["seed"]), v["name"], ",".join(f"{s:g}" for s in v["scales"]), verdict,
+                       f"{100 * v['input_changed_fraction']:.3f}%", f"{v['osn_validity']:.3f}", agree)
+    console.print(vt)
+
+    nt = Table(title=f"novel views at the held-out camera (az +{args.heldout:g} deg): PSNR / SSIM against each "
+                     f"ground-truth scene")
+    for col in ("seed", "GT scene", f"OSN best of {args.samples}", "OSN oracle scales", "OSN default", "DpDy"):
+        nt.add_column(col, justify="right")
+    fmt = lambda p: "-" if p is None else f"{p[0]:.2f} / {p[1]:.3f}"
+    all_rows = [row for r in results for row in r["nvs"]]
+    for r in results:
+        for row in r["nvs"]:
+            nt.add_row(str(r["seed"]), row["variant"], fmt((row["osn_best_psnr"], row["osn_best_ssim"])),
+                       fmt(row["osn_oracle"]), fmt(row["osn_default"]), fmt(row.get("dpdy")))
+
+    def ms(vals):
+        vals = [v for v in vals if v is not None and not math.isnan(v)]
+        return (float(np.mean(vals)), float(np.std(vals))) if vals else (math.nan, math.nan)
+
+    summary = {"osn_best": (ms([x["osn_best_psnr"] for x in all_rows]), ms([x["osn_best_ssim"] for x in all_rows])),
+               "osn_oracle": (ms([x["osn_oracle"][0] for x in all_rows]), ms([x["osn_oracle"][1] for x in all_rows])),
+               "osn_default": (ms([x["osn_default"][0] for x in all_rows]), ms([x["osn_default"][1] for x in all_rows]))}
+    if any("dpdy" in x for x in all_rows):
+        summary["dpdy"] = (ms([x["dpdy"][0] for x in all_rows if "dpdy" in x]),
+                           ms([x["dpdy"][1] for x in all_rows if "dpdy" in x]))
+    f2 = lambda k: f"{summary[k][0][0]:.2f}±{summary[k][0][1]:.2f} / {summary[k][1][0]:.3f}±{summary[k][1][1]:.3f}"
+    nt.add_row("all", f"{len(all_rows)} GT", f2("osn_best"), f2("osn_oracle"), f2("osn_default"),
+               f2("dpdy") if "dpdy" in summary else "-")
+    console.print(nt)
+    tt = Table(title=f"time on this machine ({torch.get_num_threads()} torch thread(s)), peak RSS {peak_mb:.0f} MB")
+    for col in ("seed", "OSN fit s", "steps", "valid of 4096", "OSN render s/frame", "DpDy fit s"):
+        tt.add_column(col, justify="right")
+    for r in results:
+        tt.add_row(str(r["seed"]), f"{r['fit_seconds']:.0f}", str(args.steps), str(r["n_valid"]),
+                   f"{r['render_seconds_per_frame']:.2f}",
+                   "-" if r["dpdy_fit_seconds"] is None else f"{r['dpdy_fit_seconds']:.0f}")
+    console.print(tt)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "summary": summary,
+                                               "peak_rss_mb": peak_mb}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""`DpDyConfig`: every option of `monodyn fit --method dpdy` (the string under a field is its --help text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class DpDyConfig:
+    # ---- schedule ---------------------------------------------------------------------------------------
+    steps: int = 3000
+    """Optimisation steps (the learning rate decays and the grids grow over them)."""
+    minutes: float = 0.0
+    """Time budget in minutes (0 = none): the schedule then runs on max(step / steps, elapsed / budget) and the
+    fit stops at whichever ends first. A budget makes the result depend on the machine's speed."""
+    seed: int = 0
+    """Random seed (initialisation, ray batches, jitter). Same seed and steps -> same weights on a CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Torch device for fitting: auto picks cuda when available."""
+    batch_rays: int = 2048
+    """Most rays per step (a GPU takes 4096-8192)."""
+    batch_samples: int = 32768
+    """Target samples per step: the number of rays adapts (128 .. batch_rays) so that early steps, when little
+    space is skipped yet and every ray takes many samples, cost no more than later ones (instant-NGP's dynamic
+    batch; 0 = always batch_rays). A GPU takes 2^18."""
+    checkpoint_every: int = 250
+    """Write a resumable checkpoint every this many steps (0 = only at the end)."""
+
+    # ---- representation --------------------------------------------------------------------------------
+    space: Literal["auto", "aabb", "contracted"] = "auto"
+    """World -> field box: aabb = the box center +- radius (object captures with a known background colour);
+    contracted = the scene sphere kept linear, everything beyond squeezed in (real clips). auto: aabb when the
+    scene declares a background colour, else contracted."""
+    bound_scale: float = 1.0
+    """Multiplies the scene radius to size the box / the linear region of the contraction."""
+    static_res_start: int = 64
+    """Static TensoRF-VM texels per axis at the start."""
+    static_res_final: int = 160
+    """Static TensoRF-VM texels per axis after the last upsampling (reached at 25% of the schedule)."""
+    static_density_rank: int = 8
+    """Static density components per VM mode."""
+    static_app_rank: int = 24
+    """Static appearance components per VM mode."""
+    static_decoder: Literal["mlp", "sh"] = "sh"
+    """Static colour decoder: spherical harmonics (fast, converges quickly) or a small MLP with view encoding."""
+    dynamic_res: int = 32
+    """Dynamic K-planes spatial texels per axis at the coarsest scale."""
+    dynamic_scales: int = 2
+    """Number of K-planes scales (resolution x1, x2, x4, ...)."""
+    dynamic_time_res: int = 0
+    """K-planes texels along time (0 = half the number of frames, at least 4)."""
+    dynamic_features: int = 16
+    """K-planes feature channels per scale."""
+    occupancy_res: int = 64
+    """Occupancy grid cells per axis (empty-space skipping)."""
+    occupancy_every: int = 16
+    """Update the occupancy grid every this many steps."""
+    occupancy_warmup: int = 32
+    """Steps before empty-space skipping starts; the grid is then refreshed every 8 steps for a while."""
+    n_samples: int = 256
+    """Candidate samples per ray (across the box diagonal, or across near..far in a contracted scene)."""
+    near: float = 0.05
+    """Closest sampled distance from a camera, as a fraction of the scene radius."""
+    background: Literal["auto", "black", "white", "learned"] = "auto"
+    """Colour behind the scene: auto = the scene's declared background, else learned."""
+
+    # ---- optimisation ----------------------------------------------------------------------------------
+    lr_grid: float = 0.02
+    """Adam learning rate of the grids (planes and lines)."""
+    lr_net: float = 2e-3
+    """Adam learning rate of the small MLPs (decoders, scene-flow head, background)."""
+    lr_decay: float = 0.1
+    """Learning rates end at this fraction of their start (exponential decay)."""
+    rgb_loss: Literal["l2", "charbonnier"] = "l2"
+    """Photometric loss on the input frames."""
+
+    # ---- ray sampling ----------------------------------------------------------------------------------
+    dynamic_boost: float = 4.0
+    """Extra sampling weight of moving pixels (from the instance masks; 0 = uniform)."""
+    error_boost: float = 1.0
+    """Extra sampling weight of pixels with a high running photometric error (finds moving or hard regions
+    without masks; 0 = off)."""
+    sample_cell: int = 4
+    """Pixel block size of the sampling-weight map."""
+
+    # ---- loss weights ----------------------------------------------------------------------------------
+    depth: bool = True
+    """Use the scene's depth maps (affine-invariant depth loss) when it has them."""
+    flow: bool = True
+    """Use the scene's optical flow (flow, correspondence and cycle losses) when it has one."""
+    depth_weight: float = 0.05
+    """Affine-invariant (per frame scale + shift) depth loss against the scene's depth maps, if any."""
+    depth_space: Literal["disparity", "depth"] = "disparity"
+    """Space in which the depth prior is affine (disparity for relative monocular depth)."""
+    flow_weight: float = 0.02
+    """Optical-flow loss: the rendered scene flow projected into the neighbouring frame must match the flow."""
+    flow_decay: float = 0.5
+    """The flow weight decays to this fraction of itself over the schedule (flow is a prior, not data)."""
+    scene_flow_weight: float = 0.01
+    """Scene-flow consistency: dynamic colour/opacity kept along the predicted motion, and forward then backward
+    motion returning to the start (cycle)."""
+    distortion_weight: float = 1e-3
+    """mip-NeRF 360 distortion loss (compact surfaces, no floaters)."""
+    dynamic_sparsity_weight: float = 1e-3
+    """Penalty on the dynamic field's share of every ray (explain with the static field where possible)."""
+    static_mask_weight: float = 0.05
+    """Penalty on the dynamic share of pixels the instance masks call static."""
+    static_tv_weight: float = 1e-4
+    """Total variation of the static planes."""
+    static_l1_weight: float = 8e-5
+    """L1 sparsity of the static density factors."""
+    dynamic_tv_weight: float = 1e-4
+    """Total variation of the dynamic space planes."""
+    time_smooth_weight: float = 1e-3
+    """Smoothness of the dynamic time planes along time (1D Laplacian)."""
+    time_l1_weight: float = 1e-4
+    """L1 of the time planes' deviation from 1 (prefers static explanations)."""
+
+    # ---- novel-view guidance (used only when a guidance hook is given to fit) ---------------------------
+    guidance_weight: float = 1.0
+    """Weight of the guidance term on novel-view renders (only when a guidance hook is set)."""
+    guidance_every: int = 4
+    """Render novel views for the guidance hook every this many steps."""
+    guidance_views: int = 1
+    """Novel views per guidance step."""
+    guidance_size: int = 64
+    """Long side in pixels of the guidance renders."""
+    guidance_max_degrees: float = 20.0
+    """Novel views orbit the input camera about its look-at point by up to this many degrees."""
