@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from monodyn_cli.commands import doctor, eval, fit, preprocess, render, status, synth
+from monodyn_cli.commands import doctor, eval, fit, osn, preprocess, render, status, synth
 
 app = typer.Typer(
     name="monodyn",
@@ -16,7 +16,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (preprocess, fit, render, eval, synth, status, doctor):
+for module in (preprocess, fit, render, eval, synth, osn, status, doctor):
     module.register(app)
 
 
