@@ -62,6 +62,16 @@ def config(args, minutes: float, steps: int) -> DpDyConfig:
     return dataclasses.replace(parse_options(DpDyConfig, shlex.split(args.cfg)), minutes=minutes, steps=steps)
 
 
+def save_strip(path: Path, pred: torch.Tensor, gt: torch.Tensor, n: int = 4) -> None:
+    """Rows of ground truth | render for n frames, as a PNG to look at."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    idx = np.linspace(0, len(pred) - 1, min(n, len(pred))).round().astype(int)
+    rows = [np.concatenate([gt[i].numpy(), pred[i].clamp(0, 1).numpy()], axis=1) for i in idx]
+    cv2.imwrite(str(path), (np.concatenate(rows, 0)[..., ::-1] * 255).round().astype(np.uint8))
+
+
 def render_fps(ckpt: Path, cams, times, reps: int = 3) -> float:
     method = DpDyMethod()
     method.render(ckpt, cams[0], times[:1])  # load + warm-up
@@ -128,6 +138,8 @@ def bench_synth(args) -> None:
         frames = np.arange(0, 48, args.synth_stride)
         images = torch.as_tensor(np.asarray(v.rgb)[frames], dtype=torch.float32) / 255.0
         pred = torch.cat([method.render(ckpt, v.cameras[int(i)], scene.times[int(i):int(i) + 1]).rgb for i in frames])
+        if args.save_png:
+            save_strip(Path(args.save_png) / f"synth-{name}.png", pred, images)
         row = [name, round(fit_s), steps, float(psnr(pred.clamp(0, 1), images).mean())]
         if name != "input":
             mask = covisible_mask(np.asarray(v.depth), v.cameras, np.asarray(v.instances), np.asarray(inp.depth),
@@ -161,6 +173,8 @@ def bench_lego(args) -> None:
             with torch.no_grad():
                 out = trainer.model.render_image(views.cameras, views.times)
             test = float(psnr(out.rgb.clamp(0, 1), views.images).mean())
+            if args.save_png:
+                save_strip(Path(args.save_png) / f"lego-{trainer.step}.png", out.rgb, views.images)
             rows.append([round(trainer.elapsed / 60, 2), trainer.step, test, round(float(out.weights_dynamic.mean()), 3),
                          round(trainer.model.occupancy.occupancy_fraction(), 3)])
             print(f"  {rows[-1][0]} min, step {trainer.step}: test PSNR {test:.2f} ({load()})", flush=True)
@@ -180,6 +194,7 @@ def main() -> None:
     ap.add_argument("--synth-stride", type=int, default=3, help="evaluate every n-th frame")
     ap.add_argument("--synth-cameras", nargs="+", default=["heldout_az30"])
     ap.add_argument("--no-depth", action="store_true", help="synth: no depth maps (flow and masks only)")
+    ap.add_argument("--save-png", default=None, help="folder for PNG strips of ground truth | render")
     ap.add_argument("--lego-minutes", type=float, default=10.0)
     ap.add_argument("--lego-steps", type=int, default=100000)
     ap.add_argument("--lego-marks", type=float, nargs="+", default=[1, 2, 4, 6, 8])

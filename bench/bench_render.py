@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_render.py                 # cube self-check + D-NeRF lego fit + render fps
     .venv/bin/python bench/bench_render.py --only cube --cube-seconds 60
-    .venv/bin/python bench/bench_render.py --only lego --lego-iters 3000 --threads 1
+    .venv/bin/python bench/bench_render.py --only lego --lego-iters 2500 --threads 1
 
 1. cube: a textured cube (analytic field) is rendered with our renderer into 24 views; a TensoRF-VM is
    fitted to 20 of them for --cube-seconds; PSNR on the 4 held-out views.
@@ -57,7 +57,7 @@ class Fitter:
     def __init__(self, field: RadianceField, smap: AABBMap, rays: dict, cfg: RenderConfig, batch: int,
                  iters: int, occ_res: int = 64, lr_grid: float = 0.02, lr_net: float = 2e-3,
                  upsample: dict[int, int] | None = None, reg=None, seed: int = 0, dynamic_grid_from: int | None = None,
-                 jitter: bool = True):
+                 jitter: bool = False):
         self.field, self.smap, self.rays, self.cfg = field, smap, rays, cfg
         self.batch, self.iters, self.lr_grid, self.lr_net = batch, iters, lr_grid, lr_net
         self.upsample = upsample or {}
@@ -226,7 +226,7 @@ def bench_lego(args) -> tuple:
     up_iters = [int(args.lego_iters * f) for f in (0.08, 0.2)][: len(args.static_res) - 1]
     fit = Fitter(field, smap, rays, cfg, batch=args.batch, iters=args.lego_iters, occ_res=64,
                  upsample=dict(zip(up_iters, args.static_res[1:])), reg=lego_reg(args),
-                 dynamic_grid_from=int(args.lego_iters * 0.5), jitter=not args.no_jitter)
+                 dynamic_grid_from=int(args.lego_iters * 0.5), jitter=args.jitter)
     rows = []
     chunk = max(args.lego_iters // args.evals, 1)
     while fit.step < args.lego_iters:
@@ -273,7 +273,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["cube", "lego"], default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--cube-seconds", type=float, default=60.0, help="CPU seconds of cube fitting")
-    ap.add_argument("--lego-iters", type=int, default=3000)
+    ap.add_argument("--lego-iters", type=int, default=2500)
     ap.add_argument("--evals", type=int, default=6, help="test evaluations during the lego fit")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--n-samples", type=int, default=128)
@@ -281,15 +281,15 @@ def main() -> None:
     ap.add_argument("--dyn-res", type=int, default=48)
     ap.add_argument("--dyn-scales", type=int, nargs="+", default=[1])
     ap.add_argument("--dyn-features", type=int, default=8)
-    ap.add_argument("--decoder", choices=["sh", "mlp"], default="sh")
+    ap.add_argument("--decoder", choices=["sh", "mlp"], default="mlp")
     ap.add_argument("--app-rank", type=int, default=16)
-    ap.add_argument("--no-jitter", action="store_true", help="train on pixel-centre rays only")
+    ap.add_argument("--jitter", action="store_true", help="train on rays through random points of the pixels")
     ap.add_argument("--tv-static", type=float, default=1e-4)
     ap.add_argument("--distortion", type=float, default=0.0)
     ap.add_argument("--tv-dynamic", type=float, default=1e-4)
-    ap.add_argument("--time-smooth", type=float, default=1e-3)
+    ap.add_argument("--time-smooth", type=float, default=1e-2)
     ap.add_argument("--dyn-sparsity", type=float, default=1e-3)
-    ap.add_argument("--time-res", type=int, default=25)
+    ap.add_argument("--time-res", type=int, default=12)
     ap.add_argument("--save", type=Path, default=None, help="save the fitted lego field, grid and test renders")
     args = ap.parse_args()
     if args.threads:

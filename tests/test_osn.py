@@ -223,9 +223,9 @@ def test_scale_network_learns_the_valid_region():
     torch.manual_seed(0)
     space = ScaleSpace(torch.log(scales.amin(0) / 8), torch.log(scales.amax(0) * 3))
     net = ScaleNetwork(2, hidden=64)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(250):
+    for _ in range(150):
         scale_network_step(net, space, cache, opt, 128, g, temperature=2e-3, tolerance=5e-3)
     p = net.validity(space.to_unit(scales))
     for score, ch in zip(p.tolist(), changed):
@@ -297,26 +297,37 @@ def test_fit_writes_a_checkpoint_that_renders(fitted):
 
 
 def test_scaling_an_object_scales_its_depth_in_the_input_view(fitted):
+    from models.cameras import camera_rays
+    from models.osn.method import load_model
+    from models.osn.objects import frame_from_world
+
     ws, ckpt, scene, g, method = fitted
-    cams, times = scene.cameras[torch.tensor([3])], scene.times[[3]]
-    a = method.render(ckpt, cams, times, scales=[g[0], g[1]])
-    b = method.render(ckpt, cams, times, scales=[0.5 * g[0], g[1]])
-    obj = torch.as_tensor(scene.instances[3] == 1)[None] & (a.alpha > 0.9) & (a.extras["instance"] == 1) & \
-        (b.extras["instance"] == 1)
-    assert int(obj.sum()) > 5
-    ratio = (b.depth[obj] / a.depth[obj]).median()
-    assert abs(float(ratio) - 0.5) < 0.02
-    # the silhouette does not change with the scale (scaling about the camera)
-    assert torch.allclose(a.alpha, b.alpha, atol=0.05)
+    t = int(np.argmax((np.asarray(scene.instances) == 1).sum((1, 2))))  # the frame where object 1 is largest
+    cams, times = scene.cameras[torch.tensor([t])], scene.times[[t]]
+    s1, s2 = method.render(ckpt, cams, times).extras["scales"][0].tolist()  # the default valid combination
+    a = method.render(ckpt, cams, times, scales=[s1, s2])
+    b = method.render(ckpt, cams, times, scales=[0.5 * s1, s2])  # object 1 twice as close and half as large
+    # the silhouette (total opacity) of the input view does not depend on the scales
+    assert torch.allclose(a.alpha, b.alpha, atol=0.03)
+    # object 1 rendered alone through the render path (pose at time t, scale transform): depth scales with s1
+    model = load_model(ckpt)
+    o, d = camera_rays(cams)
+    o, d, fwd = o.reshape(-1, 3), d.reshape(-1, 3), cams.w2c[0, 2, :3].expand(o.shape[1] * o.shape[2], 3)
+    outs = [model.render_rays_world(o, d, fwd, [frame_from_world(model.objects, k, sk, float(times[0]))
+                                                for k, sk in enumerate((1.0, s, s2))]) for s in (s1, 0.5 * s1)]
+    seen = outs[0].object_alpha[:, 1] > 0.5
+    assert int(seen.sum()) >= 5 and torch.allclose(outs[0].object_alpha[:, 1], outs[1].object_alpha[:, 1], atol=0.03)
+    ratio = outs[1].object_depth[seen, 1] / outs[0].object_depth[seen, 1]
+    assert torch.allclose(ratio, torch.full_like(ratio, 0.5), atol=0.01)
+    assert torch.allclose(outs[0].object_depth[seen, 2], outs[1].object_depth[seen, 2])  # object 2 unchanged
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(fitted, tmp_path):
     from models.osn.trainer import Trainer
     from safetensors.torch import load_file
 
-    scene, _ = osn_scene(synth(14, 8, 32, 24))
+    ws, ckpt, scene, g, method = fitted  # fitted straight through with the same config
     cfg = OSNConfig(**TINY)
-    Trainer(scene, cfg, tmp_path / "a", lambda *a, **k: None).run(resume=False)
 
     class Stop(Exception):
         pass
@@ -330,7 +341,7 @@ def test_resume_continues_exactly(tmp_path):
     assert (tmp_path / "b" / "optimizer.safetensors").exists()
     assert json.loads((tmp_path / "b" / "config.json").read_text())["state"]["step"] == 40
     Trainer(scene, cfg, tmp_path / "b", lambda *a, **k: None).run(resume=True)
-    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    a, b = load_file(str(ckpt / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k

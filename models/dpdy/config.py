@@ -34,32 +34,42 @@ class DpDyConfig:
     scene declares a background colour, else contracted."""
     bound_scale: float = 1.0
     """Multiplies the scene radius to size the box / the linear region of the contraction."""
-    static_res_start: int = 64
+    static_res_start: int = 32
     """Static TensoRF-VM texels per axis at the start."""
-    static_res_final: int = 160
-    """Static TensoRF-VM texels per axis after the last upsampling (reached at 25% of the schedule)."""
+    static_res_final: int = 128
+    """Static TensoRF-VM texels per axis after the last upsampling (two steps, at 8% and 20% of the schedule;
+    samples per ray grow with it)."""
     static_density_rank: int = 8
     """Static density components per VM mode."""
-    static_app_rank: int = 24
+    static_app_rank: int = 16
     """Static appearance components per VM mode."""
-    static_decoder: Literal["mlp", "sh"] = "sh"
-    """Static colour decoder: spherical harmonics (fast, converges quickly) or a small MLP with view encoding."""
-    dynamic_res: int = 32
+    static_decoder: Literal["mlp", "sh"] = "mlp"
+    """Static colour decoder: a small MLP on the appearance features and view direction, or spherical
+    harmonics (cheaper per sample)."""
+    dynamic_res: int = 48
     """Dynamic K-planes spatial texels per axis at the coarsest scale."""
-    dynamic_scales: int = 2
+    dynamic_scales: int = 1
     """Number of K-planes scales (resolution x1, x2, x4, ...)."""
     dynamic_time_res: int = 0
-    """K-planes texels along time (0 = half the number of frames, at least 4)."""
-    dynamic_features: int = 16
+    """K-planes texels along time (0 = a quarter of the number of frames, at least 4)."""
+    dynamic_features: int = 8
     """K-planes feature channels per scale."""
+    dynamic_hidden: int = 32
+    """Hidden units of the K-planes density and colour MLPs."""
+    dynamic_grid_at: float = 0.5
+    """From this point of the schedule on, the dynamic field is evaluated only in the cells of its own
+    occupancy grid (a max over time of its density): faster, but pruned cells learn no motion any more
+    (1 = never)."""
     occupancy_res: int = 64
     """Occupancy grid cells per axis (empty-space skipping)."""
     occupancy_every: int = 16
     """Update the occupancy grid every this many steps."""
     occupancy_warmup: int = 32
     """Steps before empty-space skipping starts; the grid is then refreshed every 8 steps for a while."""
-    n_samples: int = 256
+    n_samples: int = 128
     """Candidate samples per ray (across the box diagonal, or across near..far in a contracted scene)."""
+    jitter: bool = True
+    """Train on rays through random points of each pixel (the pixel colour is an average over its area)."""
     near: float = 0.05
     """Closest sampled distance from a camera, as a fraction of the scene radius."""
     background: Literal["auto", "black", "white", "learned"] = "auto"
@@ -112,7 +122,7 @@ class DpDyConfig:
     """L1 sparsity of the static density factors."""
     dynamic_tv_weight: float = 1e-4
     """Total variation of the dynamic space planes."""
-    time_smooth_weight: float = 1e-3
+    time_smooth_weight: float = 1e-2
     """Smoothness of the dynamic time planes along time (1D Laplacian)."""
     time_l1_weight: float = 1e-4
     """L1 of the time planes' deviation from 1 (prefers static explanations)."""

@@ -19,8 +19,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from models.cameras import Cameras
-from models.fields import KPlanes, StaticDynamicField, TensoRFVM, TinyMLP, space_map_from_dict, trunc_exp
+from models.cameras import Cameras, project
+from models.fields import (AABBMap, ContractedMap, KPlanes, StaticDynamicField, TensoRFVM, TinyMLP,
+                           space_map_from_dict, trunc_exp)
 from models.registry import RenderOutput as MethodOutput
 from models.rendering import OccupancyGrid, RenderConfig, RenderOutput, render_image, render_rays
 
@@ -31,10 +32,11 @@ class DpDyModel(nn.Module):
         self.arch = dict(arch)
         s, d = arch["static"], arch["dynamic"]
         static = TensoRFVM(resolution=s["resolution"], density_rank=s["density_rank"], app_rank=s["app_rank"],
-                           app_dim=27, decoder=s["decoder"], hidden=64)
+                           app_dim=27, decoder=s["decoder"], hidden=64, feat_freqs=0, view_freqs=2)
         dynamic = KPlanes(resolution=d["resolution"], scales=tuple(d["scales"]), time_resolution=d["time_resolution"],
-                          features=d["features"], hidden=64)
-        self.field = StaticDynamicField(static, dynamic)
+                          features=d["features"], hidden=d["hidden"])
+        grid = OccupancyGrid(arch["occupancy_res"]) if arch.get("dynamic_grid") else None
+        self.field = StaticDynamicField(static, dynamic, dynamic_grid=grid)
         feat_dim = d["features"] * len(d["scales"])
         # zero last layer: no motion until the flow losses ask for it
         self.flow_head = TinyMLP(feat_dim, 64, 6, n_hidden_layers=1)
@@ -110,6 +112,13 @@ class DpDyModel(nn.Module):
         self.static.upsample(resolution)
         self.arch["static"] = {**self.arch["static"], "resolution": resolution}
 
+    def attach_dynamic_grid(self) -> OccupancyGrid:
+        """From now on the dynamic field is evaluated only in the occupied cells of its own grid."""
+        grid = OccupancyGrid(self.arch["occupancy_res"]).to(self.occupancy.density.device)
+        self.field.dynamic_grid = grid
+        self.arch["dynamic_grid"] = True
+        return grid
+
     def param_groups(self, lr_grid: float, lr_net: float) -> list[dict]:
         groups = self.field.param_groups(lr_grid, lr_net)
         net = list(self.flow_head.parameters())
@@ -120,7 +129,7 @@ class DpDyModel(nn.Module):
 
 
 def default_time_resolution(num_frames: int) -> int:
-    return max(4, math.ceil(num_frames / 2))
+    return max(4, math.ceil(num_frames / 4))
 
 
 def method_output(out: RenderOutput) -> MethodOutput:
@@ -130,3 +139,44 @@ def method_output(out: RenderOutput) -> MethodOutput:
     if out.part_weights is not None:
         extras = {"dynamic": out.weights_dynamic, "static": out.weights_static}
     return MethodOutput(rgb=out.rgb, depth=out.depth, alpha=out.alpha, extras=extras)
+
+
+def box_to_world(y: Float[Tensor, "M 3"], space_map: AABBMap | ContractedMap) -> Float[Tensor, "M 3"]:
+    """Inverse of the space map: field-box points back to world points (the box boundary of a contracted
+    map is infinitely far: points are kept just inside it)."""
+    if isinstance(space_map, AABBMap):
+        aabb = space_map.aabb.to(y)
+        return (y + 1.0) * 0.5 * (aabb[1] - aabb[0]) + aabb[0]
+    c = 2.0 * y  # contracted radius-2 ball / cube
+    m = torch.linalg.vector_norm(c, ord=space_map.order, dim=-1, keepdim=True).clamp(1e-9, 2.0 - 1e-3)
+    n = torch.where(m <= 1.0, m, 1.0 / (2.0 - m))  # contract: m = 2 - 1/n outside the unit ball
+    return space_map.center.to(y) + space_map.radius * c * (n / m)
+
+
+@torch.no_grad()
+def visible_cells(grid: OccupancyGrid, space_map: AABBMap | ContractedMap, cameras: Cameras, near: float,
+                  chunk: int = 1 << 16) -> Tensor:
+    """(res^3,) bool: cells that some camera sees (in front of it, inside its image, with a margin of the
+    cell's projected size). Cells no training camera sees hold nothing to learn: Instant-NGP marks them
+    empty, so novel views do not render the fog of a never-trained field there."""
+    r = grid.resolution
+    dev = grid.occupied.device
+    n = r ** 3
+    out = torch.zeros(n, dtype=torch.bool, device=dev)
+    corners = torch.tensor([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], device=dev) / r
+    K, w2c = cameras.K.to(dev), cameras.w2c.to(dev)
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(n, start + chunk), device=dev)
+        box = grid.cell_centers(idx)
+        center = box_to_world(box, space_map)
+        corner_pts = box_to_world((box[:, None] + 0.999 * corners).reshape(-1, 3), space_map).view(-1, 8, 3)
+        size = (corner_pts - center[:, None]).norm(dim=-1).amax(-1)  # world radius of the cell
+        seen = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+        for c in range(len(cameras)):
+            xy, z = project(center, K[c], w2c[c])
+            margin = K[c, 0, 0] * size / z.clamp_min(1e-6)
+            inside = (xy[:, 0] > -margin) & (xy[:, 0] < cameras.width + margin) & \
+                (xy[:, 1] > -margin) & (xy[:, 1] < cameras.height + margin)
+            seen |= (z > near - size) & (inside | (z < size))
+        out[idx] = seen
+    return out

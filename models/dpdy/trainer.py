@@ -27,14 +27,14 @@ from models.dpdy.config import DpDyConfig
 from models.dpdy.losses import (FlowTargets, Guidance, LossTerm, StepContext, affine_invariant_depth_loss,
                                 exponential_decay, normalize_depth_prior, photometric_loss, scene_flow_pass,
                                 total_loss)
-from models.dpdy.model import DpDyModel, default_time_resolution, method_output
+from models.dpdy.model import DpDyModel, default_time_resolution, method_output, visible_cells
 from models.dpdy.sampling import PixelSampler, orbit_cameras
 from models.errors import InputError
 from models.fields import AABBMap, ContractedMap
 from models.rendering import distortion_loss, sparsity_loss
 from models.scene import Scene
 
-UPSAMPLE_AT = (0.1, 0.25)  # schedule positions at which the static grid grows
+UPSAMPLE_AT = (0.08, 0.2)  # schedule positions at which the static grid grows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,7 +69,8 @@ def build_arch(scene: Scene, cfg: DpDyConfig) -> dict:
         "static": {"resolution": cfg.static_res_start, "density_rank": cfg.static_density_rank,
                    "app_rank": cfg.static_app_rank, "decoder": cfg.static_decoder},
         "dynamic": {"resolution": cfg.dynamic_res, "scales": [2 ** i for i in range(max(1, cfg.dynamic_scales))],
-                    "time_resolution": time_res, "features": cfg.dynamic_features},
+                    "time_resolution": time_res, "features": cfg.dynamic_features, "hidden": cfg.dynamic_hidden},
+        "dynamic_grid": False,
         "occupancy_res": cfg.occupancy_res, "space_map": smap.to_dict(), "near": cfg.near * radius, "far": far,
         "n_samples": cfg.n_samples, "background": background, "motion_scale": radius, "radius": radius,
         "center": center.tolist(), "image_size": [scene.width, scene.height], "num_frames": scene.num_frames,
@@ -137,8 +138,10 @@ class SceneTensors:
             self.valid_bw = finite(self.flow_bw) & (torch.as_tensor(np.asarray(scene.valid_bw), device=device)
                                                     if scene.valid_bw is not None else True)
 
-    def batch(self, frame: Tensor, row: Tensor, col: Tensor) -> Batch:
-        xy = torch.stack([col.float() + 0.5, row.float() + 0.5], -1)
+    def batch(self, frame: Tensor, row: Tensor, col: Tensor, jitter: Tensor | None = None) -> Batch:
+        """Rays through pixel centres, or through (col, row) + jitter (N, 2) in [0, 1)."""
+        offset = 0.5 if jitter is None else jitter
+        xy = torch.stack([col.float(), row.float()], -1) + offset
         o, d = rays_from_pixels(self.K[frame], self.w2c[frame], xy)
         return Batch(frame, row, col, xy, o, d, self.forward[frame], self.times[frame],
                      self.images[frame, row, col].float() / 255.0)
@@ -181,6 +184,8 @@ class Trainer:
         self.last_stats: dict = {}
         self.terms = self._terms()
         self._make_optimizer()
+        cams = Cameras(self.data.K, self.data.w2c, self.data.W, self.data.H)
+        self.visible = visible_cells(self.model.occupancy, self.model.space_map, cams, self.model.near)
 
     # ---- schedule -------------------------------------------------------------------------------------------
     @property
@@ -227,10 +232,22 @@ class Trainer:
         cfg = self.cfg
         # refresh often while the field takes shape (skipping is what makes early steps affordable), then less
         every = min(8, cfg.occupancy_every) if self.step < 4 * cfg.occupancy_warmup + 64 else cfg.occupancy_every
-        if self.step >= cfg.occupancy_warmup and (self.step - cfg.occupancy_warmup) % every == 0:
+        if self.field_grid_due(every):
             step_size = self.model.render_config(True, self.n_samples).box_step(self.model.space_map)
-            self.model.occupancy.update(self.model.field, step_size,
-                                        times=self.data.times, generator=self.gen)
+            self.model.occupancy.update(self.model.field, step_size, times=self.data.times, generator=self.gen)
+            self.model.occupancy.occupied &= self.visible  # never seen by a training camera: nothing to learn
+            self.model.occupancy.invalidate()
+            if self.model.field.dynamic_grid is None and p >= cfg.dynamic_grid_at:
+                self.model.attach_dynamic_grid()
+            if self.model.field.dynamic_grid is not None:
+                grid = self.model.field.dynamic_grid
+                grid.update(self.model.dynamic, step_size, times=self.data.times, generator=self.gen)
+                grid.occupied &= self.model.occupancy.occupied
+                grid.invalidate()
+
+    def field_grid_due(self, every: int) -> bool:
+        w = self.cfg.occupancy_warmup
+        return self.step >= w and (self.step - w) % every == 0
 
     # ---- losses ---------------------------------------------------------------------------------------------
     def _terms(self) -> list[LossTerm]:
@@ -318,7 +335,8 @@ class Trainer:
         self._apply_schedule()
         warm = self.step >= self.cfg.occupancy_warmup
         frame, row, col = self.sampler.sample(self.n_rays(), self.gen)
-        b = self.data.batch(frame, row, col)
+        jitter = torch.rand(len(frame), 2, device=self.device, generator=self.gen) if self.cfg.jitter else None
+        b = self.data.batch(frame, row, col, jitter)
         out = self.model.render_rays(b.origins, b.dirs, b.times, b.forward, train=True, use_occupancy=warm,
                                      n_samples=self.n_samples, generator=self.gen)
         self.last_stats = out.stats
@@ -341,14 +359,19 @@ class Trainer:
                 "samples_per_ray": self.samples_per_ray,
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "generator": self.gen.get_state(), "sampler": self.sampler.state_dict(),
-                "occupancy_updates": self.model.occupancy.n_updates}
+                "occupancy_updates": self.model.occupancy.n_updates,
+                "dynamic_grid_updates": getattr(self.model.field.dynamic_grid, "n_updates", 0)}
 
     def load_state_dict(self, state: dict) -> None:
         arch = state["arch"]
         if arch["static"]["resolution"] != self.model.arch["static"]["resolution"]:
             self.model.upsample_static(arch["static"]["resolution"])
+        if arch.get("dynamic_grid") and self.model.field.dynamic_grid is None:
+            self.model.attach_dynamic_grid()
         self.model.load_state_dict(state["model"])
         self.model.occupancy.n_updates = int(state["occupancy_updates"])
+        if self.model.field.dynamic_grid is not None:
+            self.model.field.dynamic_grid.n_updates = int(state["dynamic_grid_updates"])
         self.step, self.elapsed, self.ups_done = int(state["step"]), float(state["elapsed"]), int(state["ups_done"])
         self.samples_per_ray = float(state["samples_per_ray"])
         self._make_optimizer()

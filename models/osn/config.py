@@ -39,8 +39,9 @@ class OSNConfig:
     app_rank: int = 16
     """Appearance components per VM mode."""
     density_shift: float = -1.0
-    """Initial log-density of the fields (TensoRF density shift). Where depth seeds the occupancy grid only
-    observed surfaces are sampled, so a high start (dense near surfaces) learns fastest."""
+    """Initial log-density of the fields (TensoRF density shift). A dense start learns fastest; empty space is
+    then cleared by the colour / opacity losses and skipped by the occupancy grids (seeded from depth when the
+    scene has one)."""
     decoder: Literal["sh", "mlp"] = "sh"
     """Colour decoder: spherical harmonics (degree 1, fastest) or a small MLP with view encoding."""
     background_space: Literal["auto", "aabb", "contracted"] = "auto"
