@@ -24,11 +24,11 @@ from models.scene import Scene
 from monodyn_cli.dataclass_options import parse_options
 
 T, H, W = 4, 24, 32
-SPEED = 0.4  # cube x velocity, world units per unit normalised time
+SPEED = 0.9  # cube x velocity, world units per unit normalised time (0.3 per frame: no static explanation)
 
 
 class SlabAndCube(RadianceField):
-    """Slab z in (-0.6, -0.3) with a checker of period 0.5 in x, y; cube of half-size 0.3 at (SPEED t - 0.2, 0, 0.1)
+    """Slab z in (-0.6, -0.3) with a checker of period 0.5 in x, y; cube of half-size 0.3 at (SPEED (t - 0.5), 0, 0.1)
     coloured by its local x. `part` = "all", "dynamic" (cube only)."""
 
     is_dynamic = True
@@ -38,7 +38,7 @@ class SlabAndCube(RadianceField):
         self.part = part
 
     def _cube(self, x, t):
-        c = torch.stack([SPEED * t - 0.2, torch.zeros_like(t), torch.full_like(t, 0.1)], -1)
+        c = torch.stack([SPEED * (t - 0.5), torch.zeros_like(t), torch.full_like(t, 0.1)], -1)
         return (x - c).abs().amax(-1) < 0.3, x - c
 
     def query_density(self, x, t):
@@ -183,21 +183,21 @@ def test_config_options_parse():
 
 def test_fit_lowers_the_loss_and_renders_the_training_views(scene, tmp_path):
     rec = Recorder()
-    ckpt = DpDyMethod().fit(scene, tiny_config(steps=60, batch_rays=512), tmp_path, rec)
+    ckpt = DpDyMethod().fit(scene, tiny_config(steps=80, batch_rays=512), tmp_path, rec)
     losses = [m["loss"] for _, m in rec.calls]
     assert losses[-1] < 0.5 * losses[0]
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors"]
     meta = json.loads((ckpt / "config.json").read_text())
-    assert meta["method"] == "dpdy" and meta["step"] == 60 and meta["arch"]["static"]["resolution"] == 32
+    assert meta["method"] == "dpdy" and meta["step"] == 80 and meta["arch"]["static"]["resolution"] == 32
     out = DpDyMethod().render(ckpt, scene.cameras, scene.times)
     assert out.rgb.shape == (T, H, W, 3) and out.depth.shape == out.alpha.shape == (T, H, W)
     assert out.extras["dynamic"].shape == (T, H, W)
     torch.testing.assert_close(out.extras["dynamic"] + out.extras["static"], out.alpha, atol=1e-4, rtol=0)
     psnr = -10 * math.log10(float(((out.rgb - scene.images()) ** 2).mean()))
-    assert psnr > 19.0, psnr
-    # the moving cube is explained by the dynamic field more than the background is
+    assert psnr > 19.5, psnr  # ~8 dB at the start
+    # the moving cube is explained by the dynamic field, the slab by the static one
     inst = torch.as_tensor(scene.instances > 0)
-    assert float(out.extras["dynamic"][inst].mean()) > float(out.extras["dynamic"][~inst].mean()) + 0.1
+    assert float(out.extras["dynamic"][inst].mean()) > 0.5 > 0.1 > float(out.extras["dynamic"][~inst].mean())
     # the registry finds the method; one camera at a time (how the CLI renders) gives the same image
     one = get_method("dpdy").render(ckpt, scene.cameras[1], scene.times[1:2])
     torch.testing.assert_close(one.rgb[0], out.rgb[1], atol=1e-5, rtol=0)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from functools import lru_cache
 
 import numpy as np
 import pytest
 import torch
 
-from models.cameras import Cameras, intrinsics_from_fov, unproject
+from models.cameras import intrinsics_from_fov, unproject
 from models.errors import InputError, StageError
 from models.fields.base import DensityOutput, RadianceField
 from models.osn.composite import ObjectField, render_composite

@@ -116,6 +116,9 @@ class DpDyConfig:
     """Penalty on the dynamic field's share of every ray (explain with the static field where possible)."""
     static_mask_weight: float = 0.05
     """Penalty on the dynamic share of pixels the instance masks call static."""
+    dynamic_mask_weight: float = 0.05
+    """Penalty on the static share of pixels the instance masks call moving (a static smear of a moving object
+    would otherwise compete with the dynamic field early on)."""
     static_tv_weight: float = 1e-4
     """Total variation of the static planes."""
     static_l1_weight: float = 8e-5

@@ -115,13 +115,14 @@ class SceneTensors:
         self.K, self.w2c = cams.K.float(), cams.w2c.float()
         self.forward = self.w2c[:, 2, :3]
         self.times = scene.times.to(device).float()
-        self.dynamic = self.static_known = None
+        self.dynamic = self.static_known = self.dynamic_known = None
         if scene.instances is not None:
             inst = torch.as_tensor(np.asarray(scene.instances) > 0, device=device)
-            # dilate: object borders (and mask errors) belong to the moving part
+            # object borders (and mask errors) are neither surely static nor surely moving
             grown = F.max_pool2d(inst.float()[:, None], 5, stride=1, padding=2)[:, 0] > 0
+            core = -F.max_pool2d(-inst.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
             self.dynamic = grown
-            self.static_known = ~grown
+            self.static_known, self.dynamic_known = ~grown, core
         self.depth = self.depth_valid = None
         if scene.depth is not None and cfg.depth and cfg.depth_weight > 0:
             depth = torch.as_tensor(np.asarray(scene.depth, dtype=np.float32), device=device)
@@ -271,7 +272,10 @@ class Trainer:
             LossTerm("time_l1", c.time_l1_weight, lambda ctx: self.model.dynamic.time_l1_loss()),
         ]
         if d.static_known is not None:
-            terms.append(LossTerm("static_mask", c.static_mask_weight, self._static_mask))
+            terms.append(LossTerm("static_mask", c.static_mask_weight,
+                                  lambda ctx: self._masked_share(ctx, self.data.static_known, "weights_dynamic")))
+            terms.append(LossTerm("dynamic_mask", c.dynamic_mask_weight,
+                                  lambda ctx: self._masked_share(ctx, self.data.dynamic_known, "weights_static")))
         if self.guidance is not None:
             terms.append(LossTerm("guidance", c.guidance_weight, self._guidance))
         return terms
@@ -301,12 +305,14 @@ class Trainer:
                                                      with_consistency=self.cfg.scene_flow_weight > 0)
         return ctx.cache["flow_pass"]
 
-    def _static_mask(self, ctx: StepContext) -> Tensor | None:
+    @staticmethod
+    def _masked_share(ctx: StepContext, mask: Tensor, share: str) -> Tensor | None:
+        """Mean opacity share of one field (out.weights_static / weights_dynamic) on the rays of mask pixels."""
         b = ctx.batch
-        known = self.data.static_known[b.frame, b.row, b.col]
+        known = mask[b.frame, b.row, b.col]
         if not bool(known.any()):
             return None
-        return ctx.out.weights_dynamic[known].mean()
+        return ctx.out[share][known].mean()
 
     def _guidance(self, ctx: StepContext) -> Tensor | None:
         c = self.cfg

@@ -87,7 +87,7 @@ class OSNConfig:
     zbuffer_temperature: float = 0.01
     """Soft Z-buffer temperature on log-depth (smaller = harder depth test)."""
     label_tolerance: float = 0.02
-    """A scale combination is valid when, for every object, at most this fraction of its mask pixels gets another
-    object in front of it."""
+    """A scale combination is valid when, for every object, at most this fraction of its mask pixels (away from
+    mask boundaries) gets another object in front of it."""
     composite_groups: int = 4
     """Stage 2: valid scale combinations per composite batch (its rays are split among them)."""

@@ -22,7 +22,6 @@ Checkpoints: `config.json` + `model.safetensors` (+ `optimizer.safetensors` whil
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
