@@ -9,7 +9,7 @@
 A training loop (the pattern bench/bench_render.py uses; times NORMALISED to [0, 1]):
 
     field = StaticDynamicField(TensoRFVM(32, density_rank=8, app_rank=16, feat_freqs=0),       # -> 64 -> 128
-                               KPlanes(48, scales=(1,), time_resolution=12, features=8, hidden=32))
+                               KPlanes(48, scales=(1,), time_resolution=8, features=8, hidden=32))
     smap = AABBMap(aabb)                       # or ContractedMap(center, radius) for unbounded scenes
     grid = OccupancyGrid(64)
     cfg = RenderConfig(n_samples=128, stratified=True)
@@ -21,7 +21,7 @@ A training loop (the pattern bench/bench_render.py uses; times NORMALISED to [0,
         out = render_rays(field, o, d, t, smap, grid, cfg)
         loss = ((out.rgb - rgb) ** 2).mean() + 1e-4 * field.static.tv_loss() + 1e-4 * field.dynamic.tv_loss() \
             + 1e-2 * field.dynamic.time_smoothness_loss() + 1e-4 * field.dynamic.time_l1_loss() \
-            + 1e-3 * sparsity_loss(out.weights_dynamic)
+            + 1e-4 * sparsity_loss(out.weights_dynamic)
         opt.zero_grad(); loss.backward(); opt.step()
         # coarse-to-fine: field.static.upsample(64) at ~8 %, (128) at ~20 % -> rebuild `opt` after it;
         # from ~50 %: field.dynamic_grid = OccupancyGrid(64), updated with grid.update(field.dynamic, ...)
