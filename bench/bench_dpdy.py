@@ -163,7 +163,7 @@ def bench_lego(args) -> None:
     scene, views = load_multiview_npz(LEGO)
     cfg = config(args, minutes=args.lego_minutes, steps=args.lego_steps)
     trainer = Trainer(scene, cfg)
-    marks = [m for m in args.lego_marks if m < cfg.minutes] + [cfg.minutes]
+    marks = [m for m in args.lego_marks if m < cfg.minutes] + [cfg.minutes] if cfg.minutes > 0 else [math.inf]
     rows = []
     print(f"lego: {cfg.minutes} min / {cfg.steps} steps ({load()})", flush=True)
     while not trainer.done():

@@ -62,8 +62,8 @@ def tiny_cameras(n: int = T, spread: float = 20.0, size=(W, H)) -> Cameras:
     return Cameras(K, look_at(eye, torch.zeros(n, 3)), size[0], size[1])
 
 
-def tiny_scene(with_flow: bool = True) -> Scene:
-    cams = tiny_cameras()
+def tiny_scene(with_flow: bool = True, static_camera: bool = False) -> Scene:
+    cams = tiny_cameras(spread=0.0 if static_camera else 20.0)
     times = torch.linspace(0, 1, T)
     smap = AABBMap([[-1.0] * 3, [1.0] * 3])
     cfg = RenderConfig(n_samples=128)
@@ -72,7 +72,8 @@ def tiny_scene(with_flow: bool = True) -> Scene:
     instances = (dyn.alpha > 0.5) & ((dyn.depth - full.depth).abs() < 0.05)
     scene = Scene(frames=(full.rgb.clamp(0, 1) * 255).round().byte().numpy(), timestamps=np.arange(T) / 10.0,
                   cameras=cams, instances=instances.numpy().astype(np.uint8), depth=full.depth.numpy(),
-                  center=np.zeros(3, np.float32), radius=1.0, meta={"background": "black"})
+                  center=np.zeros(3, np.float32), radius=1.0, static_camera=static_camera,
+                  meta={} if static_camera else {"background": "black"})
     if with_flow:  # exact flow: unproject, move cube points with the cube, project into the neighbour frame
         o, d = camera_rays(cams)
         dist = full.depth / (d * cams.w2c[:, 2, :3][:, None, None]).sum(-1)
@@ -90,7 +91,7 @@ def tiny_scene(with_flow: bool = True) -> Scene:
 
 
 def tiny_config(**kw) -> DpDyConfig:
-    base = dict(steps=40, batch_rays=256, n_samples=64, static_res_start=16, static_res_final=32,
+    base = dict(steps=40, batch_rays=256, n_samples=48, static_res_start=16, static_res_final=32,
                 static_density_rank=4, static_app_rank=8, static_decoder="sh", dynamic_res=8, dynamic_features=8, occupancy_res=16,
                 occupancy_warmup=8, occupancy_every=4, checkpoint_every=0, lr_grid=0.08, device="cpu")
     base.update(kw)
@@ -136,6 +137,8 @@ def test_affine_invariant_depth_loss_ignores_scale_and_shift_per_frame():
     bad.backward()
     assert torch.isfinite(flat.grad).all()
     assert affine_invariant_depth_loss(z[:4], prior[:4], frame[:4], 2) is None  # too few rays per frame
+    inverted = affine_invariant_depth_loss(z, -prior, frame, 2, "disparity")  # the scale may not turn negative
+    assert float(inverted) > 1.0
 
 
 def test_normalize_depth_prior_marks_unknown_pixels():
@@ -203,6 +206,24 @@ def test_fit_lowers_the_loss_and_renders_the_training_views(scene, tmp_path):
     torch.testing.assert_close(one.rgb[0], out.rgb[1], atol=1e-5, rtol=0)
 
 
+def test_static_camera_fits_the_view_and_takes_depth_from_the_prior(tmp_path):
+    # no parallax: geometry can only come from the depth maps; unbounded (contracted) space
+    scene = tiny_scene(with_flow=False, static_camera=True)
+    ckpt = DpDyMethod().fit(scene, tiny_config(steps=60, batch_rays=512), tmp_path, Recorder())
+    assert json.loads((ckpt / "config.json").read_text())["arch"]["space_map"]["kind"] == "contracted"
+    out = DpDyMethod().render(ckpt, scene.cameras, scene.times)
+    assert -10 * math.log10(float(((out.rgb - scene.images()) ** 2).mean())) > 16.0  # ~8 dB at the start
+    gt = torch.as_tensor(scene.depth)
+    disp, gt_disp = 1 / out.depth.clamp_min(1e-3), 1 / gt.clamp_min(1e-3)
+    hit = (gt > 0) & (out.alpha > 0.5)  # gt 0: background, no depth
+    assert float(hit.float().mean()) > 0.3
+    assert torch.corrcoef(torch.stack([disp[hit], gt_disp[hit]]))[0, 1] > 0.8
+    # a view 5 degrees away sees about as much of the scene
+    near = DpDyMethod().render(ckpt, orbit_cameras(scene.cameras[:1], torch.tensor([2.8]), torch.tensor([5.0])),
+                               scene.times[:1])
+    assert torch.isfinite(near.rgb).all() and abs(float(near.alpha.mean() - out.alpha[0].mean())) < 0.15
+
+
 def test_same_seed_same_weights(scene, tmp_path):
     cfg = tiny_config(steps=12, occupancy_warmup=4)
     a = DpDyMethod().fit(scene, cfg, tmp_path / "a", Recorder())
@@ -235,17 +256,17 @@ def test_guidance_hook_sees_novel_view_renders_and_steers_the_fit(scene, tmp_pat
 
     def toward(value):
         def guidance(render, cameras, times):
-            calls.append((tuple(render.rgb.shape), len(cameras), tuple(times.shape), render.rgb.requires_grad))
-            return (render.rgb - value).abs().mean()  # a "prior" that wants uniformly bright / dark novel views
+            calls.append((tuple(render.rgb.shape), len(cameras), tuple(times.shape), render.alpha.requires_grad))
+            return (render.alpha - value).abs().mean()  # a "prior" that wants opaque / empty novel views
         return guidance
 
-    cfg = tiny_config(steps=16, guidance_every=4, guidance_views=2, guidance_size=16, guidance_weight=5.0,
+    cfg = tiny_config(steps=16, guidance_every=4, guidance_views=2, guidance_size=16, guidance_weight=1.0,
                       flow=False, depth=False)
-    bright = DpDyMethod().fit(scene, cfg, tmp_path / "bright", Recorder(), guidance=toward(1.0))
-    dark = DpDyMethod().fit(scene, cfg, tmp_path / "dark", Recorder(), guidance=toward(0.0))
+    opaque = DpDyMethod().fit(scene, cfg, tmp_path / "opaque", Recorder(), guidance=toward(1.0))
+    empty = DpDyMethod().fit(scene, cfg, tmp_path / "empty", Recorder(), guidance=toward(0.0))
     assert len(calls) == 8
     assert calls[0] == ((2, 12, 16, 3), 2, (2,), True)
     cams = tiny_cameras(2, spread=35.0)
-    a = DpDyMethod().render(bright, cams, torch.tensor([0.3, 0.6])).rgb.mean()
-    b = DpDyMethod().render(dark, cams, torch.tensor([0.3, 0.6])).rgb.mean()
-    assert float(a) > float(b) + 0.01  # the opaque prior leaves novel views more opaque than the empty one
+    a = DpDyMethod().render(opaque, cams, torch.tensor([0.3, 0.6])).alpha.mean()
+    b = DpDyMethod().render(empty, cams, torch.tensor([0.3, 0.6])).alpha.mean()
+    assert float(a) > float(b) + 0.03

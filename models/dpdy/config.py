@@ -73,7 +73,8 @@ class DpDyConfig:
     near: float = 0.05
     """Closest sampled distance from a camera, as a fraction of the scene radius."""
     background: Literal["auto", "black", "white", "learned"] = "auto"
-    """Colour behind the scene: auto = the scene's declared background, else learned."""
+    """Colour behind the scene: auto = the scene's declared background, else black (in a contracted space the
+    field reaches infinity and models the far background itself); learned = one optimised colour."""
 
     # ---- optimisation ----------------------------------------------------------------------------------
     lr_grid: float = 0.02

@@ -5,8 +5,8 @@ A later diffusion prior (SDS) is one more term: `guidance_term` wraps any hook
 
 Tensor functions (documented shapes; `ray` = one batch ray, `M` = packed samples):
 - `photometric_loss`: L2 or Charbonnier on ray colours.
-- `affine_invariant_depth_loss`: per-frame least-squares scale + shift of the rendered (inverse) depth onto
-  the prior, differentiable through the fit (MiDaS-style); a constant rendering cannot cheat it.
+- `affine_invariant_depth_loss`: rendered (inverse) depth and prior, each normalised per frame by shift and
+  positive scale (MiDaS), compared with L1; neither a flat nor an inverted rendering can cheat it.
 - `scene_flow_pass`: the flow terms on the samples that matter (compositing weight > 1e-3):
     * induced optical flow: each sample is moved by its dynamic share times the predicted displacement to
       the neighbour frame, projected into that frame's camera, and the weight-averaged projection must
@@ -119,25 +119,26 @@ def normalize_depth_prior(depth: Float[Tensor, "T H W"], space: str = "disparity
 
 def affine_invariant_depth_loss(pred_depth: Float[Tensor, "N"], prior: Float[Tensor, "N"],
                                 group: Int[Tensor, "N"], num_groups: int, space: str = "disparity",
-                                min_per_group: int = 8, eps: float = 1e-6) -> Float[Tensor, ""] | None:
-    """Per group (frame) fit s, b minimising sum (s * f(pred) + b - prior)^2 in closed form (differentiable),
-    f = 1/z or z; return the mean |s f(pred) + b - prior| over groups with >= min_per_group rays.
-    `prior` is normalised per frame (see `normalize_depth_prior`), so the loss is in prior units."""
+                                min_per_group: int = 8, eps: float = 1e-3) -> Float[Tensor, ""] | None:
+    """Scale- and shift-invariant depth loss (MiDaS): per group (frame), f(pred) (f = 1/z or z) and the prior
+    are each shifted to zero mean and divided by their mean absolute deviation, and the loss is the mean
+    |difference| over groups with >= min_per_group rays. Unlike a least-squares fit of a free scale, the
+    scale cannot turn negative, so an inverted depth order is penalised, not fitted; a flat rendering
+    (deviation ~0, floored at eps x its magnitude) has loss ~1, not 0."""
     x = 1.0 / pred_depth.clamp_min(1e-6) if space == "disparity" else pred_depth
-    ones = torch.ones_like(x)
-    count = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, group, ones)
-    mean_x = torch.zeros_like(count).index_add(0, group, x) / count.clamp_min(1)
-    mean_y = torch.zeros_like(count).index_add(0, group, prior) / count.clamp_min(1)
-    dx, dy = x - mean_x[group], prior - mean_y[group]
-    var = torch.zeros_like(count).index_add(0, group, dx * dx) / count.clamp_min(1)
-    cov = torch.zeros_like(count).index_add(0, group, dx * dy) / count.clamp_min(1)
-    # ridge relative to the group's magnitude: a flat rendering gives s ~ 0, not a division by zero
-    s = cov / (var + eps * mean_x.square() + 1e-12)
-    fitted = s[group] * dx + mean_y[group]
+    count = torch.zeros(num_groups, device=x.device, dtype=x.dtype).index_add(0, group, torch.ones_like(x))
     use = count[group] >= min_per_group
     if not bool(use.any()):
         return None
-    return (fitted - prior).abs()[use].mean()
+
+    def normalized(v: Tensor) -> Tensor:
+        mean = torch.zeros_like(count).index_add(0, group, v) / count.clamp_min(1)
+        dev = v - mean[group]
+        mad = torch.zeros_like(count).index_add(0, group, dev.abs()) / count.clamp_min(1)
+        floor = eps * (torch.zeros_like(count).index_add(0, group, v.abs()) / count.clamp_min(1))
+        return dev / torch.maximum(mad, floor).clamp_min(1e-12)[group]
+
+    return (normalized(x) - normalized(prior)).abs()[use].mean()
 
 
 # ---- scene flow -----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ the tensors go into model.safetensors.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -103,9 +104,13 @@ class DpDyModel(nn.Module):
 
     def render_image(self, cameras: Cameras, times: Float[Tensor, "C"], grad: bool = False,
                      n_samples: int | None = None) -> RenderOutput:
-        """Every pixel of the cameras at normalised times (one per camera), sample midpoints."""
-        return render_image(self.field, cameras, times, self.space_map, self.occupancy,
-                            self.render_config(False, n_samples), self.background(), grad=grad)
+        """Every pixel of the cameras at normalised times (one per camera), sample midpoints. With `grad`
+        (renders a training loss looks at) faint samples are kept, as in training, so they get gradients."""
+        cfg = self.render_config(False, n_samples)
+        if grad:
+            cfg = dataclasses.replace(cfg, alpha_threshold=0.0)
+        return render_image(self.field, cameras, times, self.space_map, self.occupancy, cfg, self.background(),
+                            grad=grad)
 
     # ---- growth -------------------------------------------------------------------------------------------
     def upsample_static(self, resolution: int) -> None:
@@ -121,10 +126,9 @@ class DpDyModel(nn.Module):
 
     def param_groups(self, lr_grid: float, lr_net: float) -> list[dict]:
         groups = self.field.param_groups(lr_grid, lr_net)
-        net = list(self.flow_head.parameters())
-        if self.background_kind == "learned":
-            net.append(self.background_logit)
-        groups.append({"params": net, "lr": lr_net, "name": "flow+background"})
+        groups.append({"params": list(self.flow_head.parameters()), "lr": lr_net, "name": "flow"})
+        if self.background_kind == "learned":  # three numbers that every transparent ray sees: learn them fast
+            groups.append({"params": [self.background_logit], "lr": lr_grid, "name": "background"})
         return groups
 
 

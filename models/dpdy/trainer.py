@@ -55,15 +55,22 @@ def build_arch(scene: Scene, cfg: DpDyConfig) -> dict:
     space = cfg.space
     if space == "auto":
         space = "aabb" if declared in ("black", "white") else "contracted"
+    near = cfg.near * radius
     if space == "aabb":
         smap = AABBMap([(center - radius).tolist(), (center + radius).tolist()])
         far = 1e4 * radius
     else:
         smap = ContractedMap(center.tolist(), radius)
         far = 1e3 * radius
+        # samples are linear in distance up to `radius` from the camera, then linear in disparity: cameras far
+        # outside the scene sphere would spend the linear part on empty space, so start halfway to the sphere
+        gap = float((scene.cameras.centers - torch.as_tensor(center)).norm(dim=-1).min()) - radius
+        near = max(near, 0.5 * gap)
     background = cfg.background
     if background == "auto":
-        background = declared if declared in ("black", "white") else "learned"
+        # a contracted space reaches infinity: the field itself holds the far background (sky, walls), and a
+        # learned colour behind it would compete with a young field (explain every pixel by its mean colour)
+        background = declared if declared in ("black", "white") else "black"
     time_res = cfg.dynamic_time_res or default_time_resolution(scene.num_frames)
     return {
         "static": {"resolution": cfg.static_res_start, "density_rank": cfg.static_density_rank,
@@ -71,7 +78,7 @@ def build_arch(scene: Scene, cfg: DpDyConfig) -> dict:
         "dynamic": {"resolution": cfg.dynamic_res, "scales": [2 ** i for i in range(max(1, cfg.dynamic_scales))],
                     "time_resolution": time_res, "features": cfg.dynamic_features, "hidden": cfg.dynamic_hidden},
         "dynamic_grid": False,
-        "occupancy_res": cfg.occupancy_res, "space_map": smap.to_dict(), "near": cfg.near * radius, "far": far,
+        "occupancy_res": cfg.occupancy_res, "space_map": smap.to_dict(), "near": near, "far": far,
         "n_samples": cfg.n_samples, "background": background, "motion_scale": radius, "radius": radius,
         "center": center.tolist(), "image_size": [scene.width, scene.height], "num_frames": scene.num_frames,
     }
