@@ -16,6 +16,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+@app.callback()
+def _global_options(
+    threads: int = typer.Option(0, "--threads", min=0, envvar="MONODYN_THREADS",
+                                help="CPU threads for torch (0 = torch's default, one per core). On a machine "
+                                     "busy with other work, 1 can be several times faster than 2."),
+) -> None:
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 for module in (preprocess, fit, render, eval, synth, osn, status, doctor):
     module.register(app)
 

@@ -33,6 +33,14 @@ class EvalViews:
     times: torch.Tensor
     mask: torch.Tensor | None = None
 
+    def every(self, n: int) -> "EvalViews":
+        """Every n-th image (from the first)."""
+        if n <= 1:
+            return self
+        idx = torch.arange(0, len(self.times), n)
+        return EvalViews(self.name, self.images[idx], self.cameras[idx], self.times[idx],
+                         None if self.mask is None else self.mask[idx])
+
 
 def holdout_split(scene: Scene) -> tuple[Scene, EvalViews]:
     """Train on even frames, test on odd frames (DyCheck-style held-out evaluation on a monocular clip)."""
@@ -103,7 +111,7 @@ def covisible_mask(view_depth: np.ndarray, view_cams: Cameras, view_inst: np.nda
     mask = np.zeros((T, H, W), bool)
     static_times = list(range(0, input_depth.shape[0], static_stride))
     for t in range(T):
-        pts = unproject(xy, torch.as_tensor(view_depth[t].reshape(-1)), view_cams.K[t], view_cams.w2c[t])
+        pts = unproject(xy, torch.from_numpy(np.array(view_depth[t].reshape(-1), np.float32)), view_cams.K[t], view_cams.w2c[t])
         dynamic = view_inst[t].reshape(-1) > 0
         seen = np.zeros(H * W, bool)
         for u in sorted(set(static_times + [t])):

@@ -78,3 +78,11 @@ def test_doctor_reports_torch_and_codecs():
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0
     assert "torch" in result.output and "libx264" in result.output
+
+
+def test_threads_option_sets_torch_threads():
+    # the doctor command prints torch's thread count; the global option and its env var set it
+    result = monodyn("--threads", "1", "doctor")
+    assert result.returncode == 0, result.stderr
+    assert "1 CPU threads" in result.stdout
+    assert monodyn("--threads", "-1", "doctor").returncode != 0

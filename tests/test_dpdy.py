@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from models.cameras import Cameras, camera_rays, intrinsics_from_fov, look_at, project
 from models.dpdy import DpDyConfig, DpDyMethod
-from models.dpdy.losses import affine_invariant_depth_loss, normalize_depth_prior
+from models.dpdy.losses import affine_invariant_depth_loss, metric_depth_loss, normalize_depth_prior
 from models.dpdy.sampling import PixelSampler, orbit_cameras
 from models.fields import AABBMap, RadianceField
 from models.fields.base import DensityOutput
@@ -123,6 +123,30 @@ class Recorder:
 
 
 # ---- pieces ------------------------------------------------------------------------------------------------
+
+def test_metric_depth_loss_is_the_disparity_error_in_scene_units():
+    pred = torch.tensor([1.0, 2.0, 4.0])
+    prior = torch.tensor([1.0, 4.0, 2.0])
+    # |2/1 - 2/1| + |2/2 - 2/4| + |2/4 - 2/2| = 0 + 0.5 + 0.5
+    assert float(metric_depth_loss(pred, prior, 2.0)) == pytest.approx(1.0 / 3.0)
+    assert float(metric_depth_loss(prior, prior, 2.0)) == 0.0
+
+
+def test_sparse_depth_gets_extra_rays_through_its_pixels():
+    from models.dpdy.trainer import SceneTensors
+
+    scene = tiny_scene(with_flow=False)
+    sparse = np.zeros_like(scene.depth)
+    sparse[2, 5, 7], sparse[3, 1, 3] = 1.5, 2.5  # two SfM points
+    scene.depth = sparse
+    data = SceneTensors(scene, tiny_config(depth_rays=64), torch.device("cpu"))
+    assert data.depth_metric  # sparse prior -> metric loss on the raw depths
+    frame, row, col = data.depth_rays(64, torch.Generator().manual_seed(0))
+    assert set(zip(frame.tolist(), row.tolist(), col.tolist())) == {(2, 5, 7), (3, 1, 3)}
+    assert float(data.depth[2, 5, 7]) == 1.5
+    dense = SceneTensors(tiny_scene(with_flow=False), tiny_config(), torch.device("cpu"))
+    assert not dense.depth_metric and dense.depth_pixels is None  # dense prior -> affine-invariant
+
 
 def test_affine_invariant_depth_loss_ignores_scale_and_shift_per_frame():
     g = torch.Generator().manual_seed(0)

@@ -63,3 +63,8 @@ def test_holdout_split_keeps_times_of_the_full_clip():
     assert train.num_frames == 4 and len(test.cameras) == 3
     torch.testing.assert_close(train.times, torch.tensor([0, 2, 4, 6]) / 6.0)
     torch.testing.assert_close(test.times, torch.tensor([1, 3, 5]) / 6.0)
+    # scoring every 2nd test image keeps images, cameras and times together
+    every = test.every(2)
+    torch.testing.assert_close(every.times, torch.tensor([1, 5]) / 6.0)
+    torch.testing.assert_close(every.cameras.w2c, test.cameras.w2c[[0, 2]])
+    assert every.images.shape[0] == 2 and test.every(1) is test

@@ -97,11 +97,18 @@ class DpDyConfig:
 
     # ---- loss weights ----------------------------------------------------------------------------------
     depth: bool = True
-    """Use the scene's depth maps (affine-invariant depth loss) when it has them."""
+    """Use the scene's depth maps (see depth_loss) when it has them."""
     flow: bool = True
     """Use the scene's optical flow (flow, correspondence and cycle losses) when it has one."""
     depth_weight: float = 0.05
-    """Affine-invariant (per frame scale + shift) depth loss against the scene's depth maps, if any."""
+    """Weight of the depth loss against the scene's depth maps, if any."""
+    depth_loss: Literal["auto", "metric", "affine"] = "auto"
+    """metric: rendered vs prior disparity in scene units (the prior is in world units: SfM points, or a
+    prediction aligned to them); affine: per-frame scale- and shift-invariant (MiDaS), forgiving a dense
+    prediction's shape errors; auto = metric for sparse priors (< 30% of pixels), affine for dense ones."""
+    depth_rays: int = 256
+    """With a sparse prior, extra rays per step through pixels that have a depth (a uniform batch would
+    hit ~1% of them)."""
     depth_space: Literal["disparity", "depth"] = "disparity"
     """Space in which the depth prior is affine (disparity for relative monocular depth)."""
     flow_weight: float = 0.02

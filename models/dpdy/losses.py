@@ -5,6 +5,7 @@ A later diffusion prior (SDS) is one more term: `guidance_term` wraps any hook
 
 Tensor functions (documented shapes; `ray` = one batch ray, `M` = packed samples):
 - `photometric_loss`: L2 or Charbonnier on ray colours.
+- `metric_depth_loss`: disparity error against a prior in world units (sparse SfM depth).
 - `affine_invariant_depth_loss`: rendered (inverse) depth and prior, each normalised per frame by shift and
   positive scale (MiDaS), compared with L1; neither a flat nor an inverted rendering can cheat it.
 - `scene_flow_pass`: the flow terms on the samples that matter (compositing weight > 1e-3):
@@ -139,6 +140,14 @@ def affine_invariant_depth_loss(pred_depth: Float[Tensor, "N"], prior: Float[Ten
         return dev / torch.maximum(mad, floor).clamp_min(1e-12)[group]
 
     return (normalized(x) - normalized(prior)).abs()[use].mean()
+
+
+def metric_depth_loss(pred_depth: Float[Tensor, "N"], prior: Float[Tensor, "N"], unit: float
+                      ) -> Float[Tensor, ""]:
+    """Mean |unit / pred - unit / prior|: disparity error in scene units (`unit` = the scene radius), for a
+    prior already in world units (SfM points). Disparity weighs near surfaces most, where the prior is
+    most precise, and stays bounded for far ones."""
+    return (unit / pred_depth - unit / prior).abs().mean()
 
 
 # ---- scene flow -----------------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from torch import Tensor
 from models.cameras import Cameras, rays_from_pixels
 from models.dpdy.config import DpDyConfig
 from models.dpdy.losses import (FlowTargets, Guidance, LossTerm, StepContext, affine_invariant_depth_loss,
-                                exponential_decay, normalize_depth_prior, photometric_loss, scene_flow_pass,
-                                total_loss)
+                                exponential_decay, metric_depth_loss, normalize_depth_prior, photometric_loss,
+                                scene_flow_pass, total_loss)
 from models.dpdy.model import DpDyModel, default_time_resolution, method_output, visible_cells
 from models.dpdy.sampling import PixelSampler, orbit_cameras
 from models.errors import InputError
@@ -35,6 +35,7 @@ from models.rendering import distortion_loss, sparsity_loss
 from models.scene import Scene
 
 UPSAMPLE_AT = (0.08, 0.2)  # schedule positions at which the static grid grows
+SPARSE_DEPTH = 0.3  # a depth prior covering less of the pixels than this is sparse (SfM points)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,7 +118,8 @@ class SceneTensors:
         if len(scene.cameras) != T:
             raise InputError(f"the scene has {T} frames but {len(scene.cameras)} cameras")
         self.T, self.H, self.W = T, H, W
-        self.images = torch.as_tensor(np.asarray(scene.frames), device=device)  # uint8: 4x less memory than float
+        # a private copy of the read-only memmap; uint8 takes 4x less memory than float
+        self.images = torch.as_tensor(np.array(scene.frames), device=device)
         cams = scene.cameras.to(device)
         self.K, self.w2c = cams.K.float(), cams.w2c.float()
         self.forward = self.w2c[:, 2, :3]
@@ -130,20 +132,29 @@ class SceneTensors:
             core = -F.max_pool2d(-inst.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
             self.dynamic = grown
             self.static_known, self.dynamic_known = ~grown, core
-        self.depth = self.depth_valid = None
+        self.depth = self.depth_valid = self.depth_pixels = None
+        self.depth_metric = False
         if scene.depth is not None and cfg.depth and cfg.depth_weight > 0:
-            depth = torch.as_tensor(np.asarray(scene.depth, dtype=np.float32), device=device)
-            self.depth, self.depth_valid = normalize_depth_prior(depth, cfg.depth_space)
+            depth = torch.as_tensor(np.array(scene.depth, dtype=np.float32), device=device)
+            known = torch.isfinite(depth) & (depth > 0)
+            sparse = float(known.float().mean()) < SPARSE_DEPTH
+            self.depth_metric = cfg.depth_loss == "metric" or (cfg.depth_loss == "auto" and sparse)
+            if self.depth_metric:
+                self.depth, self.depth_valid = torch.where(known, depth, torch.zeros_like(depth)), known
+            else:
+                self.depth, self.depth_valid = normalize_depth_prior(depth, cfg.depth_space)
+            if sparse and cfg.depth_rays > 0:  # flat indices of the pixels with a prior, to draw extra rays from
+                self.depth_pixels = self.depth_valid.reshape(-1).nonzero()[:, 0]
             if not bool(self.depth_valid.any()):
-                self.depth = self.depth_valid = None
+                self.depth = self.depth_valid = self.depth_pixels = None
         self.flow_fw = self.flow_bw = None
         if cfg.flow and scene.flow_fw is not None and scene.flow_bw is not None and T > 1:
-            as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+            as_t = lambda a: torch.as_tensor(np.array(a, dtype=np.float32), device=device)
             self.flow_fw, self.flow_bw = as_t(scene.flow_fw), as_t(scene.flow_bw)
             finite = lambda f: torch.isfinite(f).all(-1)
-            self.valid_fw = finite(self.flow_fw) & (torch.as_tensor(np.asarray(scene.valid_fw), device=device)
+            self.valid_fw = finite(self.flow_fw) & (torch.as_tensor(np.array(scene.valid_fw), device=device)
                                                     if scene.valid_fw is not None else True)
-            self.valid_bw = finite(self.flow_bw) & (torch.as_tensor(np.asarray(scene.valid_bw), device=device)
+            self.valid_bw = finite(self.flow_bw) & (torch.as_tensor(np.array(scene.valid_bw), device=device)
                                                     if scene.valid_bw is not None else True)
 
     def batch(self, frame: Tensor, row: Tensor, col: Tensor, jitter: Tensor | None = None) -> Batch:
@@ -153,6 +164,12 @@ class SceneTensors:
         o, d = rays_from_pixels(self.K[frame], self.w2c[frame], xy)
         return Batch(frame, row, col, xy, o, d, self.forward[frame], self.times[frame],
                      self.images[frame, row, col].float() / 255.0)
+
+    def depth_rays(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """n (frame, row, column) drawn uniformly among the pixels with a depth prior."""
+        pick = torch.randint(0, len(self.depth_pixels), (n,), device=self.depth_pixels.device, generator=generator)
+        idx = self.depth_pixels[pick]
+        return idx // (self.H * self.W), (idx // self.W) % self.H, idx % self.W
 
     def flow_targets(self, b: Batch, forward: bool) -> FlowTargets:
         T = self.T
@@ -294,12 +311,15 @@ class Trainer:
 
     def _depth(self, ctx: StepContext) -> Tensor | None:
         b = ctx.batch
-        # rays that hit nothing (depth undefined) and pixels without a prior do not count
-        valid = self.data.depth_valid[b.frame, b.row, b.col] & (ctx.out.alpha.detach() > 0.5)
+        valid = self.data.depth_valid[b.frame, b.row, b.col]
+        if not self.data.depth_metric:  # a dense prediction also covers rays that hit nothing: skip those
+            valid &= ctx.out.alpha.detach() > 0.5
         if not bool(valid.any()):
             return None
         prior = self.data.depth[b.frame, b.row, b.col]
         depth = ctx.out.depth[valid].clamp_min(max(self.model.near, 1e-3 * self.model.motion_scale))
+        if self.data.depth_metric:
+            return metric_depth_loss(depth, prior[valid], self.model.motion_scale)
         return affine_invariant_depth_loss(depth, prior[valid], b.frame[valid], self.data.T, self.cfg.depth_space)
 
     def _flow(self, ctx: StepContext) -> dict[str, Tensor]:
@@ -348,6 +368,9 @@ class Trainer:
         self._apply_schedule()
         warm = self.step >= self.cfg.occupancy_warmup
         frame, row, col = self.sampler.sample(self.n_rays(), self.gen)
+        if self.data.depth_pixels is not None:
+            frame, row, col = (torch.cat(p) for p in zip((frame, row, col), self.data.depth_rays(self.cfg.depth_rays,
+                                                                                                 self.gen)))
         jitter = torch.rand(len(frame), 2, device=self.device, generator=self.gen) if self.cfg.jitter else None
         b = self.data.batch(frame, row, col, jitter)
         out = self.model.render_rays(b.origins, b.dirs, b.times, b.forward, train=True, use_occupancy=warm,

@@ -76,10 +76,16 @@ class OSNConfig:
     """Largest object scale searched, relative to the background's median depth."""
     scale_hidden: int = 64
     """Hidden units of the object scale network (3 hidden layers)."""
+    scale_frequencies: int = 6
+    """Frequency bands encoding the normalised log-scales for the scale network: more bands resolve a sharper
+    valid boundary (an object resting on the ground is valid up to just the scale where it touches it)."""
     round_steps: int = 100
     """Stage 2 alternation: object-field steps per round, after which the scale network is trained."""
     scale_steps: int = 60
     """Scale-network steps per round (each on --scale-candidates fresh scale combinations)."""
+    final_scale_steps: int = 600
+    """Scale-network steps after the last round, on the final geometry: the valid set renders draw from. Cheap
+    (no volume rendering); too few leave its boundary blurred, cutting off combinations at the edge of validity."""
     scale_candidates: int = 256
     """H: scale combinations labelled per scale-network step by soft Z-buffer rendering."""
     zbuffer_pixels: int = 60000

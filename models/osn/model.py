@@ -33,7 +33,7 @@ def field_arch(cfg: OSNConfig, o: int) -> dict:
 
 class OSNModel(nn.Module):
     def __init__(self, objects: ObjectSet, arch: list[dict], n_samples: list[int], space: ScaleSpace,
-                 scale_hidden: int = 64, seed: int = 0):
+                 scale_hidden: int = 64, seed: int = 0, scale_frequencies: int = 4):
         super().__init__()
         self.objects = objects
         self.arch = arch
@@ -43,7 +43,7 @@ class OSNModel(nn.Module):
             self.fields = nn.ModuleList(
                 ObjectField(TensoRFVM(**a), objects.spaces[o], n_samples[o], occupancy_res=32 if o else 64,
                             near=_near(objects.spaces[o])) for o, a in enumerate(arch))
-            self.scale_net = ScaleNetwork(objects.n_objects, hidden=scale_hidden)
+            self.scale_net = ScaleNetwork(objects.n_objects, hidden=scale_hidden, n_freqs=scale_frequencies)
         self.register_buffer("background_rgb", torch.zeros(3))
         self._valid_cache: dict = {}
 
@@ -51,7 +51,7 @@ class OSNModel(nn.Module):
     def create(objects: ObjectSet, cfg: OSNConfig, space: ScaleSpace) -> "OSNModel":
         arch = [field_arch(cfg, o) for o in range(len(objects.ids))]
         n_samples = [cfg.n_samples_background] + [cfg.n_samples_object] * objects.n_objects
-        return OSNModel(objects, arch, n_samples, space, cfg.scale_hidden, cfg.seed)
+        return OSNModel(objects, arch, n_samples, space, cfg.scale_hidden, cfg.seed, cfg.scale_frequencies)
 
     @property
     def n_objects(self) -> int:
@@ -117,7 +117,7 @@ class OSNModel(nn.Module):
     def meta(self) -> dict:
         return {"format": FORMAT, "objects": self.objects.to_dict(), "arch": self.arch,
                 "n_samples": [f.n_samples for f in self.fields], "scale_space": self.space.to_dict(),
-                "scale_hidden": self.scale_net.mlp.out.in_features,
+                "scale_hidden": self.scale_net.mlp.out.in_features, "scale_frequencies": self.scale_net.n_freqs,
                 "use_occupancy": [f.use_occupancy for f in self.fields],
                 "occupancy_updates": [f.occupancy.n_updates for f in self.fields]}
 
@@ -145,7 +145,7 @@ class OSNModel(nn.Module):
         objects = ObjectSet.from_saved(doc["objects"], {k[8:]: v for k, v in tensors.items()
                                                         if k.startswith("objects.")})
         model = OSNModel(objects, doc["arch"], doc["n_samples"], ScaleSpace.from_dict(doc["scale_space"]),
-                         doc["scale_hidden"])
+                         doc["scale_hidden"], scale_frequencies=doc.get("scale_frequencies", 4))
         for o, f in enumerate(model.fields):  # grids may have been resized: match the saved shapes first
             _resize_like(f.field, tensors, f"fields.{o}.field.")
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("objects.")})

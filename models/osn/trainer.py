@@ -13,7 +13,8 @@ Stage 2, in rounds of `round_steps`:
     splits the batch of rays among them and renders the scaled composite of all objects; losses: colour, depth
     (rendered depth vs s_k * the SfM depth of the pixel's object), segmentation cross-entropy (per-object weights
     vs masks).
-The scale network is trained once more after the last round, so it matches the final geometry.
+The scale network is trained once more after the last round (`final_scale_steps`, longer: it sharpens the valid
+boundary), so it matches the final geometry.
 
 Determinism: every step draws from a generator seeded by (seed, step), so a resumed fit continues exactly.
 Checkpoints: `config.json` + `model.safetensors` (+ `optimizer.safetensors` while unfinished, for --resume).
@@ -331,7 +332,7 @@ class Trainer:
                 self.metrics.update(self.train_scale_net(cfg.scale_steps * (3 if self.step == s1 else 1)))
             self.metrics.update(self.composite_step())
             self._after_step(start)
-        self.metrics.update(self.train_scale_net(cfg.scale_steps * (3 if self.step <= s1 else 1)))
+        self.metrics.update(self.train_scale_net(cfg.final_scale_steps))
         self.elapsed = time.perf_counter() - start
         self.save(finished=True)
         return self.out
@@ -415,6 +416,11 @@ def _check_config(cfg: OSNConfig) -> None:
         raise InputError(f"--bootstrap-fraction must be within [0, 1], got {cfg.bootstrap_fraction}")
     if not 0 < cfg.scale_min < cfg.scale_max:
         raise InputError(f"need 0 < --scale-min < --scale-max, got {cfg.scale_min} and {cfg.scale_max}")
+    if cfg.final_scale_steps < 1:
+        raise InputError(f"--final-scale-steps must be at least 1 (the scale network must learn the final geometry), "
+                         f"got {cfg.final_scale_steps}")
+    if cfg.scale_frequencies < 0:
+        raise InputError(f"--scale-frequencies must be >= 0, got {cfg.scale_frequencies}")
     if cfg.batch_rays < 8:
         raise InputError(f"--batch-rays must be at least 8, got {cfg.batch_rays}")
 
