@@ -324,7 +324,7 @@ def summarize(rows: list[dict]) -> dict:
     """Mean of every metric column over the frames with a finite value (identical frames give PSNR inf,
     which would make the mean meaningless; they are counted in `<metric>_skipped`)."""
     summary: dict = {"frames": len(rows)}
-    keys = [k for k in (rows[0] if rows else {}) if k != "frame"]
+    keys = [k for k, v in (rows[0] if rows else {}).items() if k != "frame" and isinstance(v, (int, float))]
     for k in keys:
         vals = [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])]
         summary[k] = sum(vals) / len(vals) if vals else None

@@ -49,7 +49,9 @@ def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
         scene.points = np.load(sfm.file("points3d.npy"))
     objects_json = sfm.file("objects.json")
     if objects_json.exists():
-        for obj_id, info in json.loads(objects_json.read_text()).get("objects", {}).items():
+        report = json.loads(objects_json.read_text()).get("objects", {})
+        scene.meta["object_sfm"] = report  # per object: ok, reason, hint (why per-object SfM failed, for errors)
+        for obj_id, info in report.items():
             cams = sfm.path / "objects" / str(obj_id) / "cameras.json"
             if info.get("ok") and cams.exists():
                 scene.object_cameras[int(obj_id)] = Cameras.from_dict(json.loads(cams.read_text()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -87,8 +88,18 @@ def test_clear_errors_for_missing_objects_and_poses():
     with pytest.raises(InputError, match="segmentation found no object.*--point"):
         build_object_set(empty)
     missing = dataclasses.replace(scene, object_cameras={1: scene.object_cameras[1]})
-    with pytest.raises(StageError, match="object 2.*--per-object-sfm"):
+    with pytest.raises(StageError, match="object 2.*did not run.*--per-object-sfm"):
         build_object_set(missing)
+    # the SfM stage's reason and hint (objects.json, passed on by the scene loader) make it into the one line
+    report = {"1": {"ok": True}, "2": {"ok": False, "reason": "COLMAP registered 0 of 6 frames with 0 points",
+                                       "hint": "try a larger --max-side"}}
+    failed = dataclasses.replace(missing, meta={**scene.meta, "object_sfm": report})
+    with pytest.raises(StageError) as err:
+        build_object_set(failed)
+    message = str(err.value)
+    assert "failed for 1 of 2 segmented objects" in message and re.search(r"object 2 \(masked in \d of 6 frames", message)
+    assert "COLMAP registered 0 of 6 frames with 0 points" in message and "Try a larger --max-side" in message
+    assert "\n" not in message and "object 1 " not in message
 
 
 # ---- soft Z-buffer vs scaled composite rendering ----------------------------------------------------------------

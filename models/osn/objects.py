@@ -95,16 +95,12 @@ def build_object_set(scene: Scene, margin: float = 1.3, background_space: str = 
     ids = object_ids(scene)
     inst = np.asarray(scene.instances)
     T = scene.num_frames
+    _check_object_poses(scene, ids, inst)
     cams = scene.cameras
     c2w = torch.linalg.inv(cams.w2c.double()).float()
     frames, spaces, units = [c2w], [_background_space(scene, background_space)], [1.0]
     for k in ids:
         visible = (inst == k).reshape(T, -1).sum(1) >= MIN_PIXELS
-        if k not in scene.object_cameras:
-            raise StageError(
-                f"no per-object SfM poses for object {k} (masked in {int(visible.sum())} of {T} frames): per-object "
-                "SfM did not run or failed for it (see sfm/objects.json in the workspace for why); run `monodyn "
-                "preprocess --per-object-sfm`, keep more frames (--max-frames / --fps), or film the object larger")
         w2o = scene.object_cameras[k].w2c.double()
         if w2o.shape[0] != T:
             raise InputError(f"object {k} has {w2o.shape[0]} per-object SfM poses but the clip has {T} frames; rerun "
@@ -123,6 +119,32 @@ def build_object_set(scene: Scene, margin: float = 1.3, background_space: str = 
         units.append(float(m))
     return ObjectSet([0] + ids, torch.stack(frames), cams.w2c.float(), cams.K.float(), scene.width, scene.height,
                      scene.times.float(), spaces, _reference_depth(scene, inst), units)
+
+
+def _check_object_poses(scene: Scene, ids: list[int], inst: np.ndarray) -> None:
+    """A StageError naming every segmented object without per-object SfM poses: why (the SfM stage's reason, in
+    `scene.meta["object_sfm"]` when the loader found one) and what to try."""
+    missing = [k for k in ids if k not in scene.object_cameras]
+    if not missing:
+        return
+    report = scene.meta.get("object_sfm") or {}
+    if not any(str(k) in report for k in missing):
+        raise StageError(
+            f"no per-object SfM poses for object{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of "
+            f"{len(ids)}: per-object SfM did not run; run `monodyn preprocess --per-object-sfm` (OSN needs each "
+            "object's camera-to-object poses)")
+    T = scene.num_frames
+    parts = []
+    for k in missing:
+        frames = int(((inst == k).reshape(T, -1).sum(1) >= MIN_PIXELS).sum())
+        why = report.get(str(k), {}).get("reason", "no result recorded")
+        parts.append(f"object {k} (masked in {frames} of {T} frames, {100 * float((inst == k).mean()):.1f}% of the "
+                     f"pixels): {why}")
+    hint = next((report[str(k)]["hint"] for k in missing if report.get(str(k), {}).get("hint")),
+                "try a larger --max-side or more frames")
+    raise StageError(f"per-object SfM failed for {len(missing)} of {len(ids)} segmented objects, and OSN needs "
+                     f"every object's camera-to-object poses: {'; '.join(parts)}. {hint[0].upper() + hint[1:]}; "
+                     "then `monodyn preprocess ... --per-object-sfm` again (details in sfm/objects.json)")
 
 
 def _background_space(scene: Scene, kind: str) -> dict:

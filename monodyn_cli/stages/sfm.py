@@ -425,6 +425,13 @@ def _json_default(o):
 
 # ---- per-object SfM (OSN) ---------------------------------------------------------------------------------------
 
+# Fewer triangulated points than this: a degenerate model (a handful of points fits almost any poses). COLMAP's
+# mapper thresholds are kept at their defaults for objects: relaxed ones (15 inliers, 2 degrees) registered small
+# synthetic objects, but with depth-reversed (Necker-flipped) poses, and flipped a large object that the defaults
+# got right; a clear failure is better than wrong poses.
+MIN_OBJECT_POINTS = 20
+
+
 def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, work, log_path, advance) -> list[str]:
     """SfM on each object's (dilated) pixels alone: the camera relative to the object, per frame (w2o)."""
     T, H, W = instances.shape
@@ -452,12 +459,14 @@ def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, work, log
                                log_path, advance)
         entry["colmap"] = stats
         entry["seconds"] = round(time.perf_counter() - start, 2)
-        if model is None or model.registered.sum() < max(3, 0.5 * len(visible)):
-            reg = 0 if model is None else int(model.registered.sum())
-            entry["reason"] = (f"COLMAP registered {reg} of {len(visible)} frames on the object's pixels "
-                               f"({stats.get('features_per_image', 0):.0f} features per frame)")
-            entry["hint"] = ("the object may be too small, textureless or non-rigid, or turn too little relative to "
-                             "the camera; try a larger --max-side, or fit it without per-object poses")
+        reg = 0 if model is None else int(model.registered.sum())
+        n_points = 0 if model is None else len(model.points)
+        if reg < max(3, 0.5 * len(visible)) or n_points < MIN_OBJECT_POINTS:
+            entry["reason"] = (f"COLMAP registered {reg} of {len(visible)} frames with {n_points} points on the "
+                               f"object's pixels ({stats.get('features_per_image', 0):.0f} features per frame)")
+            entry["hint"] = ("the object may be too small (it needs ~100 SIFT features per frame), textureless, "
+                             "non-rigid, or turn too little relative to the camera; try a larger --max-side, more "
+                             "frames (--sfm-max-frames), or, if it is a spurious region, a larger --min-object-area")
             ctx.progress.warn(f"sfm: per-object SfM failed for object {k}: {entry['reason']}; {entry['hint']}")
             continue
         depths = model.obs_depth()
