@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
+
 import numpy as np
 import torch
 

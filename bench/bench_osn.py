@@ -16,7 +16,7 @@ depth; no COLMAP), then:
 3. DpDy (when `models.registry` has it) fitted on the same scene (with ground-truth flow and depth): one solution
    compared with every ground-truth scene.
 
-    .venv/bin/python bench/bench_osn.py --seeds 14 --steps 1500 --samples 16
+    .venv/bin/python bench/bench_osn.py --seeds 14,9,3 --steps 1000 --samples 16 --dpdy-steps 400   # ~17 min, 2-core CPU
 
 Prints tables (time and peak memory too); --json PATH writes the numbers.
 """
@@ -31,6 +31,10 @@ import resource
 import sys
 import time
 from pathlib import Path
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
 
 import numpy as np
 import torch

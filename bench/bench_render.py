@@ -26,6 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
+
 import numpy as np
 import torch
 

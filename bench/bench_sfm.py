@@ -26,6 +26,10 @@ import time
 from pathlib import Path
 
 import cv2  # noqa: F401  (before pycolmap)
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]

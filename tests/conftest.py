@@ -5,6 +5,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
+
 import numpy as np
 import pytest
 

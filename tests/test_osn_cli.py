@@ -197,8 +197,7 @@ def test_fit_then_render_scale_samples_and_scales(fitted):
     cli("render", *orbit, "--scales", far, "-o", root / "orbit_far.mp4")
     input_change = np.abs(png(root / "far") - png(root / "given")).mean()
     novel_change = np.abs(png(root / "orbit_far", 1) - png(root / "orbit_default", 1)).mean()
-    print(input_change, novel_change)
-    assert novel_change > 1.0 and novel_change > 4 * input_change, (input_change, novel_change)
+    assert novel_change > 0.3 and novel_change > 8 * input_change, (input_change, novel_change)
 
 
 def test_render_scale_options_fail_clearly(fitted):

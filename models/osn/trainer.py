@@ -83,12 +83,12 @@ def pixel_data(scene: Scene, objects: ObjectSet) -> PixelData:
     dirs = F.normalize(torch.stack([x, y, torch.ones_like(x)], -1), dim=-1).reshape(-1, 3)
     depth = torch.zeros(T * H * W)
     if scene.depth is not None:
-        d = torch.from_numpy(np.asarray(scene.depth, np.float32)).reshape(-1)
+        d = torch.from_numpy(np.array(scene.depth, np.float32)).reshape(-1)  # a copy: workspaces map it read-only
         bg = (label == 0) & torch.isfinite(d)
         depth[bg] = d[bg]
     for o, k in enumerate(objects.ids[1:], start=1):
         if k in scene.object_depth:
-            d = torch.from_numpy(np.asarray(scene.object_depth[k], np.float32)).reshape(-1) / objects.unit[o]
+            d = torch.from_numpy(np.array(scene.object_depth[k], np.float32)).reshape(-1) / objects.unit[o]
             sel = (label == o) & torch.isfinite(d)
             depth[sel] = d[sel]
     depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))

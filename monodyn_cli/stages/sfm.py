@@ -444,7 +444,8 @@ def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, work, log
         summary[str(k)] = entry
         if len(visible) < 3:
             entry["reason"] = f"visible (>= {min_pixels} px) in only {len(visible)} frames; SfM needs at least 3"
-            entry["hint"] = "nothing to do for so short an appearance; OSN can treat it as part of the background"
+            entry["hint"] = ("it appears too briefly for SfM, and OSN needs poses for every object: leave it out of the "
+                             "segmentation (motion: a larger --min-object-area; sam/sam2: no prompt on it)")
             advance(3)
             continue
         visible = visible[_subset(len(visible), cfg.max_frames)]
