@@ -136,6 +136,20 @@ def test_stabilized_is_the_input_camera():
         paths.stabilized(cams, 6)
 
 
+def test_render_stabilize_honours_frames():
+    import numpy as np
+
+    from models.scene import Scene
+    from monodyn_cli.commands.render import build_path
+
+    cams = ring_cameras(n=6, arc_deg=50)
+    scene = Scene(frames=np.zeros((6, H, W, 3), np.uint8), timestamps=np.arange(6) / 10.0, cameras=cams)
+    path, label = build_path(scene, "stabilize", 11, stabilize=2)
+    assert label == "stabilized2" and len(path.cameras) == 11
+    torch.testing.assert_close(path.times, torch.linspace(0, 1, 11))
+    assert torch.equal(path.cameras.w2c, cams.w2c[2].expand(11, 4, 4))
+
+
 def test_camera_path_json_round_trip(tmp_path):
     cams = ring_cameras()
     path = paths.orbit(cams, CENTER, degrees=120, n_frames=9, times=torch.linspace(0.2, 0.4, 9))

@@ -145,7 +145,8 @@ def build_path(scene, kind: str, n: int, *, orbit=None, bullet_time=None, dolly=
     if kind == "dolly":
         return paths.dolly(scene.cameras, center, n, amount=dolly, times=hold), f"dolly{dolly:g}"
     if kind == "stabilize":
-        return paths.stabilized(scene.cameras, stabilize, times=hold), f"stabilized{stabilize}"
+        times = hold if hold is not None else torch.linspace(0.0, 1.0, n)  # --frames resamples time
+        return paths.stabilized(scene.cameras, stabilize, times=times), f"stabilized{stabilize}"
     path = paths.load_camera_path(camera_path)
     if hold_time is not None:
         path = paths.CameraPath(path.cameras, torch.full((len(path.cameras),), float(hold_time)))
