@@ -119,7 +119,7 @@ def render(
             cv2.imwrite(str(folder / f"{i:05d}.png"), img[..., ::-1])
         written.append(folder)
     paths.save_camera_path(out.with_name(out.stem + "-camera_path.json"), paths.CameraPath(cams, times), out_fps)
-    stdout.print(f"rendered {len(rgb)} frames {rgb.shape[2]}x{rgb.shape[1]} at {len(rgb) / seconds:.1f} frames/s")
+    stdout.print(f"rendered {len(rgb)} frames {rgb.shape[2]}x{rgb.shape[1]} at {len(rgb) / seconds:.2f} frames/s")
     for p in written:
         stdout.print(f"wrote {p}")
 
