@@ -36,6 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tables import table  # noqa: E402  (bench/ is the script's folder)
+
 from models.cameras import pixel_grid, unproject  # noqa: E402
 from models.dpdy import DpDyConfig, DpDyMethod  # noqa: E402
 from models.dpdy.trainer import Trainer  # noqa: E402
@@ -46,14 +48,6 @@ from monodyn_cli.metrics import psnr  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LEGO = SHARED / "data" / "gt" / "dnerf_lego_tiny.npz"
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    print(f"\n## {title}")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r) + " |")
 
 
 def load() -> str:

@@ -35,6 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tables import table  # noqa: E402  (bench/ is the script's folder)
+
 from models.cameras import (Cameras, camera_rays, intrinsics_from_fov, look_at, opengl_c2w_to_opencv_w2c,  # noqa: E402
                             pixel_grid, rays_from_pixels)
 from models.fields import AABBMap, KPlanes, RadianceField, StaticDynamicField, TensoRFVM  # noqa: E402
@@ -48,14 +50,6 @@ LEGO = SHARED / "data" / "gt" / "dnerf_lego_tiny.npz"
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(-10.0 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-10)))
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    print(f"\n## {title}")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r) + " |")
 
 
 # ---------------------------------------------------------------------------------------------------
