@@ -66,3 +66,14 @@ def set_mp4_rotation(path: Path, matrix: tuple[int, int, int, int]) -> None:
     a, b, c, d = matrix
     data[offset:offset + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
     path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for tests of many small ops (fits): thread start-up costs more than it saves there."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

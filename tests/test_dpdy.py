@@ -98,13 +98,7 @@ def tiny_config(**kw) -> DpDyConfig:
     return DpDyConfig(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # a shared, loaded 2-core machine runs these small ops several times faster on one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -258,13 +258,7 @@ TINY = dict(steps=60, batch_rays=256, checkpoint_every=40, bootstrap_fraction=0.
             n_samples_background=64, zbuffer_pixels=4000, occupancy_warmup=8, occupancy_every=8, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads made these small ops ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

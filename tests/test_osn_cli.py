@@ -43,12 +43,7 @@ FIT = ["--steps", "40", "--batch-rays", "256", "--bootstrap-fraction", "0.5", "-
        "--zbuffer-pixels", "4000", "--occupancy-warmup", "8", "--checkpoint-every", "0", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cli(*args) -> str:
