@@ -19,7 +19,7 @@ import torch
 
 from models.cameras import Cameras, opengl_c2w_to_opencv_w2c, project, unproject, pixel_grid
 from models.errors import InputError
-from models.sfm.align import Sim3, transform_w2c, umeyama
+from models.sfm.align import Sim3, align_trajectories, transform_w2c
 from models.scene import Scene
 
 
@@ -85,15 +85,13 @@ def load_multiview_npz(path: Path) -> tuple[Scene, EvalViews]:
 # ---- synthetic ground truth -------------------------------------------------------------------------------
 
 def sim3_from_cameras(est: Cameras, gt: Cameras) -> Sim3:
-    """Similarity with x_est = s R x_gt + t, from camera centres (Umeyama). For a static camera the centres
-    coincide, so the rotation comes from the camera orientations and the scale is left at 1."""
-    c_est, c_gt = est.centers.double().numpy(), gt.centers.double().numpy()
-    spread = np.linalg.norm(c_gt - c_gt.mean(0), axis=1).max()
-    if spread > 1e-6 * max(1.0, np.abs(c_gt).max()):
-        return umeyama(c_gt, c_est)
-    R_est, R_gt = est.w2c[0, :3, :3].double().numpy(), gt.w2c[0, :3, :3].double().numpy()
-    R = R_est.T @ R_gt  # maps ground-truth world directions to estimated world directions
-    return Sim3(1.0, R, c_est[0] - R @ c_gt[0])
+    """Similarity with x_est = s R x_gt + t, from camera centres *and* orientations.
+
+    Centres alone leave the rotation about the trajectory free when they lie on (or near) a line, as for a
+    dolly or a short arc: the held-out cameras then land rotated about that line. `align_trajectories` adds a
+    point along each camera axis, and falls back to orientations alone for a static camera.
+    """
+    return align_trajectories(gt.w2c.double().numpy(), est.w2c.double().numpy())
 
 
 def transform_cameras(cams: Cameras, sim: Sim3) -> Cameras:

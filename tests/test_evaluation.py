@@ -48,6 +48,18 @@ def test_similarity_is_recovered_from_camera_centres():
     assert abs(sim.scale - s) < 1e-4 and np.allclose(sim.R, R, atol=1e-5) and np.allclose(sim.t, t, atol=1e-4)
 
 
+def test_dolly_alignment_recovers_the_rotation_about_the_track():
+    # centres on a line leave the rotation about it free: orientations must pin it down
+    n = 6
+    eyes = torch.stack([torch.linspace(-1, 1, n), torch.full((n,), -4.0), torch.full((n,), 1.0)], dim=-1)
+    w2c = look_at(eyes, eyes + torch.tensor([0.0, 4.0, -1.0]))
+    gt = Cameras(intrinsics_from_fov(64, 48, 60).expand(n, 3, 3).clone(), w2c, 64, 48)
+    s, R, t = 0.5, _rotation([1, 0, 0], 1.0), np.array([0.3, 0.0, -2.0])  # rotation about the track's axis
+    est = transform_cameras(gt, Sim3(s, R, t))
+    sim = sim3_from_cameras(est, gt)
+    assert abs(sim.scale - s) < 1e-4 and np.allclose(sim.R, R, atol=1e-4) and np.allclose(sim.t, t, atol=1e-4)
+
+
 def test_static_camera_alignment_uses_orientation():
     gt = _arc_cameras(1)
     gt = Cameras(gt.K.expand(5, 3, 3).clone(), gt.w2c.expand(5, 4, 4).clone(), 64, 48)
