@@ -147,7 +147,7 @@ def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> l
         mask = covisible_mask(np.asarray(v.depth), v.cameras, np.asarray(v.instances), np.asarray(inp.depth),
                               inp.cameras)
         cams = transform_cameras(v.cameras, sim)
-        images = np.asarray(v.rgb)
+        images = np.array(v.rgb)  # a writable copy of the read-only ground truth
         if factor != 1.0:
             cams = cams.scaled(factor)
             size = (cams.width, cams.height)

@@ -62,6 +62,10 @@ class DpDyConfig:
     (1 = never)."""
     occupancy_res: int = 64
     """Occupancy grid cells per axis (empty-space skipping)."""
+    occupancy_prior: bool = True
+    """With sparse SfM depth, sample only cells near the (interpolated) SfM surfaces, on the viewing segments of
+    moving-object pixels, and in the far shell, from the first step: a young field is then not fog that every
+    ray pays for (see models/dpdy/occupancy_prior.py)."""
     occupancy_every: int = 16
     """Update the occupancy grid every this many steps."""
     occupancy_warmup: int = 32

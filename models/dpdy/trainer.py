@@ -28,6 +28,7 @@ from models.dpdy.losses import (FlowTargets, Guidance, LossTerm, StepContext, af
                                 exponential_decay, metric_depth_loss, normalize_depth_prior, photometric_loss,
                                 scene_flow_pass, total_loss)
 from models.dpdy.model import DpDyModel, default_time_resolution, method_output, visible_cells
+from models.dpdy.occupancy_prior import prior_cells
 from models.dpdy.sampling import PixelSampler, orbit_cameras
 from models.errors import InputError
 from models.fields import AABBMap, ContractedMap
@@ -210,7 +211,15 @@ class Trainer:
         self.terms = self._terms()
         self._make_optimizer()
         cams = Cameras(self.data.K, self.data.w2c, self.data.W, self.data.H)
-        self.visible = visible_cells(self.model.occupancy, self.model.space_map, cams, self.model.near)
+        # cells that can hold anything: seen by a training camera and, with SfM depth, allowed by its prior
+        self.allowed = visible_cells(self.model.occupancy, self.model.space_map, cams, self.model.near)
+        self.prior = cfg.occupancy_prior and self.data.depth_metric and self.data.depth is not None
+        if self.prior:
+            self.allowed &= prior_cells(cfg.occupancy_res, self.model.space_map, cams.to("cpu"),
+                                        self.data.depth.cpu().numpy(), self.data.dynamic, self.model.near
+                                        ).to(self.device)
+            self.model.occupancy.occupied &= self.allowed
+            self.model.occupancy.invalidate()
 
     # ---- schedule -------------------------------------------------------------------------------------------
     @property
@@ -260,7 +269,7 @@ class Trainer:
         if self.field_grid_due(every):
             step_size = self.model.render_config(True, self.n_samples).box_step(self.model.space_map)
             self.model.occupancy.update(self.model.field, step_size, times=self.data.times, generator=self.gen)
-            self.model.occupancy.occupied &= self.visible  # never seen by a training camera: nothing to learn
+            self.model.occupancy.occupied &= self.allowed  # never seen, or ruled out by the SfM prior
             self.model.occupancy.invalidate()
             if self.model.field.dynamic_grid is None and p >= cfg.dynamic_grid_at:
                 self.model.attach_dynamic_grid()
@@ -366,7 +375,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         start = time.perf_counter()
         self._apply_schedule()
-        warm = self.step >= self.cfg.occupancy_warmup
+        warm = self.prior or self.step >= self.cfg.occupancy_warmup
         frame, row, col = self.sampler.sample(self.n_rays(), self.gen)
         if self.data.depth_pixels is not None:
             frame, row, col = (torch.cat(p) for p in zip((frame, row, col), self.data.depth_rays(self.cfg.depth_rays,

@@ -1,0 +1,95 @@
+"""Which occupancy cells can hold anything, from the scene's sparse SfM depth and its moving-object masks.
+
+A young field in a contracted (unbounded) scene is fog: nothing tells the occupancy grid which cells are empty
+until the field has learned it, so every ray pays for ~all of its candidate samples and a step fits few rays.
+SfM already says where the static surfaces are. The prior marks:
+
+- surface cells: every pixel's depth (the sparse SfM depths interpolated over the image, linear inside the
+  points' hull, nearest outside) unprojected with a relative margin, dilated by one cell;
+- moving-object cells: the whole viewing segment (near plane .. the background depth behind the object, with
+  the margin) of every pixel a moving-object mask covers: the object is somewhere on it at some time;
+- the far shell of the contraction (box norm > `far_shell`): distant background the SfM points miss (sky).
+
+Cells outside the prior are never sampled (`OccupancyGrid.occupied &= prior`), the way cells no training camera
+sees are not. Over-marking costs samples only; a surface the prior misses cannot be learned, hence the
+interpolation (no holes between points) and the margins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from models.cameras import Cameras, pixel_grid, unproject
+from models.fields import AABBMap, ContractedMap
+
+
+def densify_sparse_depth(depth: Float[np.ndarray, "H W"]) -> Float[np.ndarray, "H W"] | None:
+    """Sparse z-depth (0 = unknown) -> every pixel: linear interpolation over the known pixels' Delaunay
+    triangulation, nearest known pixel outside their convex hull. None when fewer than 4 pixels are known."""
+    from scipy.interpolate import griddata
+
+    rows, cols = np.nonzero(depth > 0)
+    if len(rows) < 4:
+        return None
+    pts, vals = np.stack([rows, cols], 1).astype(np.float64), depth[rows, cols].astype(np.float64)
+    grid = tuple(np.mgrid[0:depth.shape[0], 0:depth.shape[1]])
+    nearest = griddata(pts, vals, grid, method="nearest")
+    try:
+        linear = griddata(pts, vals, grid, method="linear")
+    except Exception:  # degenerate point sets (all on a line): Qhull refuses, nearest is all we have
+        return nearest.astype(np.float32)
+    return np.where(np.isfinite(linear), linear, nearest).astype(np.float32)
+
+
+def _mark(cells: Tensor, resolution: int, box: Float[Tensor, "M 3"]) -> None:
+    g = ((box + 1.0) * (0.5 * resolution)).floor().long()
+    inside = ((g >= 0) & (g < resolution)).all(-1)
+    g = g[inside]
+    cells[(g[:, 0] * resolution + g[:, 1]) * resolution + g[:, 2]] = True
+
+
+@torch.no_grad()
+def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Cameras,
+                depth: Float[np.ndarray, "T H W"], moving: Bool[Tensor, "T H W"] | None, near: float,
+                margin: float = 0.05, stride: int = 2, steps: int = 48, far_shell: float = 0.9) -> Bool[Tensor, "R"]:
+    """(resolution^3,) bool over the field box [-1, 1]^3 (flat index (i_x * r + i_y) * r + i_z, as
+    OccupancyGrid): the cells the scene's depth and moving masks allow (module docstring).
+
+    depth: sparse z-depth in world units (0 = unknown); moving: True on moving-object pixels (or None);
+    margin: relative depth margin; stride: pixel stride; steps: points per moving-pixel segment."""
+    T, H, W = depth.shape
+    cells = torch.zeros(resolution ** 3, dtype=torch.bool)
+    xy_all = pixel_grid(W, H)[::stride, ::stride].reshape(-1, 2)
+    offsets = torch.linspace(1.0 - margin, 1.0 + margin, 5)
+    for t in range(T):
+        dense = densify_sparse_depth(np.asarray(depth[t]))
+        if dense is None:
+            continue
+        d = torch.from_numpy(dense[::stride, ::stride].reshape(-1).copy())
+        K, w2c = cameras.K[t].cpu().float(), cameras.w2c[t].cpu().float()
+        for o in offsets:  # the surface shell
+            _mark(cells, resolution, space_map(unproject(xy_all, d * o, K, w2c)))
+        if moving is None:
+            continue
+        sel = moving[t, ::stride, ::stride].reshape(-1).cpu().nonzero()[:, 0]
+        if len(sel) == 0:
+            continue
+        # the whole segment in front of the background: points uniform in disparity from near to the far end
+        far = d[sel] * (1.0 + margin)
+        u = torch.linspace(0.0, 1.0, steps)[:, None]
+        z = 1.0 / ((1.0 - u) / near + u / far.clamp_min(near)[None])  # (steps, P)
+        xy = xy_all[sel][None].expand(steps, -1, -1).reshape(-1, 2)
+        _mark(cells, resolution, space_map(unproject(xy, z.reshape(-1), K, w2c)))
+    grid = cells.view(1, 1, resolution, resolution, resolution).float()
+    cells = torch.nn.functional.max_pool3d(grid, 3, stride=1, padding=1).bool().view(-1)  # one-cell dilation
+    if isinstance(space_map, ContractedMap):
+        r = resolution
+        idx = torch.arange(r ** 3)
+        ijk = torch.stack([idx // (r * r), (idx // r) % r, idx % r], dim=-1).float()
+        centre = (ijk + 0.5) * (2.0 / r) - 1.0
+        norm = torch.linalg.vector_norm(centre, ord=space_map.order, dim=-1)
+        cells |= norm > far_shell
+    return cells
