@@ -220,6 +220,23 @@ def test_render_rays_gradients_reach_density_and_colour():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_render_rays_returns_the_density_of_its_samples():
+    # losses on the packed samples (DpDy's scene flow) reuse it instead of querying the field again
+    from models.fields import KPlanes, StaticDynamicField, TensoRFVM
+    torch.manual_seed(1)
+    field = StaticDynamicField(TensoRFVM(16, 2, 4, 6), KPlanes(8, (1,), 4, 4, 16, 7))
+    smap = AABBMap([[-1.0] * 3, [1.0] * 3])
+    o = torch.tensor([[0.0, 0.0, -3.0]]).expand(16, 3)
+    d = torch.nn.functional.normalize(torch.randn(16, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    t = torch.rand(16)
+    out = render_rays(field, o, d, t, smap, cfg=RenderConfig(n_samples=32, alpha_threshold=1e-3))
+    again = field.query_density(out.samples.x, t[out.samples.ray_indices])
+    assert len(out.density.sigma) == len(out.samples) > 0
+    torch.testing.assert_close(out.density.sigma, again.sigma)
+    torch.testing.assert_close(out.density.parts, again.parts)
+    torch.testing.assert_close(out.density.state["d.feat"], again.state["d.feat"])
+
+
 def test_coarse_to_fine_marching_equals_dense_test_on_random_grids():
     g = torch.Generator().manual_seed(0)
     smap = AABBMap([[-2.0, -1.0, -0.5], [2.0, 1.5, 1.0]])

@@ -182,8 +182,10 @@ def scene_flow_pass(model, out: RenderOutput, origins: Float[Tensor, "N 3"], dir
     x_box = samples.x[sel]
     t = times[ri]
     world = origins[ri] + samples.t_pos[sel, None] * dirs[ri]
-    sigma_s = model.static.query_density(x_box, None).sigma
-    sigma_d, geo, feats = model.dynamic_query(x_box, t)
+    # the render already evaluated both fields at these samples: reuse its outputs (and autograd graph)
+    dens = out.density
+    sigma_s, sigma_d = dens.parts[sel, 0].float(), dens.parts[sel, 1].float()
+    geo, feats = dens.state["d.geo"][sel], dens.state["d.feat"][sel]
     share = sigma_d / (sigma_s + sigma_d).clamp_min(1e-10)
     v_fw, v_bw = model.velocities(feats)
     v = v_fw if targets.forward else v_bw

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from models.cameras import Cameras, project
 from models.fields import (AABBMap, ContractedMap, KPlanes, StaticDynamicField, TensoRFVM, TinyMLP,
-                           space_map_from_dict, trunc_exp)
+                           space_map_from_dict)
 from models.registry import RenderOutput as MethodOutput
 from models.rendering import OccupancyGrid, RenderConfig, RenderOutput, render_image, render_rays
 
@@ -75,11 +75,9 @@ class DpDyModel(nn.Module):
     def dynamic_query(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"]
                       ) -> tuple[Float[Tensor, "M"], Float[Tensor, "M G"], Float[Tensor, "M F"]]:
         """Dynamic density, geometry features (colour input) and raw K-planes features at box points x and
-        normalised times t (the same computation as KPlanes.query_density, keeping the features)."""
-        dyn = self.dynamic
-        feats = dyn.features(x, t)
-        h = dyn.density_mlp(feats)
-        return trunc_exp(h[:, 0] + dyn.density_shift), h[:, 1:], feats
+        normalised times t."""
+        out = self.dynamic.query_density(x, t)
+        return out.sigma, out.state["geo"], out.state["feat"]
 
     def dynamic_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], geo: Float[Tensor, "M G"]
                       ) -> Float[Tensor, "M 3"]:

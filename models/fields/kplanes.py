@@ -71,9 +71,11 @@ class KPlanes(RadianceField):
     def query_density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None) -> DensityOutput:
         if t is None:
             raise ValueError("KPlanes is a dynamic field: pass normalised times t in [0, 1]")
-        h = self.density_mlp(self.features(x, t))
+        feats = self.features(x, t)
+        h = self.density_mlp(feats)
         sigma = trunc_exp(h[:, 0] + self.density_shift)
-        return DensityOutput(sigma=sigma, state={"geo": h[:, 1:]})
+        # feat: the raw K-planes features, for heads that read them too (DpDy's scene flow)
+        return DensityOutput(sigma=sigma, state={"geo": h[:, 1:], "feat": feats})
 
     def query_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None,
                     state: dict[str, Tensor]) -> Float[Tensor, "M 3"]:

@@ -87,6 +87,9 @@ class RenderOutput:
     part_names: tuple[str, ...] = ()
     background: Float[Tensor, "*B 3"] | None = None
     samples: PackedSamples | None = None
+    density: DensityOutput | None = None
+    """render_rays only: the field's density output of every sample in `samples` (parts, state), so that
+    losses on the samples need not query the field again."""
     stats: dict = field(default_factory=dict)
 
     def part(self, name: str) -> Float[Tensor, "*B"] | None:
@@ -240,7 +243,7 @@ def render_rays(field: RadianceField, origins: Float[Tensor, "N 3"], dirs: Float
     bg = _background(cfg.background if background is None else background, n, rgb, generator)
     rgb = rgb + (1.0 - alpha)[:, None] * bg
     return RenderOutput(rgb=rgb, alpha=alpha, distance=distance, depth=depth, part_weights=part_weights,
-                        part_names=tuple(field.part_names), background=bg, samples=samples,
+                        part_names=tuple(field.part_names), background=bg, samples=samples, density=dens,
                         stats={"occupied": n_occupied, "samples": len(samples), "colored": int(keep.numel())})
 
 
