@@ -4,6 +4,7 @@ instance masks and optical flow)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -240,6 +241,27 @@ def test_static_camera_fits_the_view_and_takes_depth_from_the_prior(tmp_path):
     near = DpDyMethod().render(ckpt, orbit_cameras(scene.cameras[:1], torch.tensor([2.8]), torch.tensor([5.0])),
                                scene.times[:1])
     assert torch.isfinite(near.rgb).all() and abs(float(near.alpha.mean() - out.alpha[0].mean())) < 0.15
+
+
+def test_sparse_sfm_depth_seeds_the_occupancy_and_the_dynamic_cells(scene):
+    from models.dpdy.trainer import Trainer
+    # SfM-like depth on ~1 pixel in 16: the fit samples near those surfaces and the moving cube's rays only
+    sparse = copy.copy(scene)
+    sparse.depth = np.zeros_like(scene.depth)
+    sparse.depth[:, ::4, ::4] = scene.depth[:, ::4, ::4]
+    tr = Trainer(sparse, tiny_config(steps=80, batch_rays=512))
+    assert tr.prior and tr.data.depth_metric
+    dyn = tr.model.field.dynamic_grid
+    assert dyn is not None and 0 < float(dyn.occupied.float().mean()) < 0.5 * float(tr.allowed.float().mean())
+    assert bool((dyn.occupied <= tr.allowed).all())
+    while not tr.done():
+        tr.train_step()
+    out = tr.model.eval().render_image(sparse.cameras, sparse.times)
+    psnr = -10 * math.log10(float(((out.rgb.clamp(0, 1) - sparse.images()) ** 2).mean()))
+    assert psnr > 19.0, psnr
+    inst = torch.as_tensor(sparse.instances > 0)
+    dynamic = out.weights_dynamic
+    assert float(dynamic[inst].mean()) > 0.5 > 0.1 > float(dynamic[~inst].mean())
 
 
 def test_same_seed_same_weights(scene, tmp_path):

@@ -37,15 +37,19 @@ def test_prior_marks_the_surface_shell_and_moving_segments_only():
     depth = np.zeros((1, 32, 32), np.float32)
     depth[0, 2::6, 2::6] = 1.5  # sparse SfM points on the plane z = 1.5
     smap = AABBMap([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]])
-    static = prior_cells(R, smap, _camera(), depth, None, near=0.1, margin=0.02, stride=1)
+    prior = prior_cells(R, smap, _camera(), depth, None, near=0.1, margin=0.02, stride=1)
+    static = prior.allowed
+    assert not bool(prior.moving.any())
     assert static[_cell(0.0, 0.0, 1.5)] and static[_cell(0.3, -0.3, 1.5)]
     assert not static[_cell(0.0, 0.0, 0.5)] and not static[_cell(0.0, 0.0, 1.0)]  # free space in front
     assert not static[_cell(0.0, 0.0, 1.9)]  # behind the surface (beyond the one-cell dilation)
 
     moving = torch.zeros(1, 32, 32, dtype=torch.bool)
     moving[0, 12:20, 12:20] = True  # an object in the middle of the image, somewhere in front of the plane
-    both = prior_cells(R, smap, _camera(), depth, moving, near=0.1, margin=0.02, stride=1)
+    prior = prior_cells(R, smap, _camera(), depth, moving, near=0.1, margin=0.02, stride=1)
+    both = prior.allowed
     assert both[_cell(0.0, 0.0, 0.5)] and both[_cell(0.0, 0.0, 1.0)]  # on the centre pixels' segment
+    assert prior.moving[_cell(0.0, 0.0, 0.5)] and not prior.moving[_cell(0.0, 0.8, 1.5)]  # the dynamic field's cells
     assert not both[_cell(0.6, 0.0, 0.5)]  # beside it: the object was never seen there
     assert bool((both | ~static).all())  # moving masks only add cells
 
@@ -53,7 +57,7 @@ def test_prior_marks_the_surface_shell_and_moving_segments_only():
 def test_contracted_scenes_keep_the_far_shell():
     depth = np.zeros((1, 32, 32), np.float32)
     depth[0, 2::6, 2::6] = 0.8  # inside the linear region of the contraction: box depth 0.4
-    cells = prior_cells(16, ContractedMap([0.0, 0.0, 0.0], 1.0), _camera(), depth, None, near=0.1)
+    cells = prior_cells(16, ContractedMap([0.0, 0.0, 0.0], 1.0), _camera(), depth, None, near=0.1).allowed
     r = 16
     idx = torch.arange(r ** 3)
     ijk = torch.stack([idx // (r * r), (idx // r) % r, idx % r], dim=-1).float()

@@ -59,7 +59,8 @@ class DpDyConfig:
     dynamic_grid_at: float = 0.5
     """From this point of the schedule on, the dynamic field is evaluated only in the cells of its own
     occupancy grid (a max over time of its density): faster, but pruned cells learn no motion any more
-    (1 = never)."""
+    (1 = never). With the occupancy prior and moving-object masks it is limited to the moving objects' cells
+    from the start."""
     occupancy_res: int = 64
     """Occupancy grid cells per axis (empty-space skipping)."""
     occupancy_prior: bool = True

@@ -11,11 +11,14 @@ SfM already says where the static surfaces are. The prior marks:
 - the far shell of the contraction (box norm > `far_shell`): distant background the SfM points miss (sky).
 
 Cells outside the prior are never sampled (`OccupancyGrid.occupied &= prior`), the way cells no training camera
-sees are not. Over-marking costs samples only; a surface the prior misses cannot be learned, hence the
-interpolation (no holes between points) and the margins.
+sees are not, and the dynamic field is evaluated only in the moving-object cells (when the clip has masks).
+Over-marking costs samples only; a surface the prior misses cannot be learned, hence the interpolation (no holes
+between points) and the margins.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +27,19 @@ from torch import Tensor
 
 from models.cameras import Cameras, pixel_grid, unproject
 from models.fields import AABBMap, ContractedMap
+
+
+@dataclass
+class OccupancyPrior:
+    """Flat (resolution^3,) bool grids, indexed as OccupancyGrid: `static` = surface shells + far shell,
+    `moving` = the viewing segments of moving-object pixels (all False without masks)."""
+
+    static: Bool[Tensor, "R"]
+    moving: Bool[Tensor, "R"]
+
+    @property
+    def allowed(self) -> Bool[Tensor, "R"]:
+        return self.static | self.moving
 
 
 def densify_sparse_depth(depth: Float[np.ndarray, "H W"]) -> Float[np.ndarray, "H W"] | None:
@@ -54,14 +70,15 @@ def _mark(cells: Tensor, resolution: int, box: Float[Tensor, "M 3"]) -> None:
 @torch.no_grad()
 def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Cameras,
                 depth: Float[np.ndarray, "T H W"], moving: Bool[Tensor, "T H W"] | None, near: float,
-                margin: float = 0.05, stride: int = 2, steps: int = 48, far_shell: float = 0.9) -> Bool[Tensor, "R"]:
-    """(resolution^3,) bool over the field box [-1, 1]^3 (flat index (i_x * r + i_y) * r + i_z, as
-    OccupancyGrid): the cells the scene's depth and moving masks allow (module docstring).
+                margin: float = 0.05, stride: int = 2, steps: int = 48, far_shell: float = 0.9) -> OccupancyPrior:
+    """The cells of a resolution^3 grid over the field box [-1, 1]^3 that the scene's depth and moving masks
+    allow (module docstring), each set dilated by one cell.
 
     depth: sparse z-depth in world units (0 = unknown); moving: True on moving-object pixels (or None);
     margin: relative depth margin; stride: pixel stride; steps: points per moving-pixel segment."""
     T, H, W = depth.shape
     cells = torch.zeros(resolution ** 3, dtype=torch.bool)
+    moving_cells = torch.zeros(resolution ** 3, dtype=torch.bool)
     xy_all = pixel_grid(W, H)[::stride, ::stride].reshape(-1, 2)
     offsets = torch.linspace(1.0 - margin, 1.0 + margin, 5)
     for t in range(T):
@@ -82,9 +99,10 @@ def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Ca
         u = torch.linspace(0.0, 1.0, steps)[:, None]
         z = 1.0 / ((1.0 - u) / near + u / far.clamp_min(near)[None])  # (steps, P)
         xy = xy_all[sel][None].expand(steps, -1, -1).reshape(-1, 2)
-        _mark(cells, resolution, space_map(unproject(xy, z.reshape(-1), K, w2c)))
-    grid = cells.view(1, 1, resolution, resolution, resolution).float()
-    cells = torch.nn.functional.max_pool3d(grid, 3, stride=1, padding=1).bool().view(-1)  # one-cell dilation
+        _mark(moving_cells, resolution, space_map(unproject(xy, z.reshape(-1), K, w2c)))
+    dilate = lambda c: torch.nn.functional.max_pool3d(c.view(1, 1, resolution, resolution, resolution).float(), 3,
+                                                     stride=1, padding=1).bool().view(-1)
+    cells, moving_cells = dilate(cells), dilate(moving_cells)
     if isinstance(space_map, ContractedMap):
         r = resolution
         idx = torch.arange(r ** 3)
@@ -92,4 +110,4 @@ def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Ca
         centre = (ijk + 0.5) * (2.0 / r) - 1.0
         norm = torch.linalg.vector_norm(centre, ord=space_map.order, dim=-1)
         cells |= norm > far_shell
-    return cells
+    return OccupancyPrior(cells, moving_cells)

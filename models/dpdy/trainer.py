@@ -214,12 +214,19 @@ class Trainer:
         # cells that can hold anything: seen by a training camera and, with SfM depth, allowed by its prior
         self.allowed = visible_cells(self.model.occupancy, self.model.space_map, cams, self.model.near)
         self.prior = cfg.occupancy_prior and self.data.depth_metric and self.data.depth is not None
+        self.dynamic_allowed = None  # where the dynamic field may be evaluated (None: everywhere)
         if self.prior:
-            self.allowed &= prior_cells(cfg.occupancy_res, self.model.space_map, cams.to("cpu"),
-                                        self.data.depth.cpu().numpy(), self.data.dynamic, self.model.near
-                                        ).to(self.device)
+            prior = prior_cells(cfg.occupancy_res, self.model.space_map, cams.to("cpu"),
+                                self.data.depth.cpu().numpy(), self.data.dynamic, self.model.near)
+            self.allowed &= prior.allowed.to(self.device)
             self.model.occupancy.occupied &= self.allowed
             self.model.occupancy.invalidate()
+            if bool(prior.moving.any()):  # the dynamic field only where moving objects were seen
+                self.dynamic_allowed = prior.moving.to(self.device) & self.allowed
+                if self.model.field.dynamic_grid is None:
+                    self.model.attach_dynamic_grid()
+                self.model.field.dynamic_grid.occupied &= self.dynamic_allowed
+                self.model.field.dynamic_grid.invalidate()
 
     # ---- schedule -------------------------------------------------------------------------------------------
     @property
@@ -273,10 +280,14 @@ class Trainer:
             self.model.occupancy.invalidate()
             if self.model.field.dynamic_grid is None and p >= cfg.dynamic_grid_at:
                 self.model.attach_dynamic_grid()
-            if self.model.field.dynamic_grid is not None:
+            # the dynamic grid follows the dynamic field's own density only from dynamic_grid_at on (a young
+            # field's density says nothing yet); before that it is the prior's moving cells, if any
+            if self.model.field.dynamic_grid is not None and p >= cfg.dynamic_grid_at:
                 grid = self.model.field.dynamic_grid
                 grid.update(self.model.dynamic, step_size, times=self.data.times, generator=self.gen)
                 grid.occupied &= self.model.occupancy.occupied
+                if self.dynamic_allowed is not None:
+                    grid.occupied &= self.dynamic_allowed
                 grid.invalidate()
 
     def field_grid_due(self, every: int) -> bool:
