@@ -206,13 +206,18 @@ def test_contracted_sampling_covers_near_to_far_and_grows_steps():
     assert bool((s.delta > 0).all())
 
 
-def test_render_rays_gradients_reach_density_and_colour():
+def _blended_field_and_rays(n: int, seed: int):
+    """A small random static + dynamic field in the box [-1, 1]^3 and n rays from z = -3 towards it."""
     from models.fields import KPlanes, StaticDynamicField, TensoRFVM
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     field = StaticDynamicField(TensoRFVM(16, 2, 4, 6), KPlanes(8, (1,), 4, 4, 16, 7))
-    smap = AABBMap([[-1.0] * 3, [1.0] * 3])
-    o = torch.tensor([[0.0, 0.0, -3.0]]).expand(32, 3)
-    d = torch.nn.functional.normalize(torch.randn(32, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    o = torch.tensor([[0.0, 0.0, -3.0]]).expand(n, 3)
+    d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    return field, AABBMap([[-1.0] * 3, [1.0] * 3]), o, d
+
+
+def test_render_rays_gradients_reach_density_and_colour():
+    field, smap, o, d = _blended_field_and_rays(32, seed=0)
     out = render_rays(field, o, d, torch.rand(32), smap, cfg=RenderConfig(n_samples=64))
     torch.testing.assert_close(out.weights_static + out.weights_dynamic, out.alpha)
     out.rgb.sum().backward()
@@ -222,12 +227,7 @@ def test_render_rays_gradients_reach_density_and_colour():
 
 def test_render_rays_returns_the_density_of_its_samples():
     # losses on the packed samples (DpDy's scene flow) reuse it instead of querying the field again
-    from models.fields import KPlanes, StaticDynamicField, TensoRFVM
-    torch.manual_seed(1)
-    field = StaticDynamicField(TensoRFVM(16, 2, 4, 6), KPlanes(8, (1,), 4, 4, 16, 7))
-    smap = AABBMap([[-1.0] * 3, [1.0] * 3])
-    o = torch.tensor([[0.0, 0.0, -3.0]]).expand(16, 3)
-    d = torch.nn.functional.normalize(torch.randn(16, 3) * 0.2 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    field, smap, o, d = _blended_field_and_rays(16, seed=1)
     t = torch.rand(16)
     out = render_rays(field, o, d, t, smap, cfg=RenderConfig(n_samples=32, alpha_threshold=1e-3))
     again = field.query_density(out.samples.x, t[out.samples.ray_indices])

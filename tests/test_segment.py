@@ -254,17 +254,6 @@ def tiny_sam2():
     return Sam2VideoModel(cfg).eval()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """The tiny model's ops take microseconds; on a busy 2-core machine thread hand-offs cost 50x more."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_sam2_prompt_and_propagate_runs(tmp_path, one_torch_thread):
     from models.segmentation.sam2_video import load_sam2_video, prepare_frames, segment_video_sam2
 
