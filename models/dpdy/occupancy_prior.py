@@ -27,6 +27,7 @@ from torch import Tensor
 
 from models.cameras import Cameras, pixel_grid, unproject
 from models.fields import AABBMap, ContractedMap
+from models.rendering import OccupancyGrid
 
 
 @dataclass
@@ -60,13 +61,6 @@ def densify_sparse_depth(depth: Float[np.ndarray, "H W"]) -> Float[np.ndarray, "
     return np.where(np.isfinite(linear), linear, nearest).astype(np.float32)
 
 
-def _mark(cells: Tensor, resolution: int, box: Float[Tensor, "M 3"]) -> None:
-    g = ((box + 1.0) * (0.5 * resolution)).floor().long()
-    inside = ((g >= 0) & (g < resolution)).all(-1)
-    g = g[inside]
-    cells[(g[:, 0] * resolution + g[:, 1]) * resolution + g[:, 2]] = True
-
-
 @torch.no_grad()
 def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Cameras,
                 depth: Float[np.ndarray, "T H W"], moving: Bool[Tensor, "T H W"] | None, near: float,
@@ -77,6 +71,12 @@ def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Ca
     depth: sparse z-depth in world units (0 = unknown); moving: True on moving-object pixels (or None);
     margin: relative depth margin; stride: pixel stride; steps: points per moving-pixel segment."""
     T, H, W = depth.shape
+    grid = OccupancyGrid(resolution)  # for its cell indexing only
+
+    def mark(cells: Tensor, box: Float[Tensor, "M 3"]) -> None:
+        idx, inside = grid.cell_index(box)
+        cells[idx[inside]] = True
+
     cells = torch.zeros(resolution ** 3, dtype=torch.bool)
     moving_cells = torch.zeros(resolution ** 3, dtype=torch.bool)
     xy_all = pixel_grid(W, H)[::stride, ::stride].reshape(-1, 2)
@@ -88,7 +88,7 @@ def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Ca
         d = torch.from_numpy(dense[::stride, ::stride].reshape(-1).copy())
         K, w2c = cameras.K[t].cpu().float(), cameras.w2c[t].cpu().float()
         for o in offsets:  # the surface shell
-            _mark(cells, resolution, space_map(unproject(xy_all, d * o, K, w2c)))
+            mark(cells, space_map(unproject(xy_all, d * o, K, w2c)))
         if moving is None:
             continue
         sel = moving[t, ::stride, ::stride].reshape(-1).cpu().nonzero()[:, 0]
@@ -99,15 +99,11 @@ def prior_cells(resolution: int, space_map: AABBMap | ContractedMap, cameras: Ca
         u = torch.linspace(0.0, 1.0, steps)[:, None]
         z = 1.0 / ((1.0 - u) / near + u / far.clamp_min(near)[None])  # (steps, P)
         xy = xy_all[sel][None].expand(steps, -1, -1).reshape(-1, 2)
-        _mark(moving_cells, resolution, space_map(unproject(xy, z.reshape(-1), K, w2c)))
+        mark(moving_cells, space_map(unproject(xy, z.reshape(-1), K, w2c)))
     dilate = lambda c: torch.nn.functional.max_pool3d(c.view(1, 1, resolution, resolution, resolution).float(), 3,
                                                      stride=1, padding=1).bool().view(-1)
     cells, moving_cells = dilate(cells), dilate(moving_cells)
     if isinstance(space_map, ContractedMap):
-        r = resolution
-        idx = torch.arange(r ** 3)
-        ijk = torch.stack([idx // (r * r), (idx // r) % r, idx % r], dim=-1).float()
-        centre = (ijk + 0.5) * (2.0 / r) - 1.0
-        norm = torch.linalg.vector_norm(centre, ord=space_map.order, dim=-1)
-        cells |= norm > far_shell
+        centres = grid.cell_centers(torch.arange(resolution ** 3))
+        cells |= torch.linalg.vector_norm(centres, ord=space_map.order, dim=-1) > far_shell
     return OccupancyPrior(cells, moving_cells)
