@@ -1,0 +1,256 @@
+"""Compiled multi-threaded CPU rasterizer (numba), forward and hand-written backward.
+
+One task per (camera, tile); inside a tile the loop runs over the tile's Gaussians front to back and, for
+each, only over the pixels of the tile where its α can reach 1/255 (an exact bound, see `_pixel_span`), so
+small Gaussians cost a few pixels rather than the whole tile. The backward walks the same lists back to
+front from each pixel's last contributing entry, rebuilding T by division, and writes one gradient row per
+intersection (each belongs to one tile, hence one thread: no atomics); torch's index_add_ then sums the
+rows per Gaussian.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from numba import njit, prange
+from torch import Tensor
+
+from .binning import tile_grid
+
+# The per-pixel decisions (σ < 0, α < 1/255, the 0.99 clamp, T ≤ 1e-4) are made in float32 exactly as
+# the float32 torch reference (and gsplat) make them: two clamped Gaussians give T = 0.01·0.01, which is
+# below 1e-4 in float32 and above it in float64. Gradient sums are float64.
+ALPHA_MIN = np.float32(1.0 / 255.0)
+ALPHA_MAX = np.float32(0.99)
+T_MIN = np.float32(1e-4)
+HALF = np.float32(0.5)
+ONE = np.float32(1.0)
+
+
+@njit(inline="always")
+def _pixel_span(m, o, lo, hi, axis_inv):
+    """Pixel range [p0, p1] along one axis (clipped to [lo, hi)) where o·exp(-σ) ≥ 1/255 is possible.
+
+    σ ≤ L = ln(255·o) is an ellipse whose half-extent along x is sqrt(2 L Σxx) (Σ = conic⁻¹,
+    Σxx = c / det); one pixel of margin absorbs rounding. `axis_inv` is Σxx or Σyy.
+    """
+    L = math.log(255.0 * float(o))
+    h = math.sqrt(2.0 * L * axis_inv) + 1.0
+    p0 = max(float(lo), math.ceil(m - h - 0.5))
+    p1 = min(float(hi - 1), math.floor(m + h - 0.5))
+    return int(p0), int(p1)
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _forward(means2d, conics, colors, opacities, backgrounds, offsets, ids, width, height, tile_size):
+    n_cams = backgrounds.shape[0]
+    D = colors.shape[1]
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    n_tiles = tiles_x * tiles_y
+    out = np.empty((n_cams, height, width, D), np.float32)
+    T_out = np.empty((n_cams, height, width), np.float32)
+    last = np.empty((n_cams, height, width), np.int32)
+    for k in prange(n_cams * n_tiles):
+        cam = k // n_tiles
+        ty = (k - cam * n_tiles) // tiles_x
+        tx = k - cam * n_tiles - ty * tiles_x
+        x0, y0 = tx * tile_size, ty * tile_size
+        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        tw = x1 - x0
+        npx = tw * (y1 - y0)
+        T = np.ones(npx, np.float32)
+        acc = np.zeros((npx, D), np.float32)
+        lst = np.full(npx, -1, np.int64)
+        done = np.zeros(npx, np.bool_)
+        n_done = 0
+        for j in range(offsets[k], offsets[k + 1]):
+            g = ids[j]
+            o = opacities[g]
+            if o < ALPHA_MIN:  # α ≤ o everywhere
+                continue
+            mx, my = means2d[g, 0], means2d[g, 1]
+            a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+            det = float(a) * c - float(b) * b
+            if det > 0:
+                c0, c1 = _pixel_span(mx, o, x0, x1, c / det)
+                r0, r1 = _pixel_span(my, o, y0, y1, a / det)
+            else:
+                c0, c1, r0, r1 = x0, x1 - 1, y0, y1 - 1
+            for row in range(r0, r1 + 1):
+                dy = my - (np.float32(row) + HALF)
+                for col in range(c0, c1 + 1):
+                    p = (row - y0) * tw + (col - x0)
+                    if done[p]:
+                        continue
+                    dx = mx - (np.float32(col) + HALF)
+                    sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    if sigma < 0:
+                        continue
+                    alpha = min(ALPHA_MAX, o * math.exp(-sigma))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    next_T = T[p] * (ONE - alpha)
+                    if next_T <= T_MIN:
+                        done[p] = True
+                        n_done += 1
+                        continue
+                    w = alpha * T[p]
+                    for d in range(D):
+                        acc[p, d] += w * colors[g, d]
+                    T[p] = next_T
+                    lst[p] = j
+            if n_done == npx:
+                break
+        for row in range(y0, y1):
+            for col in range(x0, x1):
+                p = (row - y0) * tw + (col - x0)
+                for d in range(D):
+                    out[cam, row, col, d] = acc[p, d] + T[p] * backgrounds[cam, d]
+                T_out[cam, row, col] = T[p]
+                last[cam, row, col] = lst[p]
+    return out, T_out, last
+
+
+@njit(parallel=True, fastmath=False, cache=True)
+def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_final, last, v_out, v_alpha,
+              width, height, tile_size):
+    """Gradient rows per intersection: [d means2d (2), d conic (3), d opacity (1), d colour (D)]."""
+    n_cams = backgrounds.shape[0]
+    D = colors.shape[1]
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    n_tiles = tiles_x * tiles_y
+    grads = np.zeros((ids.shape[0], 6 + D), np.float32)
+    for k in prange(n_cams * n_tiles):
+        cam = k // n_tiles
+        ty = (k - cam * n_tiles) // tiles_x
+        tx = k - cam * n_tiles - ty * tiles_x
+        x0, y0 = tx * tile_size, ty * tile_size
+        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+        tw = x1 - x0
+        npx = tw * (y1 - y0)
+        T = np.empty(npx)
+        tf_term = np.empty(npx)  # T_final · (dL/dalpha_out - Σ bg·dL/dC): the part of dL/dα_i via T_final
+        buf = np.zeros((npx, D))  # colour composited behind the current Gaussian
+        vo = np.empty((npx, D))
+        lst = np.empty(npx, np.int64)
+        j_max = -1
+        for row in range(y0, y1):
+            for col in range(x0, x1):
+                p = (row - y0) * tw + (col - x0)
+                T[p] = T_final[cam, row, col]
+                lst[p] = last[cam, row, col]
+                j_max = max(j_max, lst[p])
+                s = 0.0
+                for d in range(D):
+                    vo[p, d] = v_out[cam, row, col, d]
+                    s += backgrounds[cam, d] * vo[p, d]
+                tf_term[p] = T[p] * (v_alpha[cam, row, col] - s)
+        for j in range(j_max, offsets[k] - 1, -1):
+            g = ids[j]
+            o = opacities[g]
+            if o < ALPHA_MIN:
+                continue
+            mx, my = means2d[g, 0], means2d[g, 1]
+            a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+            det = float(a) * c - float(b) * b
+            if det > 0:
+                c0, c1 = _pixel_span(mx, o, x0, x1, c / det)
+                r0, r1 = _pixel_span(my, o, y0, y1, a / det)
+            else:
+                c0, c1, r0, r1 = x0, x1 - 1, y0, y1 - 1
+            g_mx = g_my = g_a = g_b = g_c = g_o = 0.0
+            touched = False
+            for row in range(r0, r1 + 1):
+                dy = my - (np.float32(row) + HALF)
+                for col in range(c0, c1 + 1):
+                    p = (row - y0) * tw + (col - x0)
+                    if j > lst[p]:
+                        continue
+                    dx = mx - (np.float32(col) + HALF)
+                    sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                    if sigma < 0:
+                        continue
+                    e = math.exp(-sigma)
+                    vis = o * e
+                    alpha = min(ALPHA_MAX, vis)
+                    if alpha < ALPHA_MIN:
+                        continue
+                    touched = True
+                    ra = 1.0 / (1.0 - float(alpha))
+                    T[p] *= ra  # T in front of this Gaussian
+                    fac = alpha * T[p]
+                    v_a = tf_term[p] * ra
+                    for d in range(D):
+                        cd = colors[g, d]
+                        grads[j, 6 + d] += fac * vo[p, d]
+                        v_a += (cd * T[p] - buf[p, d] * ra) * vo[p, d]
+                        buf[p, d] += cd * fac
+                    if vis < ALPHA_MAX:  # the clamp has zero gradient
+                        v_sigma = -vis * v_a
+                        fdx, fdy = float(dx), float(dy)
+                        g_a += 0.5 * v_sigma * fdx * fdx
+                        g_b += v_sigma * fdx * fdy
+                        g_c += 0.5 * v_sigma * fdy * fdy
+                        g_mx += v_sigma * (a * fdx + b * fdy)
+                        g_my += v_sigma * (b * fdx + c * fdy)
+                        g_o += e * v_a
+            if touched:
+                grads[j, 0] = g_mx
+                grads[j, 1] = g_my
+                grads[j, 2] = g_a
+                grads[j, 3] = g_b
+                grads[j, 4] = g_c
+                grads[j, 5] = g_o
+    return grads
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+class _RasterizeCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opacities, backgrounds, offsets, ids, width, height, tile_size):
+        C, N = opacities.shape
+        D = colors.shape[-1]
+        bg = backgrounds if backgrounds is not None else torch.zeros(C, D)
+        args = (_np(means2d).reshape(C * N, 2), _np(conics).reshape(C * N, 3), _np(colors).reshape(C * N, D),
+                _np(opacities).reshape(C * N), _np(bg), offsets.numpy(), ids.numpy())
+        out, T, last = _forward(*args, width, height, tile_size)
+        ctx.args = args
+        ctx.shape = (C, N, D, width, height, tile_size, backgrounds is not None)
+        ctx.save_for_backward(ids)
+        T = torch.from_numpy(T)
+        ctx.T, ctx.last = T, last
+        return torch.from_numpy(out), (1 - T)[..., None]
+
+    @staticmethod
+    def backward(ctx, v_out, v_alpha):
+        C, N, D, width, height, tile_size, has_bg = ctx.shape
+        (ids,) = ctx.saved_tensors
+        v_out = torch.zeros(C, height, width, D) if v_out is None else v_out.float().contiguous()
+        v_alpha = torch.zeros(C, height, width) if v_alpha is None else v_alpha.float().reshape(C, height, width)
+        rows = _backward(*ctx.args, ctx.T.numpy(), ctx.last, v_out.numpy(), v_alpha.contiguous().numpy(),
+                         width, height, tile_size)
+        per_gauss = torch.zeros(C * N, 6 + D)
+        per_gauss.index_add_(0, ids.long(), torch.from_numpy(rows))
+        per_gauss = per_gauss.reshape(C, N, 6 + D)
+        v_bg = (ctx.T[..., None] * v_out).sum((1, 2)) if has_bg else None
+        return (per_gauss[..., 0:2], per_gauss[..., 2:5], per_gauss[..., 6:], per_gauss[..., 5], v_bg,
+                None, None, None, None, None)
+
+
+def rasterize_cpu(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], colors: Float[Tensor, "C N D"],
+                  opacities: Float[Tensor, "C N"], offsets: Int[Tensor, "T1"], ids: Int[Tensor, "I"],
+                  width: int, height: int, tile_size: int, backgrounds: Float[Tensor, "C D"] | None = None
+                  ) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
+    """Tile rasterization of binned Gaussians (`binning.bin_gaussians_cpu`) on the CPU, differentiable."""
+    assert tile_grid(width, height, tile_size)[0] * tile_grid(width, height, tile_size)[1] * opacities.shape[0] \
+        + 1 == offsets.numel()
+    return _RasterizeCPU.apply(means2d, conics, colors, opacities, backgrounds, offsets, ids, width, height,
+                               tile_size)
