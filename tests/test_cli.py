@@ -86,3 +86,17 @@ def test_threads_option_sets_torch_threads():
     assert result.returncode == 0, result.stderr
     assert "1 CPU threads" in result.stdout
     assert monodyn("--threads", "-1", "doctor").returncode != 0
+
+
+def test_device_errors_are_one_clear_line_before_anything_runs(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also on a GPU runner
+    video = write_video(tmp_path / "clip.mp4", pattern_frames(3))
+    result = runner.invoke(app, ["preprocess", str(video), "-q", "--device", "cuda"])
+    assert result.exit_code == 1
+    assert "--device cuda: no CUDA device is available here; use --device cpu" in result.output
+    assert not (tmp_path / "clip.monodyn").exists()  # checked before the workspace is touched
+    result = runner.invoke(app, ["synth", str(tmp_path / "scene"), "--device", "tpu"])
+    assert result.exit_code == 1 and "unknown device; use auto, cpu, cuda or cuda:N" in result.output
+    assert not (tmp_path / "scene").exists()

@@ -280,7 +280,7 @@ def test_fit_writes_a_checkpoint_that_renders(fitted):
     ws, ckpt, scene, g, method = fitted
     files = sorted(p.name for p in ckpt.iterdir())
     assert {"config.json", "model.safetensors", "manifest.json"} <= set(files)
-    assert "optimizer.safetensors" not in files  # only while a fit is unfinished
+    assert "train_state.pt" not in files and "metrics.jsonl" in files  # the resume state only while unfinished
     doc = json.loads((ckpt / "config.json").read_text())
     assert doc["method"] == "osn" and doc["objects"]["ids"] == [0, 1, 2] and doc["state"]["finished"]
     t = [0, 5]
@@ -326,29 +326,35 @@ def test_scaling_an_object_scales_its_depth_in_the_input_view(fitted):
     assert torch.allclose(outs[0].object_depth[seen, 2], outs[1].object_depth[seen, 2])  # object 2 unchanged
 
 
-def test_resume_continues_exactly(fitted, tmp_path):
-    from models.osn.trainer import Trainer
+def test_killed_then_resumed_fit_equals_the_uninterrupted_one(fitted, tmp_path):
     from safetensors.torch import load_file
 
     ws, ckpt, scene, g, method = fitted  # fitted straight through with the same config
     cfg = OSNConfig(**TINY)
 
-    class Stop(Exception):
+    class Kill(Exception):
         pass
 
-    def stop_after_checkpoint(step, total, **m):
-        if step == 41:  # just after the checkpoint at step 40 (stage 2 starts at 36)
-            raise Stop
+    def kill_at_50(step, total, **m):
+        if step == 50:  # after the resume state of step 40 (stage 2 starts at 36), mid-round
+            raise Kill
 
-    with pytest.raises(Stop):
-        Trainer(scene, cfg, tmp_path / "b", stop_after_checkpoint).run(resume=False)
-    assert (tmp_path / "b" / "optimizer.safetensors").exists()
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["state"]["step"] == 40
-    Trainer(scene, cfg, tmp_path / "b", lambda *a, **k: None).run(resume=True)
+    with pytest.raises(Kill):
+        method.fit(scene, cfg, tmp_path / "b", kill_at_50)
+    assert torch.load(tmp_path / "b" / "train_state.pt", weights_only=False)["step"] == 40
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # nothing portable until the fit ends
+    method.fit(scene, cfg, tmp_path / "b", lambda *a, **k: None, resume=True)
+    assert not (tmp_path / "b" / "train_state.pt").exists()
     a, b = load_file(str(ckpt / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+        assert torch.equal(a[k], b[k]), k
+
+    def rows(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(ckpt) == rows(tmp_path / "b") and len(rows(ckpt)) == 7  # steps 10..60 and the final scale pass
 
 
 def test_osn_scales_command(fitted):

@@ -11,7 +11,8 @@ per-object SfM, and learns which scale combinations are valid:
 - `zbuffer.py`   soft Z-buffer: per-object depth/opacity rendered once, H scale combinations blended in 2D,
                  0/1 validity pseudo-labels from the masks;
 - `scale_net.py` the object scale network (normalised log-scales -> validity) and valid-sample drawing;
-- `trainer.py`   stage 1 (objects alone) and stage 2 (alternating objects / scale network), checkpoints, resume;
+- `trainer.py`   stage 1 (objects alone) and stage 2 (alternating objects / scale network) as the
+                 `models.fitting` task (the driver owns device, budgets, checkpoints, resume);
 - `model.py`, `method.py` the model, checkpoint I/O and the registry `Method` (`monodyn fit --method osn`);
 - `report.py`    learned valid scale ranges (`monodyn osn scales`);
 - `synthetic.py` a Scene straight from synthetic ground truth (tests, bench: no SfM needed).

@@ -23,7 +23,8 @@ class OSNConfig:
     batch_rays: int = 2048
     """Rays per step (stage 1: shared by the objects; stage 2: one composite batch)."""
     checkpoint_every: int = 500
-    """Write a resumable checkpoint every this many steps (0 = only at the end)."""
+    """Write the resume state (for `monodyn fit --resume`) every this many steps (0 = never: a killed fit starts
+    over). The checkpoint itself is written when the fit ends."""
     lr_grid: float = 0.02
     """Adam learning rate of the TensoRF factor grids."""
     lr_net: float = 0.001

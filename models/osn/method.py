@@ -10,9 +10,10 @@ from torch import Tensor
 
 from models.cameras import Cameras
 from models.errors import InputError
+from models.fitting import Budget, run_fit
 from models.osn.config import OSNConfig
 from models.osn.model import N_CANDIDATES, OSNModel
-from models.osn.trainer import Trainer
+from models.osn.trainer import OSNTask
 from models.registry import FitProgress, RenderOutput
 from models.scene import Scene
 
@@ -69,7 +70,9 @@ class OSNMethod:
     Config = OSNConfig
 
     def fit(self, scene: Scene, cfg: OSNConfig, out: Path, progress: FitProgress, resume: bool = False) -> Path:
-        return Trainer(scene, cfg, out, progress).run(resume)
+        budget = Budget(cfg.steps, cfg.minutes or None)  # validated before the (slow) task set-up
+        return run_fit(OSNTask(scene, cfg), out, budget, progress, checkpoint_every=cfg.checkpoint_every,
+                       resume=resume)
 
     def render(self, ckpt: Path, cameras: Cameras, times: Float[Tensor, "N"], device: str = "cpu",
                scale_sample: int | None = None, scales: list[float] | None = None,

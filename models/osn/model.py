@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from models.cameras import Cameras, camera_rays
 from models.fields import TensoRFVM
+from models.fitting import atomic_write
 from models.osn.composite import CompositeOutput, ObjectField, render_composite
 from models.osn.config import OSNConfig
 from models.osn.objects import ObjectSet, frame_from_world, frame_rays
@@ -128,14 +129,13 @@ class OSNModel(nn.Module):
         return out
 
     def save(self, folder: Path, config: dict, extra: dict | None = None) -> None:
-        """Write model.safetensors then config.json (the json last: a folder with config.json is complete)."""
+        """Write model.safetensors then config.json, each atomically (the json last: a folder with config.json is
+        complete)."""
         folder = Path(folder)
-        save_file({k: v.cpu() for k, v in self.tensors().items()}, str(folder / "model.safetensors.tmp"))
-        (folder / "model.safetensors.tmp").replace(folder / "model.safetensors")
+        tensors = {k: v.cpu() for k, v in self.tensors().items()}
+        atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, str(p)))
         doc = {"method": "osn", "config": config, **self.meta(), **(extra or {})}
-        tmp = folder / "config.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(folder / "config.json")
+        atomic_write(folder / "config.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
 
     @staticmethod
     def load(folder: Path, device: str | torch.device = "cpu") -> tuple["OSNModel", dict]:

@@ -16,27 +16,29 @@ Stage 2, in rounds of `round_steps`:
 The scale network is trained once more after the last round (`final_scale_steps`, longer: it sharpens the valid
 boundary), so it matches the final geometry.
 
+`OSNTask` is the `models.fitting.FitTask` of OSN: `models.fitting.run_fit` owns the device, budgets, resume
+state and metrics; the task maps both stages onto `train_step(step, progress)` and the final scale-network pass
+onto `finish`. With a minutes budget, stage 1 ends at the schedule position `bootstrap_fraction` at the latest.
+
 Determinism: every step draws from a generator seeded by (seed, step), so a resumed fit continues exactly.
-Checkpoints: `config.json` + `model.safetensors` (+ `optimizer.safetensors` while unfinished, for --resume).
+Checkpoint: `config.json` + `model.safetensors`, written once at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from models.errors import InputError
+from models.fitting import resolve_device
 from models.osn.composite import render_composite
 from models.osn.config import OSNConfig
 from models.osn.model import OSNModel
@@ -45,8 +47,6 @@ from models.osn.scale_net import ScaleNetwork, ScaleSpace, random_unit
 from models.osn.zbuffer import ZBufferCache
 from models.rendering.volume import ray_aabb
 from models.scene import Scene
-
-Progress = Callable[..., None]
 
 
 @dataclass
@@ -109,14 +109,13 @@ def pixel_data(scene: Scene, objects: ObjectSet) -> PixelData:
     return PixelData(rgb, label, frame, dirs, depth, interior.reshape(-1), by_label, negatives, (T, H, W))
 
 
-class Trainer:
-    def __init__(self, scene: Scene, cfg: OSNConfig, out: Path, progress: Progress):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if cfg.device == "auto" else cfg.device))
+class OSNTask:
+    """OSN's `models.fitting.FitTask`: stage 1 then stage 2 rounds, one object-field step per `train_step`."""
+
+    def __init__(self, scene: Scene, cfg: OSNConfig):
+        self.cfg = cfg
         _check_config(cfg)
+        self.device = resolve_device(cfg.device)
         objects = build_object_set(scene, cfg.object_margin, cfg.background_space)
         lo, hi = log_scale_range(objects, cfg.scale_min, cfg.scale_max)
         self.model = OSNModel.create(objects, cfg, ScaleSpace(lo, hi)).to(self.device)
@@ -125,10 +124,10 @@ class Trainer:
         self.seed_occupancy()
         self.opt = torch.optim.Adam(self._field_groups(), betas=(0.9, 0.99))
         self.opt_scale = torch.optim.Adam(self.model.scale_net.parameters(), lr=cfg.lr_net)
-        self.step = 0
-        self.elapsed = 0.0
-        self.metrics: dict[str, float] = {}
-        self.cache: ZBufferCache | None = None
+        self.step = 0  # seeds the step's generators
+        self.stage2_start: int | None = None  # the step stage 2 began at (rounds count from it)
+        self.scale_metrics: dict[str, float] = {}  # of the last scale-network pass, shown with stage 2 steps
+        self.cache: ZBufferCache | None = None  # rebuilt before every scale-network pass: no resume state
         self._scale_updates = 0
 
     def _field_groups(self) -> list[dict]:
@@ -142,8 +141,8 @@ class Trainer:
     def stage1_steps(self) -> int:
         return int(round(self.cfg.steps * self.cfg.bootstrap_fraction))
 
-    def _set_lr(self) -> None:
-        decay = 0.1 ** (self.step / max(self.cfg.steps, 1))
+    def _set_lr(self, progress: float) -> None:
+        decay = 0.1 ** progress
         for g in self.opt.param_groups:
             g["lr"] = (self.cfg.lr_grid if g["name"] == "grid" else self.cfg.lr_net) * decay
 
@@ -185,7 +184,7 @@ class Trainer:
         return pool[torch.randint(pool.numel(), (n,), generator=g).to(pool.device)]
 
     # -- stage 1 ---------------------------------------------------------------------------------------------
-    def bootstrap_step(self) -> dict[str, float]:
+    def bootstrap_step(self, progress: float) -> dict[str, float]:
         cfg, d, g = self.cfg, self.data, self.generator()
         O = len(self.model.fields)
         n_bg = cfg.batch_rays // 2
@@ -214,7 +213,7 @@ class Trainer:
             mse_sum += float(mse[is_pos].detach().sum())
             count += int(pos.numel())
         loss = loss + cfg.tv_weight * self._tv()
-        self._backward(loss)
+        self._backward(loss, progress)
         return {"loss": float(loss.detach()), "psnr": _psnr(mse_sum / max(count, 1) / 3)}
 
     # -- stage 2 ---------------------------------------------------------------------------------------------
@@ -230,7 +229,7 @@ class Trainer:
         pick = valid[torch.randint(valid.numel(), (n_groups,), generator=g).to(valid.device)]
         return space.from_unit(z[pick])
 
-    def composite_step(self) -> dict[str, float]:
+    def composite_step(self, progress: float) -> dict[str, float]:
         cfg, d, g = self.cfg, self.data, self.generator()
         O = len(self.model.fields)
         n = cfg.batch_rays
@@ -250,7 +249,7 @@ class Trainer:
         logp = torch.log(out.object_weights + 1e-4) - torch.log(out.object_weights.sum(-1, keepdim=True) + O * 1e-4)
         l_seg = F.nll_loss(logp[known], label[known])
         loss = l_rgb + cfg.depth_weight * l_depth + cfg.seg_weight * l_seg + cfg.tv_weight * self._tv()
-        self._backward(loss)
+        self._backward(loss, progress)
         return {"loss": float(loss.detach()), "psnr": _psnr(float(mse.detach().mean()) / 3), "seg": float(l_seg.detach())}
 
     def _render(self, idx: Tensor, scales: Tensor, g: torch.Generator):
@@ -301,8 +300,8 @@ class Trainer:
     def _tv(self) -> Tensor:
         return sum(f.field.tv_loss(1.0, 0.0) for f in self.model.fields)
 
-    def _backward(self, loss: Tensor) -> None:
-        self._set_lr()
+    def _backward(self, loss: Tensor, progress: float) -> None:
+        self._set_lr(progress)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -313,69 +312,50 @@ class Trainer:
             for o, f in enumerate(self.model.fields):
                 f.update_occupancy(self.generator(salt=1000 + o, device=self.device))
 
-    # -- the loop --------------------------------------------------------------------------------------------
-    def run(self, resume: bool) -> Path:
+    # -- the FitTask protocol ---------------------------------------------------------------------------------
+    def train_step(self, step: int, progress: float) -> dict[str, float]:
+        """Stage 1 until `bootstrap_fraction` of the steps (or of the schedule, under a minutes budget); then
+        stage 2, where every `round_steps` steps the scale network trains first (3x in the first round)."""
         cfg = self.cfg
-        if resume and (self.out / "config.json").exists():
-            self._load_resume()
-        budget = cfg.minutes * 60.0 if cfg.minutes > 0 else math.inf
-        start = time.perf_counter() - self.elapsed
-        s1 = self.stage1_steps
-        deadline1 = start + budget * cfg.bootstrap_fraction
-        while self.step < s1 and time.perf_counter() < deadline1:
-            self.metrics = self.bootstrap_step()
-            self._after_step(start)
-        if self.step < s1:  # stage 1 ran out of time: stage 2 gets the rest
-            self.step = s1
-        while self.step < cfg.steps and time.perf_counter() < start + budget:
-            if (self.step - s1) % max(cfg.round_steps, 1) == 0:  # a new round: the scale network first
-                self.metrics.update(self.train_scale_net(cfg.scale_steps * (3 if self.step == s1 else 1)))
-            self.metrics.update(self.composite_step())
-            self._after_step(start)
-        self.metrics.update(self.train_scale_net(cfg.final_scale_steps))
-        self.elapsed = time.perf_counter() - start
-        self.save(finished=True)
-        return self.out
-
-    def _after_step(self, start: float) -> None:
-        self.step += 1
-        self._maybe_update_occupancy()
-        self.progress(self.step, self.cfg.steps, **{k: v for k, v in self.metrics.items() if k in ("loss", "psnr",
-                                                                                                   "valid_frac")})
-        if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.steps:
-            self.elapsed = time.perf_counter() - start
-            self.save(finished=False)
-
-    # -- checkpoints -----------------------------------------------------------------------------------------
-    def save(self, finished: bool) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "elapsed": self.elapsed, "finished": finished, "scale_updates": self._scale_updates,
-                 "metrics": self.metrics}
-        if finished:
-            (self.out / "optimizer.safetensors").unlink(missing_ok=True)
+        self.step = step
+        if self.stage2_start is None and (step >= self.stage1_steps or progress >= cfg.bootstrap_fraction):
+            self.stage2_start = step
+        if self.stage2_start is None:
+            metrics = self.bootstrap_step(progress)
         else:
-            tensors = _optimizer_tensors(self.opt, "fields.") | _optimizer_tensors(self.opt_scale, "scale.")
-            save_file(tensors, str(self.out / "optimizer.safetensors"))
-        self.model.save(self.out, dataclasses.asdict(self.cfg), {"state": state})
+            if (step - self.stage2_start) % max(cfg.round_steps, 1) == 0:
+                first = step == self.stage2_start
+                self.scale_metrics = self.train_scale_net(cfg.scale_steps * (3 if first else 1))
+            metrics = {**self.scale_metrics, **self.composite_step(progress)}
+        self.step = step + 1  # the occupancy update after step k draws as it did at step k + 1
+        self._maybe_update_occupancy()
+        return metrics
 
-    def _load_resume(self) -> None:
-        model, doc = OSNModel.load(self.out, self.device)
-        if doc.get("state", {}).get("finished"):
-            self.model = model
-            self.step = doc["state"]["step"]
-            return
-        self.model = model
-        self.frames_P = model.objects.frame_from_camera.to(self.device)
-        self.opt = torch.optim.Adam(self._field_groups(), betas=(0.9, 0.99))
-        self.opt_scale = torch.optim.Adam(self.model.scale_net.parameters(), lr=self.cfg.lr_net)
-        opt_file = self.out / "optimizer.safetensors"
-        if opt_file.exists():
-            tensors = load_file(str(opt_file))
-            _load_optimizer(self.opt, tensors, "fields.")
-            _load_optimizer(self.opt_scale, tensors, "scale.")
-        st = doc["state"]
-        self.step, self.elapsed, self.metrics = st["step"], st["elapsed"], st.get("metrics", {})
-        self._scale_updates = st.get("scale_updates", 0)
+    def finish(self, step: int) -> dict[str, float]:
+        """The scale network trains once more on the final geometry (the valid set renders draw from)."""
+        self.step = step
+        self.scale_metrics = self.train_scale_net(self.cfg.final_scale_steps)
+        return self.scale_metrics
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "opt_scale": self.opt_scale.state_dict(),
+                "occupancy": [(f.use_occupancy, f.occupancy.n_updates) for f in self.model.fields],
+                "stage2_start": self.stage2_start, "scale_updates": self._scale_updates,
+                "scale_metrics": self.scale_metrics}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        for f, (use, n) in zip(self.model.fields, state["occupancy"]):
+            f.use_occupancy, f.occupancy.n_updates = bool(use), int(n)
+        self.opt.load_state_dict(state["opt"])
+        self.opt_scale.load_state_dict(state["opt_scale"])
+        self.stage2_start, self._scale_updates = state["stage2_start"], int(state["scale_updates"])
+        self.scale_metrics = dict(state["scale_metrics"])
+
+    def save(self, out: Path, step: int, seconds: float) -> None:
+        state = {"step": step, "elapsed": round(seconds, 3), "finished": True, "scale_updates": self._scale_updates}
+        self.model.save(out, dataclasses.asdict(self.cfg), {"state": state})
 
 
 def scale_network_step(net: ScaleNetwork, space: ScaleSpace, cache: ZBufferCache, opt: torch.optim.Optimizer,
@@ -435,22 +415,3 @@ def _depth_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 def _psnr(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> dict[str, Tensor]:
-    out = {}
-    for i, st in opt.state_dict()["state"].items():
-        for name, v in st.items():
-            out[f"{prefix}{i}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
-    return out
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith(prefix):
-            i, name = key[len(prefix):].split(".", 1)
-            state.setdefault(int(i), {})[name] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)

@@ -113,11 +113,12 @@ def _later_stages(*, until, flow, raft_checkpoint, segment, point, box, sam_mode
                   per_object_sfm, depth, depth_checkpoint, device) -> list[pipeline.StageRequest]:
     """Requests for flow -> segment -> sfm -> depth, up to --until; options are checked before anything runs."""
     from models.errors import InputError
+    from models.fitting import resolve_device
 
     if until not in STAGES:
         raise InputError(f"--until must be one of {', '.join(STAGES)}, not {until!r}")
     wanted = STAGES[1:STAGES.index(until) + 1]
-    torch_device = _device(device)
+    torch_device = str(resolve_device(device))  # a string: stage configs are JSON
     requests = []
     if "flow" in wanted:
         if flow not in {"dis", "raft"}:
@@ -155,14 +156,6 @@ def _later_stages(*, until, flow, raft_checkpoint, segment, point, box, sam_mode
                                       device=torch_device)
         requests.append(pipeline.StageRequest(depth_stage.SPEC_WITH_SEGMENT, cfg, depth_stage.key_config(cfg)))
     return requests
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _depth_weights_found(explicit: Optional[Path]) -> bool:

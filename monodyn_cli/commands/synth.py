@@ -43,23 +43,18 @@ def synth(
     scale_variants: str = typer.Option("", help="Object-scale variants for OSN, ';'-separated, each one scale per "
                                                 "object (or one for all), e.g. '1.0,0.7;1.4,1.2'."),
     crf: int = typer.Option(12, help="H.264 quality of input.mp4 (lower is better; 0 is near-lossless)."),
-    device: str = typer.Option("cpu", help="Torch device for rendering (cpu, cuda)."),
+    device: str = typer.Option("cpu", help="Torch device for rendering (cpu, cuda, cuda:N, auto)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it exists and is not empty."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     from models.errors import InputError
+    from models.fitting import resolve_device
     from monodyn_cli.synth import SynthConfig, parse_scale_variants, synthesize
 
     if not 0 <= crf <= 51:
         raise InputError(f"--crf must be within 0..51, got {crf}")
-    if not device.startswith(("cpu", "cuda")):
-        raise InputError(f"--device must be cpu or cuda[:N], got {device!r}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA device is available here; use --device cpu")
+    device = str(resolve_device(device))
     cfg = SynthConfig(seed=seed, frames=frames, width=width, height=height, fps=fps, objects=objects,
                       camera=camera, heldout_azimuths=_parse_azimuths(heldout_azimuths),
                       fixed_cameras=fixed_cameras, room=room,

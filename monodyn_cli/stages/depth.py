@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.errors import InputError, StageError
+from models.fitting import resolve_device
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.workspace import StageContext, StageResult
 
@@ -151,14 +152,6 @@ def load_dynamic_mask(segment: StageResult | None, shape: tuple[int, int, int]) 
 
 # ---- running -----------------------------------------------------------------------------------------------
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return name
-
-
 def load_model(cfg: DepthConfig):
     from models import depth as mdepth
     from models.weights import KNOWN, hub_source, offline_error
@@ -166,7 +159,7 @@ def load_model(cfg: DepthConfig):
     spec = KNOWN["depth-anything"]
     source = hub_source(spec, cfg.checkpoint, "--depth-checkpoint")
     try:
-        return mdepth.load_depth_anything(source, _device(cfg.device))
+        return mdepth.load_depth_anything(source, resolve_device(cfg.device))
     except OSError:
         raise offline_error(spec, "--depth-checkpoint") from None
     except (ValueError, KeyError) as e:

@@ -117,14 +117,6 @@ def prompts_for(cfg: SegmentConfig, meta: dict) -> list[Prompt]:
 
 # ---- running ---------------------------------------------------------------------------------------------
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _load_flow(ctx: StageContext) -> dict[str, np.ndarray]:
     flow = ctx.inputs["flow"]
     return {name: np.load(flow.file(f"{name}.npy"), mmap_mode="r")
@@ -164,10 +156,12 @@ def run(ctx: StageContext, cfg: SegmentConfig) -> list[str]:
             raise InputError(f"--segment {cfg.backend} needs at least one prompt: --point X,Y[@FRAME] or "
                              "--box X0,Y0,X1,Y1[@FRAME] (pixels of the original video)")
         info["prompts"] = [p.describe() for p in prompts]
+        from models.fitting import resolve_device  # torch: only for the sam backends
+
         if cfg.backend == "sam":
             from models.segmentation.sam_tam import sam_predictor, track_prompts
 
-            predict = sam_predictor(np.asarray(frames), cfg.sam_checkpoint, cfg.sam_model, _device(cfg.device))
+            predict = sam_predictor(np.asarray(frames), cfg.sam_checkpoint, cfg.sam_model, resolve_device(cfg.device))
             flow = _load_flow(ctx)
             with ctx.progress.task("segment (sam)", t_count) as advance:
                 ids = track_prompts(t_count, np.asarray(flow["flow_fw"], np.float32),
@@ -175,7 +169,7 @@ def run(ctx: StageContext, cfg: SegmentConfig) -> list[str]:
         else:
             from models.segmentation.sam2_video import load_sam2_video, segment_video_sam2
 
-            model = load_sam2_video(cfg.sam2_checkpoint, _device(cfg.device))
+            model = load_sam2_video(cfg.sam2_checkpoint, resolve_device(cfg.device))
             first = min(p.frame for p in prompts)  # frames from there to the end, then back to 0
             with ctx.progress.task("segment (sam2)", t_count + (first > 0)) as advance:
                 ids = segment_video_sam2(model, np.asarray(frames), prompts, advance)
