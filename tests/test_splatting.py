@@ -110,7 +110,7 @@ def test_binning_cpu_equals_torch():
                           scene["Ks"], scene["width"], scene["height"])
     rects = tile_rects(p.means2d, p.radii, scene["width"], scene["height"], 16)
     order = depth_order(p.depths)
-    a = bin_gaussians_cpu(rects, order, scene["width"], scene["height"], 16)
+    a = bin_gaussians_cpu(rects, p.depths, p.radii, scene["width"], scene["height"], 16)
     b = bin_gaussians_torch(rects, order, scene["width"], scene["height"], 16)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[0][-1] == int(((rects[..., 2] - rects[..., 0]) * (rects[..., 3] - rects[..., 1])).sum())

@@ -48,54 +48,94 @@ def depth_order(depths: Float[Tensor, "C N"]) -> Int[Tensor, "C N"]:
     return torch.argsort(depths.detach(), dim=1, stable=True)
 
 
+@njit(cache=True)
+def _radix_argsort(keys, out):
+    """Stable argsort of float32 keys (three 11-bit LSD passes over their order-preserving uint32 bits);
+    O(n) and several times faster than a comparison sort at 1e5 keys. Writes indices into `out`."""
+    n = keys.shape[0]
+    bits = keys.view(np.uint32)
+    u = np.empty(n, np.uint32)
+    for i in range(n):  # flip negatives entirely, set the sign bit of positives: unsigned order = float order
+        b = bits[i]
+        u[i] = ~b if b >> 31 else b | np.uint32(0x80000000)
+    idx = np.arange(n).astype(np.int32)
+    tmp = np.empty(n, np.int32)
+    hist = np.empty(2048, np.int64)
+    for shift in (0, 11, 22):
+        hist[:] = 0
+        for i in range(n):
+            hist[(u[idx[i]] >> shift) & 2047] += 1
+        run = 0
+        for b in range(2048):
+            h = hist[b]
+            hist[b] = run
+            run += h
+        for i in range(n):
+            k = (u[idx[i]] >> shift) & 2047
+            tmp[hist[k]] = idx[i]
+            hist[k] += 1
+        idx, tmp = tmp, idx
+    out[:] = idx
+
+
 @njit(parallel=True, cache=True)
-def _bin_counting_sort(rects, order, tiles_x, tiles_y, n_chunks):
-    """Counting sort by tile of the depth-ordered Gaussians; each chunk of the depth order is one task with
-    its own histogram, and chunk c's entries go after chunks 0..c-1 in every tile (keeps depth order)."""
-    C, N = order.shape
+def _bin_counting_sort(rects, depths, radii, tiles_x, tiles_y, n_chunks):
+    """Depth order of the visible Gaussians (radix sort per camera), then a counting sort by tile: each
+    chunk of the depth order is one task with its own histogram, and chunk k's entries go after chunks
+    0..k-1 in every tile, which keeps depth order inside tiles."""
+    C, N = depths.shape
     n_tiles = tiles_x * tiles_y
-    total = C * N
+    # visible Gaussians per camera, in depth order, as flat ids cam * N + g
+    n_vis = np.zeros(C + 1, np.int64)
+    for cam in range(C):
+        n_vis[cam + 1] = n_vis[cam] + np.sum(radii[cam] > 0)
+    order = np.empty(n_vis[C], np.int64)
+    for cam in prange(C):
+        vis = np.nonzero(radii[cam] > 0)[0]
+        o = np.empty(vis.shape[0], np.int32)
+        _radix_argsort(depths[cam][vis], o)
+        for i in range(vis.shape[0]):
+            order[n_vis[cam] + i] = cam * N + vis[o[i]]
+    total = order.shape[0]
     step = (total + n_chunks - 1) // n_chunks
     hist = np.zeros((n_chunks, C * n_tiles), np.int64)
     for k in prange(n_chunks):
         for s in range(k * step, min(total, (k + 1) * step)):
-            cam = s // N
-            g = order[cam, s - cam * N]
-            x0, y0, x1, y1 = rects[cam, g, 0], rects[cam, g, 1], rects[cam, g, 2], rects[cam, g, 3]
+            cam, g = order[s] // N, order[s] % N
             base = cam * n_tiles
-            for ty in range(y0, y1):
-                for tx in range(x0, x1):
+            for ty in range(rects[cam, g, 1], rects[cam, g, 3]):
+                for tx in range(rects[cam, g, 0], rects[cam, g, 2]):
                     hist[k, base + ty * tiles_x + tx] += 1
     offsets = np.zeros(C * n_tiles + 1, np.int64)
-    cursor = np.empty((n_chunks, C * n_tiles), np.int64)
     run = 0
     for t in range(C * n_tiles):
         offsets[t] = run
         for k in range(n_chunks):
-            cursor[k, t] = run
-            run += hist[k, t]
+            h = hist[k, t]
+            hist[k, t] = run  # now the chunk's write cursor in tile t
+            run += h
     offsets[C * n_tiles] = run
     ids = np.empty(run, np.int32)
     for k in prange(n_chunks):
         for s in range(k * step, min(total, (k + 1) * step)):
-            cam = s // N
-            g = order[cam, s - cam * N]
-            x0, y0, x1, y1 = rects[cam, g, 0], rects[cam, g, 1], rects[cam, g, 2], rects[cam, g, 3]
+            cam, g = order[s] // N, order[s] % N
             base = cam * n_tiles
-            for ty in range(y0, y1):
-                for tx in range(x0, x1):
+            for ty in range(rects[cam, g, 1], rects[cam, g, 3]):
+                for tx in range(rects[cam, g, 0], rects[cam, g, 2]):
                     t = base + ty * tiles_x + tx
-                    ids[cursor[k, t]] = cam * N + g
-                    cursor[k, t] += 1
+                    ids[hist[k, t]] = order[s]
+                    hist[k, t] += 1
     return offsets, ids
 
 
-def bin_gaussians_cpu(rects: Int[Tensor, "C N 4"], order: Int[Tensor, "C N"], width: int, height: int,
-                      tile_size: int) -> tuple[Int[Tensor, "T1"], Int[Tensor, "I"]]:
-    """(tile_offsets int64 [C*n_tiles+1], flat Gaussian ids int32 [n_isect]) with the compiled counting sort."""
+def bin_gaussians_cpu(rects: Int[Tensor, "C N 4"], depths: Float[Tensor, "C N"], radii: Int[Tensor, "C N"],
+                      width: int, height: int, tile_size: int) -> tuple[Int[Tensor, "T1"], Int[Tensor, "I"]]:
+    """(tile_offsets int64 [C*n_tiles+1], flat Gaussian ids int32 [n_isect]), compiled: depth order by a
+    radix sort (the same stable order as `depth_order`), then a counting sort by tile."""
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
-    n_chunks = max(1, min(4 * torch.get_num_threads(), order.numel() // 4096 + 1))
-    offsets, ids = _bin_counting_sort(rects.cpu().numpy(), order.cpu().numpy(), tiles_x, tiles_y, n_chunks)
+    n_chunks = max(1, min(4 * torch.get_num_threads(), depths.numel() // 4096 + 1))
+    offsets, ids = _bin_counting_sort(rects.cpu().numpy(), depths.detach().float().contiguous().cpu().numpy(),
+                                      radii.cpu().numpy(), tiles_x, tiles_y, n_chunks)
     return torch.from_numpy(offsets), torch.from_numpy(ids)
 
 

@@ -63,8 +63,11 @@ def rasterization(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scal
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
                                 far_plane, eps2d, render_mode, rasterize_mode, backgrounds, tile_size)
 
-    proj = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
-                             eps2d, antialiased=rasterize_mode == "antialiased")
+    project = project_gaussians
+    if backend == "cpu" and not (viewmats.requires_grad or Ks.requires_grad):
+        from .cpu_project import project_gaussians_cpu as project  # compiled; no camera gradients
+    proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d,
+                   antialiased=rasterize_mode == "antialiased")
     feats, bgs = colors, backgrounds
     if render_mode in ("D", "ED"):
         feats, bgs = proj.depths[..., None], None
@@ -74,22 +77,21 @@ def rasterization(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scal
             bgs = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], -1)
 
     rects = tile_rects(proj.means2d, proj.radii, width, height, tile_size)
-    order = depth_order(proj.depths)
     if backend == "torch":
         from .reference import rasterize_dense
 
-        img, alpha = rasterize_dense(proj.means2d, proj.conics, feats, proj.opacities, order, rects, width, height,
-                                     tile_size, bgs)
+        img, alpha = rasterize_dense(proj.means2d, proj.conics, feats, proj.opacities, depth_order(proj.depths),
+                                     rects, width, height, tile_size, bgs)
     elif backend == "cpu":
         from .cpu import rasterize_cpu
 
-        offsets, ids = bin_gaussians_cpu(rects, order, width, height, tile_size)
+        offsets, ids = bin_gaussians_cpu(rects, proj.depths, proj.radii, width, height, tile_size)
         img, alpha = rasterize_cpu(proj.means2d, proj.conics, feats, proj.opacities, offsets, ids, width, height,
                                    tile_size, bgs)
     else:
         from .cuda import rasterize_cuda
 
-        offsets, ids = bin_gaussians_torch(rects, order, width, height, tile_size)
+        offsets, ids = bin_gaussians_torch(rects, depth_order(proj.depths), width, height, tile_size)
         img, alpha = rasterize_cuda(proj.means2d, proj.conics, feats, proj.opacities, offsets, ids, width, height,
                                     tile_size, bgs)
     if render_mode.endswith("ED"):
