@@ -368,3 +368,23 @@ def sparse_depth_map(frame: Int[Tensor, "N"], xy: Float[Tensor, "N 2"], z: Float
     out.scatter_reduce_(0, flat, z, reduce="amin")
     out[torch.isinf(out)] = 0.0
     return out.view(num_frames, height, width)
+
+
+# ---- sparse depth -------------------------------------------------------------------------------------------
+
+def densify_sparse_depth(depth: Float[np.ndarray, "H W"]) -> Float[np.ndarray, "H W"] | None:
+    """Sparse z-depth (0 = unknown) -> every pixel: linear interpolation over the known pixels' Delaunay
+    triangulation, nearest known pixel outside their convex hull. None when fewer than 4 pixels are known."""
+    from scipy.interpolate import griddata
+
+    rows, cols = np.nonzero(depth > 0)
+    if len(rows) < 4:
+        return None
+    pts, vals = np.stack([rows, cols], 1).astype(np.float64), depth[rows, cols].astype(np.float64)
+    grid = tuple(np.mgrid[0:depth.shape[0], 0:depth.shape[1]])
+    nearest = griddata(pts, vals, grid, method="nearest")
+    try:
+        linear = griddata(pts, vals, grid, method="linear")
+    except Exception:  # degenerate point sets (all on a line): Qhull refuses, nearest is all we have
+        return nearest.astype(np.float32)
+    return np.where(np.isfinite(linear), linear, nearest).astype(np.float32)

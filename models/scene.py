@@ -24,7 +24,7 @@ class Scene:
     instances: (T,H,W) uint8 object ids (0 = static background) or None.
     flow_fw / flow_bw: (T-1,H,W,2) pixels (flow_bw[i] maps frame i+1 -> i) or None; valid_fw / valid_bw bool.
     depth: (T,H,W) z-depth in world units, 0 = unknown, or None.
-    points: (N,3) sparse static points in world units or None.
+    points: (N,3) sparse static points in world units or None; points_rgb: their (N,3) uint8 colours or None.
     center / radius: a sphere holding the region of interest (from SfM points or cameras).
     """
 
@@ -38,6 +38,7 @@ class Scene:
     valid_bw: np.ndarray | None = None
     depth: np.ndarray | None = None
     points: np.ndarray | None = None
+    points_rgb: np.ndarray | None = None  # (N,3) uint8 colours of `points`
     center: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
     radius: float = 1.0
     static_camera: bool = False
@@ -80,7 +81,7 @@ class Scene:
         pick = lambda a: None if a is None else np.asarray(a[idx])
         sub = Scene(frames=np.asarray(self.frames[idx]), timestamps=self.timestamps[idx],
                     cameras=self.cameras[torch.as_tensor(idx)], instances=pick(self.instances),
-                    depth=pick(self.depth), points=self.points, center=self.center, radius=self.radius,
+                    depth=pick(self.depth), points=self.points, points_rgb=self.points_rgb, center=self.center, radius=self.radius,
                     static_camera=self.static_camera, meta=dict(self.meta), frame_times=self.times.numpy()[idx],
                     object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()},
                     object_depth={k: np.asarray(d[idx]) for k, d in self.object_depth.items()})

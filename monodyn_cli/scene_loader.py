@@ -47,6 +47,8 @@ def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
         scene.radius = float(bounds["radius"])
     if sfm.file("points3d.npy").exists():
         scene.points = np.load(sfm.file("points3d.npy"))
+        if sfm.file("points_rgb.npy").exists():
+            scene.points_rgb = np.load(sfm.file("points_rgb.npy"))
     objects_json = sfm.file("objects.json")
     if objects_json.exists():
         report = json.loads(objects_json.read_text()).get("objects", {})

@@ -322,3 +322,17 @@ def test_sparse_depth_reader_formats(tmp_path):
     np.savez(bad, points=np.zeros((3, 3)))
     with pytest.raises(StageError, match="redo the sfm stage"):
         depth_stage.load_sparse_depth(bad, 2)
+
+
+def test_sparse_plane_depth_is_interpolated_exactly_inside_the_hull():
+    from models.depth import densify_sparse_depth
+
+    rows, cols = np.mgrid[0:24, 0:32]
+    plane = 2.0 + 0.05 * rows - 0.02 * cols
+    sparse = np.zeros_like(plane, np.float32)
+    sparse[::5, ::7] = plane[::5, ::7]
+    dense = densify_sparse_depth(sparse)
+    inside = (rows <= 20) & (cols <= 28)  # the points' hull
+    np.testing.assert_allclose(dense[inside], plane[inside], atol=1e-4)
+    assert np.all(dense > 0)  # outside the hull: the nearest known depth, never a hole
+    assert densify_sparse_depth(np.zeros((8, 8), np.float32)) is None

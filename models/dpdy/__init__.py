@@ -1,14 +1,13 @@
-"""DpDy (Wang et al., "Diffusion Priors for Dynamic View Synthesis from Monocular Videos", 2024), without the
-diffusion prior for now: a per-video static TensoRF-VM + dynamic K-planes (densities summed per sample),
-fitted with photometric, affine-invariant depth, optical-flow / scene-flow and sparsity losses. A novel-view
-guidance hook (`DpDyMethod.fit(..., guidance=...)`) is where score distillation plugs in.
+"""DpDy (Wang et al., "Diffusion Priors for Dynamic View Synthesis from Monocular Videos", 2024) on our dynamic
+3D Gaussian core: a static Gaussian set for the background and a dynamic set moved by motion bases
+(models/gaussians), fitted with photometric, depth, 2D-track, mask and motion-smoothness losses. The paper's
+diffusion priors act through the novel-view guidance hook (`DpDyMethod.fit(..., guidance=...)`); without prior
+weights it runs as a plain static + dynamic decomposition.
 
-- config.py   `DpDyConfig` (the options of `monodyn fit --method dpdy`)
-- model.py    `DpDyModel`: fields, scene-flow head, background, occupancy grid, space map
-- sampling.py `PixelSampler` (mask / error-aware ray sampling), `orbit_cameras` (novel views)
-- losses.py   `LossTerm` list, photometric / depth / scene-flow losses, guidance hook type
-- trainer.py  `Trainer`: the loop, schedules, resumable state
-- method.py   `DpDyMethod` (fit / render), checkpoint I/O
+- config.py    `DpDyConfig` (the options of `monodyn fit --method dpdy`)
+- task.py      `DpDyTask`: the fit task for models/fitting.py (losses, densification, resumable state)
+- guidance.py  the guidance hook type and the novel cameras it is shown
+- method.py    `DpDyMethod` (fit / load / render), checkpoint loading
 """
 
 from models.dpdy.config import DpDyConfig

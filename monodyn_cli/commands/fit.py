@@ -65,6 +65,8 @@ def fit(
         raise typer.Exit(0)
     impl = get_method(method)
     cfg = parse_options(impl.Config, list(ctx.args))
+    if hasattr(cfg, "validate"):
+        cfg.validate()  # before the workspace is touched
     ws = resolve_workspace(workspace)
     scene, input_keys = load_scene(ws)
     with ws.lock():

@@ -1,0 +1,191 @@
+"""The dynamic Gaussian scene: a static set for the background and a dynamic set moved by motion bases.
+
+Static Gaussians never move. Dynamic Gaussians live in a canonical frame; their pose at frame t is a
+per-Gaussian blend of B global rigid motions (Shape of Motion's motion bases):
+
+    q_i(t) = normalise(sum_b w_ib q_b(t)),   x_i(t) = R(q_i(t)) x_i + sum_b w_ib u_b(t),   w_i = softmax(logits_i)
+
+Each basis holds one rotation (unit quaternion, wxyz) and one translation per input frame; between frames the
+pose is interpolated linearly (nlerp), so any normalised time in [0, 1] renders. Bases are initialised per
+segmented object (models/gaussians/init.py) and every dynamic Gaussian carries its object's instance id.
+
+Per-Gaussian parameters are stored unconstrained: log scales, opacity logits, colour logits (rgb = sigmoid).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from models.splatting import rasterization
+
+GAUSSIAN_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "color_logits")
+
+
+def quat_multiply(a: Float[Tensor, "*B 4"], b: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 4"]:
+    """Hamilton product of wxyz quaternions (rotation b first, then a)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
+                        aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx,
+                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
+
+
+def quat_to_rotmat(q: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 3 3"]:
+    """Rotation matrices of (not necessarily unit) wxyz quaternions."""
+    w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
+    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1
+                       ).reshape(*q.shape[:-1], 3, 3)
+
+
+def rotmat_to_quat(R: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 4"]:
+    """Unit wxyz quaternions (w >= 0) of rotation matrices (Shepperd's method, stable for every angle)."""
+    m = R.reshape(-1, 3, 3)
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    cands = torch.stack([
+        torch.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + 2 * m[:, 0, 0] - tr, m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
+        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 + 2 * m[:, 1, 1] - tr, m[:, 1, 2] + m[:, 2, 1]], -1),
+        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 + 2 * m[:, 2, 2] - tr], -1),
+    ], 1)  # (M, 4 candidates, 4): candidate k is 4 * q * q[k]; use the one with the largest pivot
+    pivot = torch.stack([1 + tr, 1 + 2 * m[:, 0, 0] - tr, 1 + 2 * m[:, 1, 1] - tr, 1 + 2 * m[:, 2, 2] - tr], -1)
+    q = cands[torch.arange(len(m)), pivot.argmax(-1)]
+    q = F.normalize(q, dim=-1)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(*R.shape[:-2], 4)
+
+
+class GaussianSet(nn.Module):
+    """N Gaussians' parameters: means (N,3), log_scales (N,3), quats (N,4) wxyz, opacity_logits (N,),
+    color_logits (N,3)."""
+
+    def __init__(self, means: Float[Tensor, "N 3"], log_scales: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"],
+                 opacity_logits: Float[Tensor, "N"], color_logits: Float[Tensor, "N 3"]):
+        super().__init__()
+        for name, value in zip(GAUSSIAN_PARAMS, (means, log_scales, quats, opacity_logits, color_logits)):
+            setattr(self, name, nn.Parameter(value.detach().float().contiguous()))
+
+    @classmethod
+    def empty(cls, n: int = 0) -> "GaussianSet":
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1
+        return cls(torch.zeros(n, 3), torch.zeros(n, 3), quats, torch.zeros(n), torch.zeros(n, 3))
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def scales(self) -> Float[Tensor, "N 3"]:
+        return self.log_scales.exp()
+
+    @property
+    def opacities(self) -> Float[Tensor, "N"]:
+        return torch.sigmoid(self.opacity_logits)
+
+    @property
+    def colors(self) -> Float[Tensor, "N 3"]:
+        return torch.sigmoid(self.color_logits)
+
+
+class MotionBases(nn.Module):
+    """B rigid motions over T frames: rotations (B,T,4) wxyz and translations (B,T,3)."""
+
+    def __init__(self, rotations: Float[Tensor, "B T 4"], translations: Float[Tensor, "B T 3"]):
+        super().__init__()
+        self.rotations = nn.Parameter(rotations.detach().float().contiguous())
+        self.translations = nn.Parameter(translations.detach().float().contiguous())
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.rotations.shape[1])
+
+    def at(self, time: float) -> tuple[Float[Tensor, "B 4"], Float[Tensor, "B 3"]]:
+        """The bases' poses at normalised time in [0, 1] (linear between frames, nlerp for rotations)."""
+        f = min(max(float(time), 0.0), 1.0) * (self.num_frames - 1)
+        i0 = min(int(f), self.num_frames - 1)
+        i1 = min(i0 + 1, self.num_frames - 1)
+        a = f - i0
+        q0, q1 = self.rotations[:, i0], self.rotations[:, i1]
+        q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)  # shortest way round
+        q = F.normalize((1 - a) * q0 + a * q1, dim=-1)
+        return q, (1 - a) * self.translations[:, i0] + a * self.translations[:, i1]
+
+
+class DynamicGaussians(nn.Module):
+    """The static set, the dynamic set in its canonical frame, the motion bases and the blend weights.
+
+    instance_ids: (N_dyn,) the segmentation id of the object each dynamic Gaussian belongs to (>= 1).
+    """
+
+    def __init__(self, static: GaussianSet, dynamic: GaussianSet, bases: MotionBases,
+                 motion_logits: Float[Tensor, "N_dyn B"], instance_ids: Int[Tensor, "N_dyn"]):
+        super().__init__()
+        self.static = static
+        self.dynamic = dynamic
+        self.bases = bases
+        self.motion_logits = nn.Parameter(motion_logits.detach().float().contiguous())
+        self.register_buffer("instance_ids", instance_ids.to(torch.int32).contiguous())
+
+    @property
+    def num_frames(self) -> int:
+        return self.bases.num_frames
+
+    def sizes(self) -> dict[str, int]:
+        """Every size needed to rebuild the module before `load_state_dict` (goes into config.json)."""
+        return {"static": len(self.static), "dynamic": len(self.dynamic), "bases": int(self.bases.rotations.shape[0]),
+                "frames": self.num_frames}
+
+    @classmethod
+    def from_sizes(cls, sizes: dict[str, int]) -> "DynamicGaussians":
+        b, t = sizes["bases"], sizes["frames"]
+        rot = torch.zeros(b, t, 4)
+        rot[..., 0] = 1
+        return cls(GaussianSet.empty(sizes["static"]), GaussianSet.empty(sizes["dynamic"]),
+                   MotionBases(rot, torch.zeros(b, t, 3)), torch.zeros(sizes["dynamic"], b),
+                   torch.zeros(sizes["dynamic"], dtype=torch.int32))
+
+    def dynamic_pose(self, time: float) -> tuple[Float[Tensor, "N_dyn 3"], Float[Tensor, "N_dyn 4"]]:
+        """Dynamic Gaussians' world means and orientations (wxyz) at normalised time in [0, 1]."""
+        q_b, u_b = self.bases.at(time)
+        w = torch.softmax(self.motion_logits, dim=-1)
+        q = F.normalize(w @ q_b, dim=-1)
+        means = (quat_to_rotmat(q) @ self.dynamic.means[:, :, None])[..., 0] + w @ u_b
+        return means, quat_multiply(q, self.dynamic.quats)
+
+    def gaussians_at(self, time: float) -> dict[str, Tensor]:
+        """All Gaussians at normalised time: means (N,3), quats (N,4), scales (N,3), opacities (N,), colors (N,3),
+        is_dynamic (N,) float (static first, then dynamic)."""
+        dyn_means, dyn_quats = self.dynamic_pose(time)
+        s, d = self.static, self.dynamic
+        return {
+            "means": torch.cat([s.means, dyn_means]),
+            "quats": torch.cat([s.quats, dyn_quats]),
+            "scales": torch.cat([s.scales, d.scales]),
+            "opacities": torch.cat([s.opacities, d.opacities]),
+            "colors": torch.cat([s.colors, d.colors]),
+            "is_dynamic": torch.cat([s.means.new_zeros(len(s)), d.means.new_ones(len(d))]),
+        }
+
+    def render(self, viewmat: Float[Tensor, "4 4"], K: Float[Tensor, "3 3"], width: int, height: int,
+               time: float, extra: Float[Tensor, "N E"] | None = None, background: Float[Tensor, "3"] | None = None,
+               backend: str = "auto") -> dict[str, Tensor]:
+        """One camera at one normalised time. Returns rgb (H,W,3), depth (H,W) expected z, alpha (H,W),
+        dynamic (H,W) the dynamic Gaussians' share of the pixel, extra (H,W,E) composited `extra` features,
+        meta (the rasterizer's, for densification)."""
+        g = self.gaussians_at(time)
+        feats = [g["colors"], g["is_dynamic"][:, None]] + ([extra] if extra is not None else [])
+        colors = torch.cat(feats, dim=-1)
+        bg = None
+        if background is not None:
+            bg = torch.cat([background, colors.new_zeros(colors.shape[-1] - 3)])[None]
+        out, alpha, meta = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], colors,
+                                         viewmat[None], K[None], width, height, render_mode="RGB+ED",
+                                         backgrounds=bg, backend=backend)
+        out, alpha = out[0], alpha[0, ..., 0]
+        return {"rgb": out[..., :3], "dynamic": out[..., 3], "extra": out[..., 4:-1], "depth": out[..., -1],
+                "alpha": alpha, "meta": meta}
