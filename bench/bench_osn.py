@@ -44,10 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from models.fitting import Budget, run_fit  # noqa: E402
 from models.osn.config import OSNConfig  # noqa: E402
 from models.osn.model import OSNModel  # noqa: E402
 from models.osn.synthetic import scene_from_ground_truth  # noqa: E402
-from models.osn.trainer import Trainer  # noqa: E402
+from models.osn.trainer import OSNTask  # noqa: E402
 from models.osn.zbuffer import ZBufferCache  # noqa: E402
 from models.registry import METHODS, get_method  # noqa: E402
 from monodyn_cli.metrics import psnr, ssim  # noqa: E402
@@ -113,9 +114,9 @@ def fit_osn(scene, args, out: Path) -> tuple[OSNModel, float]:
         if step % 250 == 0:
             log(f"  OSN step {step}/{total} " + " ".join(f"{k}={v:.3g}" for k, v in m.items()))
 
-    trainer = Trainer(scene, cfg, out, progress)
-    trainer.run(resume=False)
-    return trainer.model, time.perf_counter() - start
+    task = OSNTask(scene, cfg)  # the fit `monodyn fit --method osn` runs, through the shared driver
+    run_fit(task, out, Budget(cfg.steps, cfg.minutes or None), progress)
+    return task.model, time.perf_counter() - start
 
 
 def nvs_metrics(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
