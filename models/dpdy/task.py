@@ -59,8 +59,8 @@ class SceneTensors:
             self.flow_fw = torch.as_tensor(np.asarray(scene.flow_fw, np.float32), device=device)
             self.flow_bw = torch.as_tensor(np.asarray(scene.flow_bw, np.float32), device=device)
             ones = lambda f: torch.ones(f.shape[:-1], dtype=torch.bool, device=device)
-            self.valid_fw = ones(self.flow_fw) if scene.valid_fw is None else torch.as_tensor(np.asarray(scene.valid_fw), device=device)
-            self.valid_bw = ones(self.flow_bw) if scene.valid_bw is None else torch.as_tensor(np.asarray(scene.valid_bw), device=device)
+            self.valid_fw = ones(self.flow_fw) if scene.valid_fw is None else torch.as_tensor(np.array(scene.valid_fw), device=device)
+            self.valid_bw = ones(self.flow_bw) if scene.valid_bw is None else torch.as_tensor(np.array(scene.valid_bw), device=device)
         self.pixels = pixel_grid(self.W, self.H, device=device)
 
     def image(self, t: int) -> Float[Tensor, "H W 3"]:

@@ -94,6 +94,10 @@ def evaluate(
                 r["view"] = views.name
             all_rows += rows
             summaries[views.name] = metrics.summarize(rows)
+            floor = metrics.summarize(metrics.evaluate(floor_prediction(train_scene, views.times), views.images,
+                                                       views.mask, None))
+            summaries[views.name].update({f"floor_{k}": v for k, v in floor.items()
+                                          if k in ("psnr", "mpsnr")})
             _save_strip(out_dir / f"{views.name}.png", pred, views.images)
         metrics.write_csv(out_dir / "per_frame.csv", all_rows)
         summary = {"protocol": protocol, "method": method, "checkpoint": str(ckpt), "fit_seconds": round(fit_seconds, 1),
@@ -114,6 +118,13 @@ def render_views(impl, ckpt: Path, views: evaluation.EvalViews, device: str, pro
             out.append(res.rgb[0].clamp(0, 1).float().cpu())
             advance(1)
     return torch.stack(out)
+
+
+def floor_prediction(scene, times: torch.Tensor) -> torch.Tensor:
+    """The floor every method must beat: for each test time, the training frame nearest in time, as it is
+    (for held-out cameras of a synthetic scene, the input frame t itself)."""
+    nearest = (times.cpu()[:, None] - scene.times[None]).abs().argmin(1)
+    return scene.images(nearest.numpy())
 
 
 def print_summary(summaries: dict[str, dict], title: str) -> None:

@@ -84,7 +84,8 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene: Scene, input_keys: 
     out = ws.root / "fit" / method / key
     if (out / MANIFEST).exists() and not force:
         log(f"fit {method}: cached {key}")
-        _set_current_fit(ws, method, key)
+        if not tag:  # an evaluation fit (on a split) never becomes the fit that render and export use
+            _set_current_fit(ws, method, key)
         return out
     if out.exists() and (force or not resume):
         trash = out.with_name(f".trash-{key}-{os.getpid()}")
@@ -107,7 +108,8 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene: Scene, input_keys: 
                 "config": config, "seconds": round(seconds, 2), "tag": tag, "created": time.time(),
                 "outputs": sorted(p.name for p in out.iterdir() if p.is_file())}
     write_json_atomic(out / MANIFEST, manifest)
-    _set_current_fit(ws, method, key)
+    if not tag:
+        _set_current_fit(ws, method, key)
     log(f"fit {method}: done {key} in {seconds:.1f}s")
     return out
 
