@@ -1,4 +1,4 @@
-"""Fields: grid lookups, TensoRF-VM, K-planes, static+dynamic composite, contraction, encodings."""
+"""Fields: grid lookups, TensoRF-VM, contraction, encodings."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.fields import (AABBMap, ContractedMap, KPlanes, PlaneSet, StaticDynamicField, TensoRFVM, contract,
-                           frequency_encoding, sh_encoding, space_map_from_dict)
+from models.fields import (AABBMap, ContractedMap, PlaneSet, TensoRFVM, contract, frequency_encoding, sh_encoding,
+                           space_map_from_dict)
 from models.fields.grids import LineSet
 from models.fields.tensorf import vm_coords
 
@@ -101,76 +101,17 @@ def test_tensorf_sh_decoder_and_regularisers():
         field.app_planes.table.fill_(0.3)
         field.app_lines.table.fill_(0.3)
     assert field.tv_loss().item() == 0.0
-    assert abs(field.l1_loss().item() - 2.0) < 1e-6
 
 
 def test_fields_start_near_empty():
     torch.manual_seed(0)
-    x = torch.rand(2000, 3) * 2 - 1
-    s_static = TensoRFVM(64).density(x)
-    s_dyn = KPlanes(32).density(x, torch.rand(2000))
-    for s in (s_static, s_dyn):
-        # a ray crossing the whole box (length 2 sqrt(3) box units) keeps > 80 % transmittance
-        assert math.exp(-float(s.detach().max()) * 2 * math.sqrt(3)) > 0.8
+    s = TensoRFVM(64).density(torch.rand(2000, 3) * 2 - 1)
+    # a ray crossing the whole box (length 2 sqrt(3) box units) keeps > 80 % transmittance
+    assert math.exp(-float(s.detach().max()) * 2 * math.sqrt(3)) > 0.8
 
 
-def test_kplanes_constant_planes_give_the_product():
-    torch.manual_seed(0)
-    field = KPlanes(resolution=4, scales=(1, 2), time_resolution=5, features=3)
-    consts = torch.rand(2, 6, 3) + 0.5
-    with torch.no_grad():
-        for s, level in enumerate(field.levels):
-            for p in range(6):
-                level.plane(p).copy_(consts[s, p].expand_as(level.plane(p)))
-    f = field.features(torch.rand(100, 3) * 2 - 1, torch.rand(100))
-    expected = torch.cat([consts[0].prod(0), consts[1].prod(0)])
-    torch.testing.assert_close(f, expected.expand(100, 6))
 
 
-def test_kplanes_planes_multiply_functions_of_their_own_axes():
-    # plane p = 1 + 0.5 * (its first coordinate): features = prod over planes of (1 + 0.5 u_p), exact
-    field = KPlanes(resolution=6, scales=(1,), time_resolution=4, features=1)
-    level = field.levels[0]
-    with torch.no_grad():
-        for p in range(6):
-            h, w, _ = level.plane(p).shape
-            ramp = 1.0 + 0.5 * torch.linspace(-1, 1, w)
-            level.plane(p).copy_(ramp[None, :, None].expand(h, w, 1))
-    x, t = torch.rand(50, 3) * 2 - 1, torch.rand(50)
-    xt = torch.cat([x, 2 * t[:, None] - 1], -1)
-    first_axes = [0, 0, 1, 0, 1, 2]
-    expected = torch.stack([1 + 0.5 * xt[:, a] for a in first_axes]).prod(0)
-    torch.testing.assert_close(field.features(x, t)[:, 0], expected)
-
-
-def test_kplanes_regularisers_and_time_dependence():
-    torch.manual_seed(0)
-    field = KPlanes(resolution=8, scales=(1,), time_resolution=6, features=4)
-    assert field.time_smoothness_loss().item() == 0.0 and field.time_l1_loss().item() == 0.0
-    x = torch.rand(10, 3) * 2 - 1
-    s0 = field.density(x, torch.zeros(10))
-    torch.testing.assert_close(field.density(x, torch.ones(10)), s0)  # time planes at 1: static at init
-    with torch.no_grad():
-        field.levels[0].plane(3).mul_(torch.linspace(0.5, 1.5, 6)[:, None, None])  # x-t plane varies with t
-    assert field.time_smoothness_loss().item() < 1e-10  # linear in t: zero Laplacian
-    assert field.time_l1_loss().item() > 0.0
-    assert not torch.allclose(field.density(x, torch.ones(10)), s0)
-
-
-def test_static_dynamic_composite_sums_densities_and_mixes_colour():
-    torch.manual_seed(0)
-    static, dynamic = TensoRFVM(8, 2, 2, 4), KPlanes(6, (1,), 4, 4, 16, 3)
-    field = StaticDynamicField(static, dynamic)
-    x, d, t = torch.rand(64, 3) * 2 - 1, F.normalize(torch.randn(64, 3), dim=-1), torch.rand(64)
-    with torch.no_grad():
-        dynamic.levels[0].table.mul_(3.0)  # make the two densities comparable
-    dens = field.query_density(x, t)
-    s_s, c_s = static(x, d)
-    s_d, c_d = dynamic(x, d, t)
-    torch.testing.assert_close(dens.sigma, s_s + s_d)
-    torch.testing.assert_close(dens.parts, torch.stack([s_s, s_d], -1))
-    expected = (s_s[:, None] * c_s + s_d[:, None] * c_d) / (s_s + s_d)[:, None]
-    torch.testing.assert_close(field.query_color(x, d, t, dens.state), expected, atol=2e-3, rtol=0)
 
 
 def test_contraction_keeps_inside_points_and_bounds_far_points():
@@ -213,36 +154,17 @@ def test_encodings():
     torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=2e-3, rtol=0)
 
 
-def test_composite_dynamic_grid_restricts_the_dynamic_field():
-    from models.rendering import OccupancyGrid
-    torch.manual_seed(0)
-    field = StaticDynamicField(TensoRFVM(8, 2, 2, 4), KPlanes(6, (1,), 4, 4, 16, 3))
-    x, d, t = torch.rand(64, 3) * 2 - 1, F.normalize(torch.randn(64, 3), dim=-1), torch.rand(64)
-    full = field.query_density(x, t)
-    grid = OccupancyGrid(4)
-    grid.occupied = torch.arange(64) % 2 == 0  # half of the cells
-    field.dynamic_grid = grid
-    part = field.query_density(x, t)
-    on = grid.query(x)
-    assert 0 < int(on.sum()) < 64
-    torch.testing.assert_close(part.parts[on], full.parts[on])
-    assert bool((part.parts[~on, 1] == 0).all())
-    torch.testing.assert_close(part.parts[:, 0], full.parts[:, 0])
-    rgb = field.query_color(x, d, t, part.state)
-    torch.testing.assert_close(rgb[~on], field.static(x[~on], d[~on])[1])
-
 
 def test_param_groups_cover_every_parameter_once_and_survive_upsampling():
-    field = StaticDynamicField(TensoRFVM(8, 2, 2, 4), KPlanes(6, (1, 2), 4, 4, 16, 3))
-    field.static.upsample(12)
-    field.dynamic.upsample(8)
+    field = TensoRFVM(8, 2, 2, 4)
+    field.upsample(12)
     groups = field.param_groups(0.02, 1e-3)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(field.parameters()))
-    assert {g["name"] for g in groups} == {"static.grid", "static.net", "dynamic.grid", "dynamic.net"}
-    assert field.dynamic.levels[1].plane(0).shape == (16, 16, 4)
+    assert {g["name"] for g in groups} == {"grid", "net"}
+    assert field.app_planes.plane(2).shape == (12, 12, 2)
     # a state dict round-trips into a field built at the final resolution
-    clone = StaticDynamicField(TensoRFVM(12, 2, 2, 4), KPlanes(8, (1, 2), 4, 4, 16, 3))
+    clone = TensoRFVM(12, 2, 2, 4)
     clone.load_state_dict(field.state_dict())
-    x, d, t = torch.rand(10, 3) * 2 - 1, F.normalize(torch.randn(10, 3), dim=-1), torch.rand(10)
-    torch.testing.assert_close(clone(x, d, t)[1], field(x, d, t)[1])
+    x, d = torch.rand(10, 3) * 2 - 1, F.normalize(torch.randn(10, 3), dim=-1)
+    torch.testing.assert_close(clone(x, d)[1], field(x, d)[1])

@@ -1,17 +1,18 @@
-"""The interface every radiance field offers to the renderer (`models.rendering`).
+"""The interface every radiance field offers to a volume renderer (`models.osn.composite`, on the sampling
+and compositing of `models.rendering`).
 
 A field lives in a normalised box: positions `x` are in [-1, 1]^3 (the renderer maps world points there
 with an `AABBMap` or a `ContractedMap` from `models.fields.contraction`), directions `d` are unit ray
-directions in WORLD coordinates, times `t` are NORMALISED times in [0, 1] (None for static fields).
-Density is per unit length of that box (the renderer measures sample lengths in box units too, so the
-same density means the same opacity whatever the world scale).
+directions in WORLD coordinates, times `t` are None (the fields here are static; the argument stays in the
+signatures). Density is per unit length of that box (the renderer measures sample lengths in box units
+too, so the same density means the same opacity whatever the world scale).
 
 Evaluation is split in two so that the renderer can skip colour where it does not matter:
-    dens = field.query_density(x, t)            # every sample that survived empty-space skipping
+    dens = field.query_density(x, None)         # every sample that survived empty-space skipping
     ... compositing weights from dens.sigma ...
-    rgb = field.query_color(x[k], d[k], t[k], {n: v[k] for n, v in dens.state.items()})  # weight > eps
+    rgb = field.query_color(x[k], d[k], None, select_state(dens.state, k))   # weight > eps
 `state` carries per-sample intermediate tensors (first dim = samples) from the density pass to the colour
-pass (e.g. K-planes geometry features), so nothing is looked up twice.
+pass, so nothing is looked up twice.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from torch import Tensor, nn
 
 @dataclass
 class DensityOutput:
-    """sigma: (M,) density >= 0 per box unit. parts: (M, P) per-component densities summing to sigma
-    (P = len(field.part_names)), None for single fields. state: per-sample tensors for `query_color`."""
+    """sigma: (M,) density >= 0 per box unit. parts: (M, P) per-component densities summing to sigma for a
+    field made of several components (None for the fields here). state: per-sample tensors for
+    `query_color`."""
 
     sigma: Float[Tensor, "M"]
     parts: Float[Tensor, "M P"] | None = None
@@ -39,11 +41,6 @@ def select_state(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
 
 class RadianceField(nn.Module):
     """Base class: subclasses implement `query_density` and `query_color`."""
-
-    #: names of the density components reported in DensityOutput.parts (empty: a single field)
-    part_names: tuple[str, ...] = ()
-    #: whether the field depends on time (the occupancy grid then samples random times)
-    is_dynamic: bool = False
 
     def query_density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None) -> DensityOutput:
         raise NotImplementedError

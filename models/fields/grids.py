@@ -1,4 +1,4 @@
-"""Fast bilinear / linear lookups into sets of 2D planes and 1D lines (the storage of TensoRF and K-planes).
+"""Fast bilinear / linear lookups into sets of 2D planes and 1D lines (the storage of TensoRF-VM).
 
 Why not `F.grid_sample`: on a CPU its backward pass (a scatter into a channels-first plane) is the
 bottleneck of grid-based radiance fields. Here every set of planes is ONE channels-last table
@@ -57,29 +57,20 @@ def _corner(c: Tensor, size: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class PlaneSet(nn.Module):
-    """P feature planes of shapes (H_p, W_p) with C channels, stored as one table of sum(H_p W_p) rows.
+    """P feature planes of shapes (H_p, W_p) with C channels, stored as one table of sum(H_p W_p) rows,
+    initialised N(0, scale^2).
 
     `lookup(coords)` with coords (P, N, 2) (x -> width axis, y -> height axis) returns (P, N, C).
     """
 
-    def __init__(self, shapes: list[tuple[int, int]], channels: int, init: str = "normal", scale: float = 0.1,
-                 low: float = 0.1, high: float = 0.5):
+    def __init__(self, shapes: list[tuple[int, int]], channels: int, scale: float = 0.1):
         super().__init__()
         if any(h < 2 or w < 2 for h, w in shapes):
             raise ValueError(f"PlaneSet: every plane needs at least 2x2 texels, got {shapes}")
         self.shapes = [tuple(s) for s in shapes]
         self.channels = channels
         rows = sum(h * w for h, w in self.shapes)
-        table = torch.empty(rows, channels)
-        if init == "normal":
-            table.normal_(0.0, scale)
-        elif init == "uniform":
-            table.uniform_(low, high)
-        elif init == "ones":
-            table.fill_(1.0)
-        else:
-            raise ValueError(f"PlaneSet: unknown init {init!r} (normal, uniform, ones)")
-        self.table = nn.Parameter(table)
+        self.table = nn.Parameter(torch.empty(rows, channels).normal_(0.0, scale))
         self._register_geometry()
 
     def _register_geometry(self) -> None:
@@ -182,8 +173,3 @@ def plane_tv(plane: Float[Tensor, "H W C"], axes: tuple[int, ...] = (0, 1)) -> F
 
 def line_tv(line: Float[Tensor, "L C"]) -> Float[Tensor, ""]:
     return torch.diff(line, dim=0).square().mean()
-
-
-def second_difference(x: Float[Tensor, "..."], dim: int) -> Float[Tensor, ""]:
-    """Mean squared 1D Laplacian (x[i+1] - 2 x[i] + x[i-1]) along `dim`: smoothness, e.g. along time."""
-    return torch.diff(x, n=2, dim=dim).square().mean()

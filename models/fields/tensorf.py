@@ -12,7 +12,7 @@ N(0, init_scale^2) so the sum is ~0 and sigma ~ exp(density_shift) ~ 0.02 per bo
 Training hooks:
     field.upsample(new_resolution)   # coarse-to-fine; replaces Parameters -> rebuild the optimizer
     field.param_groups(lr_grid, lr_net)   # Adam groups (grids usually 0.02, networks 1e-3)
-    field.tv_loss(), field.l1_loss()      # add with small weights (e.g. 0.1 / 1e-4 relative to MSE)
+    field.tv_loss()                       # add with a small weight (e.g. 0.1 relative to MSE)
 """
 
 from __future__ import annotations
@@ -121,7 +121,3 @@ class TensoRFVM(RadianceField):
             for p in range(3):
                 loss = loss + w * (plane_tv(planes.plane(p)) + line_tv(lines.line(p)))
         return loss
-
-    def l1_loss(self) -> Float[Tensor, ""]:
-        """Mean absolute value of the density factors (sparsity: pushes empty space to density_shift)."""
-        return self.density_planes.table.abs().mean() + self.density_lines.table.abs().mean()

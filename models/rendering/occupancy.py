@@ -5,15 +5,13 @@ sampler drops samples in empty cells. It is kept up to date during training from
 
     grid = OccupancyGrid(resolution=64)
     if step % 16 == 0:
-        grid.update(field, step_size=render_cfg.box_step(space_map), times=train_times)
+        grid.update(field, step_size=RenderConfig(n_samples).box_step(space_map))
 
 `update` evaluates the density at a random point in (a random subset of) cells, keeps per cell an
-exponentially decaying maximum (so a thin surface or a moving part seen now and then stays marked), and
+exponentially decaying maximum (so a thin surface seen now and then stays marked), and
 marks a cell occupied when that value gives a sample opacity above `alpha_threshold` at the renderer's
 step size (capped by the mean density, so a young, near-uniform field is not pruned away entirely, but
 never below 1% of that value).
-Dynamic fields (`field.is_dynamic`): each evaluated cell gets a random time from `times` (normalised
-[0, 1]); the decaying max then approximates the max over time, so one grid serves all frames.
 """
 
 from __future__ import annotations
@@ -44,9 +42,8 @@ class OccupancyGrid(nn.Module):
         g = g.clamp(0, r - 1)
         return (g[:, 0] * r + g[:, 1]) * r + g[:, 2], inside
 
-    def query(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None = None) -> Bool[Tensor, "M"]:
-        """True where the point is inside the box and its cell is occupied (t is accepted for API symmetry:
-        this grid is a max over time)."""
+    def query(self, x: Float[Tensor, "M 3"]) -> Bool[Tensor, "M"]:
+        """True where the point is inside the box and its cell is occupied."""
         idx, inside = self.cell_index(x)
         return self.occupied[idx] & inside
 
@@ -90,8 +87,8 @@ class OccupancyGrid(nn.Module):
         return (ijk + 0.5) * (2.0 / r) - 1.0
 
     @torch.no_grad()
-    def update(self, field, step_size: float, times: Float[Tensor, "T"] | None = None, fraction: float = 0.25,
-               decay: float = 0.95, alpha_threshold: float = 0.01, warmup_updates: int = 16, chunk: int = 65536,
+    def update(self, field, step_size: float, fraction: float = 0.25, decay: float = 0.95,
+               alpha_threshold: float = 0.01, warmup_updates: int = 16, chunk: int = 65536,
                generator: torch.Generator | None = None) -> None:
         """Re-evaluate the density in all cells (the first `warmup_updates` updates) or in a random
         `fraction` of them plus all occupied ones, at a uniformly jittered point per cell; step_size is the
@@ -106,15 +103,7 @@ class OccupancyGrid(nn.Module):
             idx = torch.unique(torch.cat([rand, self.occupied.nonzero()[:, 0]]))
         x = self.cell_centers(idx) + (torch.rand(len(idx), 3, device=dev, generator=generator) - 0.5) * (
             2.0 / self.resolution)
-        t = None
-        if getattr(field, "is_dynamic", False):
-            if times is None:
-                t = torch.rand(len(idx), device=dev, generator=generator)
-            else:
-                pick = torch.randint(len(times), (len(idx),), device=dev, generator=generator)
-                t = times.to(dev)[pick]
-        sigma = torch.cat([field.density(x[i:i + chunk], None if t is None else t[i:i + chunk]).float()
-                           for i in range(0, len(idx), chunk)])
+        sigma = torch.cat([field.density(x[i:i + chunk]).float() for i in range(0, len(idx), chunk)])
         old = self.density[idx]
         old = torch.where(torch.isinf(old), torch.zeros_like(old), old)
         self.density[idx] = torch.maximum(old * decay, sigma)
@@ -132,14 +121,4 @@ class OccupancyGrid(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._version += 1
-
-    def occupancy_fraction(self) -> float:
-        return float(self.occupied.float().mean())
-
-    def mark_all(self) -> None:
-        """Back to 'everything occupied' (e.g. after re-initialising the field)."""
-        self.density.fill_(float("inf"))
-        self.occupied.fill_(True)
-        self.n_updates = 0
         self._version += 1

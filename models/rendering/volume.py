@@ -13,6 +13,7 @@ Compositing (the standard quadrature): alpha_i = 1 - exp(-sigma_i delta_i), T_i 
 - `composite_packed`: the fast path; one float64 `torch.cumsum` of sigma*delta over all M samples minus each
   ray's running total at its first sample (float64 because that running total reaches millions, where
   float32 would lose the per-ray differences).
+`RenderConfig.box_step` is the nominal interval length in box units that `OccupancyGrid.update` needs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from models.fields.contraction import AABBMap, ContractedMap
+
+
+@dataclass
+class RenderConfig:
+    n_samples: int = 128
+    """Candidate samples across the box diagonal (AABBMap) or across [near, far] (ContractedMap), as
+    `sample_along_rays` takes them."""
+
+    def box_step(self, space_map: AABBMap | ContractedMap) -> float:
+        """Nominal interval length in box units (for OccupancyGrid.update's opacity threshold)."""
+        if isinstance(space_map, AABBMap):
+            return 2.0 * math.sqrt(3.0) / self.n_samples
+        return 1.0 / self.n_samples
 
 
 def ray_aabb(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"]
@@ -224,13 +238,6 @@ def composite_packed(sigma: Float[Tensor, "M"], delta: Float[Tensor, "M"], ray_i
     trans = torch.exp(-segment_exclusive_cumsum(tau, ray_indices, n_rays))
     alpha = -torch.expm1(-tau.double())
     return (trans * alpha).to(sigma.dtype), trans.to(sigma.dtype)
-
-
-def sort_by_ray_then_distance(ray_indices: Int[Tensor, "M"], t: Float[Tensor, "M"]) -> Int[Tensor, "M"]:
-    """Permutation putting samples in (ray, t) order: merge the packed samples of several fields along
-    the same rays (e.g. OSN's per-object fields), then composite them with `composite_packed`."""
-    by_t = torch.argsort(t, stable=True)
-    return by_t[torch.argsort(ray_indices[by_t], stable=True)]
 
 
 def accumulate(values: Float[Tensor, "M *C"], ray_indices: Int[Tensor, "M"], n_rays: int) -> Float[Tensor, "N *C"]:
