@@ -144,8 +144,9 @@ def _mean_neighbour_distance(pts: np.ndarray, k: int = 3) -> np.ndarray:
 
 
 def _object_depth(depth: DepthSource, instances: np.ndarray, t: int, obj: int, xy: np.ndarray) -> np.ndarray | None:
-    """z-depth of object pixels `xy` in frame t: the dense prediction there, else the near side of the
-    background just around the object."""
+    """z-depth of object pixels `xy` in frame t: the dense prediction there, else the nearest background just
+    around the object (5th percentile of a ring of interpolated SfM depth; an object stands in front of what
+    surrounds it: on our synthetic scenes this is 15% too far in the median, the 30th percentile 37%)."""
     z = depth(t)
     if z is None:
         return None
@@ -155,7 +156,7 @@ def _object_depth(depth: DepthSource, instances: np.ndarray, t: int, obj: int, x
     ring = (cv2.dilate(mask, np.ones((17, 17), np.uint8)) > 0) & (cv2.dilate(mask, np.ones((5, 5), np.uint8)) == 0)
     ring &= instances == 0
     values = z[ring] if ring.any() else z[z > 0]
-    return np.full(len(xy), np.percentile(values, 30) if len(values) else 1.0, np.float32)
+    return np.full(len(xy), np.percentile(values, 5) if len(values) else 1.0, np.float32)
 
 
 def _object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, seeds_xy: np.ndarray,

@@ -47,13 +47,16 @@ def evaluate(
     lpips_backbone: Optional[Path] = typer.Option(None, help="AlexNet backbone weights for LPIPS (torchvision format)."),
     every: int = typer.Option(1, "--every", min=1, help="Score every N-th test image only (rendering is the slow "
                                                         "part on a CPU; the fit is the same)."),
-    device: str = typer.Option("cpu", help="Torch device for rendering."),
+    device: str = typer.Option("auto", help="Torch device for rendering: auto (CUDA when present), cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     if protocol not in PROTOCOLS:
         raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     impl = get_method(method)
+    from models.fitting import resolve_device
+
+    device = str(resolve_device(device))
     cfg = parse_options(impl.Config, list(ctx.args))
     if protocol == "multiview":
         if gt is None:

@@ -58,7 +58,7 @@ def render(
     scale_samples: Optional[int] = typer.Option(None, help="osn: a grid of N sampled valid configurations side by side."),
     method_args: list[str] = typer.Option([], "--method-args", help="Method-specific render option KEY=VALUE "
                                                                     "(repeatable), e.g. scale_sample=3."),
-    device: str = typer.Option("cpu", help="Torch device (cpu, cuda)."),
+    device: str = typer.Option("auto", help="Torch device for rendering: auto (CUDA when present), cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
@@ -82,6 +82,9 @@ def render(
     if scale != 1.0:
         cams = cams.scaled(scale)
     impl = get_method(method)
+    from models.fitting import resolve_device
+
+    device = str(resolve_device(device))
     kwargs = _parse_method_args(method_args)
     for name, value in (("scale_sample", scale_sample), ("scale_samples", scale_samples),
                         ("scales", _floats(scales, "--scales") if scales else None)):

@@ -16,6 +16,15 @@ def register(app: typer.Typer) -> None:
                      "held-out and fixed cameras, and optional object-scale variants (OSN).")(synth)
 
 
+def _parse_frames(text: str) -> tuple[int, ...]:
+    from models.errors import InputError
+
+    try:
+        return tuple(int(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise InputError(f"--stabilized must be comma-separated frame indices like '0,24', got {text!r}") from None
+
+
 def _parse_azimuths(text: str) -> tuple[float, ...]:
     from models.errors import InputError
 
@@ -37,6 +46,8 @@ def synth(
     heldout_azimuths: str = typer.Option("30,90,180", help="Held-out cameras: the input trajectory rotated by these "
                                                             "azimuths in degrees (comma-separated; '' for none)."),
     fixed_cameras: int = typer.Option(2, help="Number of extra static cameras at other azimuths / elevations."),
+    stabilized: str = typer.Option("", help="Input frames whose camera is also rendered held fixed while time plays "
+                                            "(comma-separated, e.g. '0': ground truth for `render --stabilize 0`)."),
     room: bool = typer.Option(True, "--room/--no-room", help="Closed room (finite depth everywhere) or a ground "
                                                              "plane under a sky at infinity."),
     fps: float = typer.Option(12.0, help="Frame rate of input.mp4 and of the object motion (speeds are per second)."),
@@ -58,6 +69,7 @@ def synth(
     cfg = SynthConfig(seed=seed, frames=frames, width=width, height=height, fps=fps, objects=objects,
                       camera=camera, heldout_azimuths=_parse_azimuths(heldout_azimuths),
                       fixed_cameras=fixed_cameras, room=room,
+                      stabilized_frames=_parse_frames(stabilized),
                       scale_variants=parse_scale_variants(scale_variants, objects))
     start = time.perf_counter()
     out = synthesize(cfg, out_dir, force=force, crf=crf, device=device, progress=RichProgress(quiet))

@@ -44,6 +44,7 @@ class SynthConfig:
     camera: str = "moving"  # the input camera: "moving" (an arc around the centre) or "static"
     heldout_azimuths: tuple[float, ...] = (30.0, 90.0, 180.0)  # degrees; the input trajectory rotated about z
     fixed_cameras: int = 2
+    stabilized_frames: tuple[int, ...] = ()  # input frames whose camera is held fixed while time plays ("stabilized<F>")
     room: bool = True  # closed room (finite depth everywhere); False: ground plane under a sky at infinity
     scale_variants: tuple[tuple[float, ...], ...] = ()  # per variant one scale per object (about the input camera)
     fov_deg: float = 55.0  # horizontal field of view
@@ -60,6 +61,8 @@ class SynthConfig:
             raise InputError(f"--objects must be within 0..{MAX_OBJECTS}, got {self.objects}")
         if self.camera not in ("moving", "static"):
             raise InputError(f"--camera must be moving or static, got {self.camera!r}")
+        if any(not 0 <= f < self.frames for f in self.stabilized_frames):
+            raise InputError(f"--stabilized frames must be within 0..{self.frames - 1}, got {self.stabilized_frames}")
         if not 0 <= self.fixed_cameras <= 16:
             raise InputError(f"--fixed-cameras must be within 0..16, got {self.fixed_cameras}")
         if not 10.0 <= self.fov_deg <= 120.0:
@@ -521,6 +524,8 @@ def _camera_rigs(cfg: SynthConfig, centre: np.ndarray) -> dict[str, CameraRig]:
         el = rng.uniform(10, 40)
         eye = _spherical(centre, radius, np.full(T, az), np.full(T, el))
         rigs[f"fixed{i}"] = rig(f"fixed{i}", "fixed", eye)
+    for f in cfg.stabilized_frames:  # no random draws here: adding these cameras changes no other camera
+        rigs[f"stabilized{f}"] = rig(f"stabilized{f}", "fixed", np.repeat(eyes[f:f + 1], T, axis=0))
     return rigs
 
 
