@@ -1,7 +1,7 @@
 """Compiled multi-threaded CPU rasterizer (numba), forward and hand-written backward.
 
 One task per (camera, tile); inside a tile the loop runs over the tile's Gaussians front to back and, for
-each, only over the pixels of the tile where its α can reach 1/255 (an exact bound, see `_pixel_span`), so
+each, only over the pixels of the tile where its α can reach 1/255 (row by row, see `_footprint`), so
 small Gaussians cost a few pixels rather than the whole tile. The backward walks the same lists back to
 front from each pixel's last contributing entry, rebuilding T by division, and writes one gradient row per
 intersection (each belongs to one tile, hence one thread: no atomics), then sums the rows per Gaussian.
@@ -30,17 +30,44 @@ ONE = np.float32(1.0)
 
 
 @njit(inline="always")
-def _pixel_span(m, o, lo, hi, axis_inv):
-    """Pixel range [p0, p1] along one axis (clipped to [lo, hi)) where o·exp(-σ) ≥ 1/255 is possible.
+def _footprint(mx, my, a, b, c, o, x0, y0, x1, y1):
+    """Rows [r0, r1] of the tile that the ellipse σ ≤ L = ln(255·o) reaches (outside it α < 1/255), and the
+    (slightly enlarged) L and margin that `_row_span` needs. A non-positive-definite conic gets the whole tile.
 
-    σ ≤ L = ln(255·o) is an ellipse whose half-extent along x is sqrt(2 L Σxx) (Σ = conic⁻¹,
-    Σxx = c / det); one pixel of margin absorbs rounding. `axis_inv` is Σxx or Σyy.
+    L is enlarged by more than float32 rounding can move σ (relative 1e-5 of the size of its terms), so
+    the spans hold every pixel the exact per-pixel test accepts: the result is the same as testing every
+    pixel of the tile, at a fraction of the cost.
     """
+    a, b, c = float(a), float(b), float(c)
+    det = a * c - b * b
+    if det <= 0 or a <= 0:
+        return y0, y1 - 1, -1.0
     L = math.log(255.0 * float(o))
-    h = math.sqrt(2.0 * L * axis_inv) + 1.0
-    p0 = max(float(lo), math.ceil(m - h - 0.5))
-    p1 = min(float(hi - 1), math.floor(m + h - 0.5))
-    return int(p0), int(p1)
+    ex = math.sqrt(2.0 * L * c / det) + 2.0  # half-extents along x and y (Σxx = c / det)
+    ey = math.sqrt(2.0 * L * a / det) + 2.0
+    L += 1e-5 * (1.0 + a * ex * ex + c * ey * ey)
+    h = math.sqrt(2.0 * L * a / det)
+    r0 = max(float(y0), math.ceil(my - h - 0.5))
+    r1 = min(float(y1 - 1), math.floor(my + h - 0.5))
+    return int(r0), int(r1), L
+
+
+@njit(inline="always")
+def _row_span(mx, a, b, c, L, dy, x0, x1):
+    """Columns [c0, c1] of one tile row (offset dy = my - row centre) inside the ellipse σ ≤ L: the roots
+    of ½a dx² + b dy dx + ½c dy² - L = 0 in dx = mx - x."""
+    if L < 0:
+        return x0, x1 - 1
+    a, b, c, dy = float(a), float(b), float(c), float(dy)
+    qb = b * dy
+    disc = qb * qb - a * (c * dy * dy - 2.0 * L)
+    if disc < 0:
+        return 0, -1
+    r = math.sqrt(disc)
+    # dx in [(-qb - r) / a, (-qb + r) / a]; column centre x = col + 0.5 = mx - dx
+    c0 = max(float(x0), math.ceil(mx - (-qb + r) / a - 0.5))
+    c1 = min(float(x1 - 1), math.floor(mx - (-qb - r) / a - 0.5))
+    return int(c0), int(c1)
 
 
 @njit(parallel=True, fastmath=False, cache=True)
@@ -73,14 +100,10 @@ def _forward(means2d, conics, colors, opacities, backgrounds, offsets, ids, widt
                 continue
             mx, my = means2d[g, 0], means2d[g, 1]
             a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-            det = float(a) * c - float(b) * b
-            if det > 0:
-                c0, c1 = _pixel_span(mx, o, x0, x1, c / det)
-                r0, r1 = _pixel_span(my, o, y0, y1, a / det)
-            else:
-                c0, c1, r0, r1 = x0, x1 - 1, y0, y1 - 1
+            r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
             for row in range(r0, r1 + 1):
                 dy = my - (np.float32(row) + HALF)
+                c0, c1 = _row_span(mx, a, b, c, L, dy, x0, x1)
                 for col in range(c0, c1 + 1):
                     p = (row - y0) * tw + (col - x0)
                     if done[p]:
@@ -157,17 +180,13 @@ def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_f
                 continue
             mx, my = means2d[g, 0], means2d[g, 1]
             a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-            det = float(a) * c - float(b) * b
-            if det > 0:
-                c0, c1 = _pixel_span(mx, o, x0, x1, c / det)
-                r0, r1 = _pixel_span(my, o, y0, y1, a / det)
-            else:
-                c0, c1, r0, r1 = x0, x1 - 1, y0, y1 - 1
+            r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
             g_mx = g_my = g_a = g_b = g_c = g_o = 0.0
             gcol[:] = 0.0
             touched = False
             for row in range(r0, r1 + 1):
                 dy = my - (np.float32(row) + HALF)
+                c0, c1 = _row_span(mx, a, b, c, L, dy, x0, x1)
                 for col in range(c0, c1 + 1):
                     p = (row - y0) * tw + (col - x0)
                     if j > lst[p]:
