@@ -104,8 +104,40 @@ def test_cpu_matches_reference(mode, d, with_bg, rmode, per_cam):
     assert_close_grads(got[2], ref[2])
 
 
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_compiled_projection_matches_torch(antialiased):
+    """The numba projection with its hand-written backward against the torch projection under autograd,
+    including Gaussians beyond the 1.3x field-of-view clamp whose footprint still reaches the image."""
+    from models.splatting.cpu_project import project_gaussians_cpu
+
+    scene = random_scene(seed=2)
+    # camera 0 sits at (0, -4, 0.5) looking at the origin (x right, z down in its image): large Gaussians
+    # far to the side project outside the clamp limit but cover the image edge
+    scene["means"][16:19] = torch.tensor([[3.5, 0.0, 0.5], [-3.2, 0.5, 0.0], [0.3, 0.0, 3.0]])
+    scene["scales"][16:19] = 1.5
+    outs = []
+    for fn in (project_gaussians, project_gaussians_cpu):
+        params = [scene[k].clone().requires_grad_() for k in ("means", "quats", "scales", "opacities")]
+        p = fn(*params, scene["viewmats"], scene["Ks"], scene["width"], scene["height"], antialiased=antialiased)
+        g = torch.Generator().manual_seed(0)
+        vis = (p.radii > 0).float()
+        loss = sum((t * torch.rand(t.shape, generator=g) * (vis[..., None] if t.dim() == 3 else vis)).sum()
+                   for t in (p.means2d, p.conics, p.depths, p.opacities))
+        loss.backward()
+        outs.append((p, [t.grad for t in params]))
+    (ref, ref_grads), (got, got_grads) = outs
+    x = torch.tensor([3.5, -3.2]) / 4.0  # their x / z in camera 0 (depth ~4): beyond the clamp limit
+    assert (x.abs() > 1.3 * scene["width"] / 2 / scene["Ks"][0, 0, 0]).all() and (ref.radii[0, 16:18] > 0).all()
+    assert torch.equal(got.radii, ref.radii)
+    m = ref.radii > 0
+    for k in ("means2d", "conics", "depths", "opacities"):
+        torch.testing.assert_close(getattr(got, k)[m], getattr(ref, k)[m], atol=1e-4, rtol=1e-5)
+    assert_close_grads(dict(enumerate(got_grads)), dict(enumerate(ref_grads)), rtol=1e-4)
+
+
 def test_binning_cpu_equals_torch():
     scene = random_scene(seed=3)
+    scene["means"][30:34] = scene["means"][29]  # equal depths: both keep index order
     p = project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["viewmats"],
                           scene["Ks"], scene["width"], scene["height"])
     rects = tile_rects(p.means2d, p.radii, scene["width"], scene["height"], 16)
