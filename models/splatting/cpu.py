@@ -161,6 +161,7 @@ def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_f
         vo = np.empty((npx, D))
         lst = np.empty(npx, np.int64)
         gcol = np.empty(D)
+        cg = np.empty(D)  # the current Gaussian's colour
         j_max = -1
         for row in range(y0, y1):
             for col in range(x0, x1):
@@ -183,6 +184,8 @@ def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_f
             r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
             g_mx = g_my = g_a = g_b = g_c = g_o = 0.0
             gcol[:] = 0.0
+            for d in range(D):
+                cg[d] = colors[g, d]
             touched = False
             for row in range(r0, r1 + 1):
                 dy = my - (np.float32(row) + HALF)
@@ -206,7 +209,7 @@ def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_f
                     fac = alpha * T[p]
                     v_a = tf_term[p] * ra
                     for d in range(D):
-                        cd = colors[g, d]
+                        cd = cg[d]
                         gcol[d] += fac * vo[p, d]
                         v_a += (cd * T[p] - buf[p, d] * ra) * vo[p, d]
                         buf[p, d] += cd * fac
