@@ -16,6 +16,8 @@ from jaxtyping import Float, Int
 from numba import njit, prange
 from torch import Tensor
 
+from .threads import kernel_threads
+
 
 def tile_grid(width: int, height: int, tile_size: int) -> tuple[int, int]:
     """(tiles_x, tiles_y) covering the image."""
@@ -134,8 +136,9 @@ def bin_gaussians_cpu(rects: Int[Tensor, "C N 4"], depths: Float[Tensor, "C N"],
     radix sort (the same stable order as `depth_order`), then a counting sort by tile."""
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
     n_chunks = max(1, min(4 * torch.get_num_threads(), depths.numel() // 4096 + 1))
-    offsets, ids = _bin_counting_sort(rects.cpu().numpy(), depths.detach().float().contiguous().cpu().numpy(),
-                                      radii.cpu().numpy(), tiles_x, tiles_y, n_chunks)
+    with kernel_threads(depths.numel()):
+        offsets, ids = _bin_counting_sort(rects.cpu().numpy(), depths.detach().float().contiguous().cpu().numpy(),
+                                          radii.cpu().numpy(), tiles_x, tiles_y, n_chunks)
     return torch.from_numpy(offsets), torch.from_numpy(ids)
 
 

@@ -18,6 +18,7 @@ from numba import njit, parallel_chunksize, prange
 from torch import Tensor
 
 from .binning import tile_grid
+from .threads import kernel_threads
 
 # The per-pixel decisions (σ < 0, α < 1/255, the 0.99 clamp, T ≤ 1e-4) are made in float32 exactly as
 # the float32 torch reference (and gsplat) make them: two clamped Gaussians give T = 0.01·0.01, which is
@@ -254,7 +255,7 @@ class _RasterizeCPU(torch.autograd.Function):
         bg = backgrounds if backgrounds is not None else torch.zeros(C, D)
         args = (_np(means2d).reshape(C * N, 2), _np(conics).reshape(C * N, 3), _np(colors).reshape(C * N, D),
                 _np(opacities).reshape(C * N), _np(bg), offsets.numpy(), ids.numpy())
-        with parallel_chunksize(TILES_PER_TASK):
+        with kernel_threads(ids.numel()), parallel_chunksize(TILES_PER_TASK):
             out, T, last = _forward(*args, width, height, tile_size)
         ctx.args = args
         ctx.shape = (C, N, D, width, height, tile_size, backgrounds is not None)
@@ -267,7 +268,7 @@ class _RasterizeCPU(torch.autograd.Function):
         C, N, D, width, height, tile_size, has_bg = ctx.shape
         v_out = torch.zeros(C, height, width, D) if v_out is None else v_out.float().contiguous()
         v_alpha = torch.zeros(C, height, width) if v_alpha is None else v_alpha.float().reshape(C, height, width)
-        with parallel_chunksize(TILES_PER_TASK):
+        with kernel_threads(ctx.args[6].shape[0]), parallel_chunksize(TILES_PER_TASK):
             per_gauss = _backward(*ctx.args, ctx.T.numpy(), ctx.last, v_out.numpy(), v_alpha.contiguous().numpy(),
                                   width, height, tile_size)
         per_gauss = torch.from_numpy(per_gauss).reshape(C, N, 6 + D)

@@ -17,6 +17,7 @@ from numba import njit, prange
 from torch import Tensor
 
 from .project import Projected
+from .threads import kernel_threads
 
 CHUNK = 1024
 
@@ -285,7 +286,8 @@ class _ProjectCPU(torch.autograd.Function):
     def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, near, far, eps2d, antialiased):
         args = (_np(means), _np(quats), _np(scales), _np(opacities), _np(viewmats), _np(Ks), width, height,
                 float(near), float(far), float(eps2d), bool(antialiased))
-        means2d, conics, depths, radii, op = _project_fwd(*args)
+        with kernel_threads(args[0].shape[0] * args[4].shape[0]):
+            means2d, conics, depths, radii, op = _project_fwd(*args)
         ctx.args = args
         radii = torch.from_numpy(radii)
         ctx.mark_non_differentiable(radii)
@@ -299,8 +301,9 @@ class _ProjectCPU(torch.autograd.Function):
         def arr(g, shape):
             return np.zeros(shape, np.float32) if g is None else _np(g)
 
-        grads = _project_bwd(*ctx.args, arr(v_means2d, (C, N, 2)), arr(v_conics, (C, N, 3)), arr(v_depths, (C, N)),
-                             arr(v_op, (C, N)))
+        with kernel_threads(C * N):
+            grads = _project_bwd(*ctx.args, arr(v_means2d, (C, N, 2)), arr(v_conics, (C, N, 3)), arr(v_depths, (C, N)),
+                                 arr(v_op, (C, N)))
         return tuple(torch.from_numpy(g) for g in grads) + (None,) * 8
 
 
