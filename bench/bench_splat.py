@@ -54,16 +54,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats: int, warmup: int = 2) -> float:
+def timed(fn, device, repeats: int, warmup: int = 2, cpu_time: bool = False):
+    """Median wall ms (and, with cpu_time, median process CPU ms: all threads, unaffected by waiting)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         sync(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    if cpu_time:
+        return 1000 * statistics.median(times), 1000 * statistics.median(cpu)
     return 1000 * statistics.median(times)
 
 
@@ -83,9 +87,10 @@ def bench_one(n: int, width: int, height: int, device, backend: str, repeats: in
         ((img * w).sum() + alpha.sum()).backward()
 
     img, alpha, meta = forward()
-    row = {"fwd": timed(forward, device, repeats), "fwdbwd": timed(forward_backward, device, repeats),
-           "coverage": float(alpha.mean()), "visible": int((meta["radii"] > 0).sum())}
-    return row
+    fwd, fwd_cpu = timed(forward, device, repeats, cpu_time=True)
+    fb, fb_cpu = timed(forward_backward, device, repeats, cpu_time=True)
+    return {"fwd": fwd, "fwdbwd": fb, "fwd_cpu": fwd_cpu, "fwdbwd_cpu": fb_cpu, "coverage": float(alpha.mean()),
+            "visible": int((meta["radii"] > 0).sum())}
 
 
 def torch_proj_fb(params, s, width, height):
@@ -177,11 +182,15 @@ def main():
                 row = [backend, f"{width}x{height}", n, r["visible"], r["coverage"], r["fwd"], r["fwdbwd"]]
                 if device.type == "cuda":
                     row.append(1000.0 / r["fwd"])
+                else:
+                    row += [r["fwd_cpu"], r["fwdbwd_cpu"]]
                 rows.append(row)
                 print(" ".join(str(v) for v in row), file=sys.stderr)
     header = ["backend", "image", "Gaussians", "visible", "mean alpha", "forward ms", "fwd+bwd ms"]
     if device.type == "cuda":
         header.append("forward frames/s")
+    else:  # CPU time summed over threads: on a shared machine the wall time also measures the neighbours
+        header += ["forward CPU ms", "fwd+bwd CPU ms"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
     table(f"Gaussian rasterization ({name}, median of {args.repeats})", header, rows)
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from numba import njit, parallel_chunksize, prange
+from numba import njit, prange
 from torch import Tensor
 
 from .binning import tile_grid
@@ -26,7 +26,7 @@ from .threads import kernel_threads
 ALPHA_MIN = np.float32(1.0 / 255.0)
 ALPHA_MAX = np.float32(0.99)
 T_MIN = np.float32(1e-4)
-TILES_PER_TASK = 2  # tiles differ in cost: threads take them a few at a time, not in two fixed halves
+TASKS = 64  # parallel tasks per raster call (tiles interleaved between them)
 HALF = np.float32(0.5)
 ONE = np.float32(1.0)
 
@@ -82,60 +82,64 @@ def _forward(means2d, conics, colors, opacities, backgrounds, offsets, ids, widt
     out = np.empty((n_cams, height, width, D), np.float32)
     T_out = np.empty((n_cams, height, width), np.float32)
     last = np.empty((n_cams, height, width), np.int32)
-    for k in prange(n_cams * n_tiles):
-        cam = k // n_tiles
-        ty = (k - cam * n_tiles) // tiles_x
-        tx = k - cam * n_tiles - ty * tiles_x
-        x0, y0 = tx * tile_size, ty * tile_size
-        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
-        tw = x1 - x0
-        npx = tw * (y1 - y0)
-        T = np.ones(npx, np.float32)
-        acc = np.zeros((npx, D), np.float32)
-        lst = np.full(npx, -1, np.int64)
-        done = np.zeros(npx, np.bool_)
-        n_done = 0
-        for j in range(offsets[k], offsets[k + 1]):
-            g = ids[j]
-            o = opacities[g]
-            if o < ALPHA_MIN:  # α ≤ o everywhere
-                continue
-            mx, my = means2d[g, 0], means2d[g, 1]
-            a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-            r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
-            for row in range(r0, r1 + 1):
-                dy = my - (np.float32(row) + HALF)
-                c0, c1 = _row_span(mx, a, b, c, L, dy, x0, x1)
-                for col in range(c0, c1 + 1):
+    # Tasks take every n_tasks-th tile: each thread gets tiles from all over the image, so uneven
+    # content balances out under numba's static split of the prange.
+    n_tasks = min(n_cams * n_tiles, TASKS)
+    for task in prange(n_tasks):
+        for k in range(task, n_cams * n_tiles, n_tasks):
+            cam = k // n_tiles
+            ty = (k - cam * n_tiles) // tiles_x
+            tx = k - cam * n_tiles - ty * tiles_x
+            x0, y0 = tx * tile_size, ty * tile_size
+            x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+            tw = x1 - x0
+            npx = tw * (y1 - y0)
+            T = np.ones(npx, np.float32)
+            acc = np.zeros((npx, D), np.float32)
+            lst = np.full(npx, -1, np.int64)
+            done = np.zeros(npx, np.bool_)
+            n_done = 0
+            for j in range(offsets[k], offsets[k + 1]):
+                g = ids[j]
+                o = opacities[g]
+                if o < ALPHA_MIN:  # α ≤ o everywhere
+                    continue
+                mx, my = means2d[g, 0], means2d[g, 1]
+                a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+                r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
+                for row in range(r0, r1 + 1):
+                    dy = my - (np.float32(row) + HALF)
+                    c0, c1 = _row_span(mx, a, b, c, L, dy, x0, x1)
+                    for col in range(c0, c1 + 1):
+                        p = (row - y0) * tw + (col - x0)
+                        if done[p]:
+                            continue
+                        dx = mx - (np.float32(col) + HALF)
+                        sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        if sigma < 0:
+                            continue
+                        alpha = min(ALPHA_MAX, o * math.exp(-sigma))
+                        if alpha < ALPHA_MIN:
+                            continue
+                        next_T = T[p] * (ONE - alpha)
+                        if next_T <= T_MIN:
+                            done[p] = True
+                            n_done += 1
+                            continue
+                        w = alpha * T[p]
+                        for d in range(D):
+                            acc[p, d] += w * colors[g, d]
+                        T[p] = next_T
+                        lst[p] = j
+                if n_done == npx:
+                    break
+            for row in range(y0, y1):
+                for col in range(x0, x1):
                     p = (row - y0) * tw + (col - x0)
-                    if done[p]:
-                        continue
-                    dx = mx - (np.float32(col) + HALF)
-                    sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    if sigma < 0:
-                        continue
-                    alpha = min(ALPHA_MAX, o * math.exp(-sigma))
-                    if alpha < ALPHA_MIN:
-                        continue
-                    next_T = T[p] * (ONE - alpha)
-                    if next_T <= T_MIN:
-                        done[p] = True
-                        n_done += 1
-                        continue
-                    w = alpha * T[p]
                     for d in range(D):
-                        acc[p, d] += w * colors[g, d]
-                    T[p] = next_T
-                    lst[p] = j
-            if n_done == npx:
-                break
-        for row in range(y0, y1):
-            for col in range(x0, x1):
-                p = (row - y0) * tw + (col - x0)
-                for d in range(D):
-                    out[cam, row, col, d] = acc[p, d] + T[p] * backgrounds[cam, d]
-                T_out[cam, row, col] = T[p]
-                last[cam, row, col] = lst[p]
+                        out[cam, row, col, d] = acc[p, d] + T[p] * backgrounds[cam, d]
+                    T_out[cam, row, col] = T[p]
+                    last[cam, row, col] = lst[p]
     return out, T_out, last
 
 
@@ -148,91 +152,96 @@ def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_f
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
     n_tiles = tiles_x * tiles_y
-    grads = np.zeros((ids.shape[0], 6 + D), np.float32)
-    for k in prange(n_cams * n_tiles):
-        cam = k // n_tiles
-        ty = (k - cam * n_tiles) // tiles_x
-        tx = k - cam * n_tiles - ty * tiles_x
-        x0, y0 = tx * tile_size, ty * tile_size
-        x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
-        tw = x1 - x0
-        npx = tw * (y1 - y0)
-        T = np.empty(npx)
-        tf_term = np.empty(npx)  # T_final · (dL/dalpha_out - Σ bg·dL/dC): the part of dL/dα_i via T_final
-        buf = np.zeros((npx, D))  # colour composited behind the current Gaussian
-        vo = np.empty((npx, D))
-        lst = np.empty(npx, np.int64)
-        gcol = np.empty(D)
-        cg = np.empty(D)  # the current Gaussian's colour
-        j_max = -1
-        for row in range(y0, y1):
-            for col in range(x0, x1):
-                p = (row - y0) * tw + (col - x0)
-                T[p] = T_final[cam, row, col]
-                lst[p] = last[cam, row, col]
-                j_max = max(j_max, lst[p])
-                s = 0.0
-                for d in range(D):
-                    vo[p, d] = v_out[cam, row, col, d]
-                    s += backgrounds[cam, d] * vo[p, d]
-                tf_term[p] = T[p] * (v_alpha[cam, row, col] - s)
-        for j in range(j_max, offsets[k] - 1, -1):
-            g = ids[j]
-            o = opacities[g]
-            if o < ALPHA_MIN:
-                continue
-            mx, my = means2d[g, 0], means2d[g, 1]
-            a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
-            r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
-            g_mx = g_my = g_a = g_b = g_c = g_o = 0.0
-            gcol[:] = 0.0
-            for d in range(D):
-                cg[d] = colors[g, d]
-            touched = False
-            for row in range(r0, r1 + 1):
-                dy = my - (np.float32(row) + HALF)
-                c0, c1 = _row_span(mx, a, b, c, L, dy, x0, x1)
-                for col in range(c0, c1 + 1):
+    grads = np.empty((ids.shape[0], 6 + D), np.float32)  # zeroed tile by tile, by the thread that fills it
+    # Tasks take every n_tasks-th tile: each thread gets tiles from all over the image, so uneven
+    # content balances out under numba's static split of the prange.
+    n_tasks = min(n_cams * n_tiles, TASKS)
+    for task in prange(n_tasks):
+        for k in range(task, n_cams * n_tiles, n_tasks):
+            cam = k // n_tiles
+            ty = (k - cam * n_tiles) // tiles_x
+            tx = k - cam * n_tiles - ty * tiles_x
+            x0, y0 = tx * tile_size, ty * tile_size
+            x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+            tw = x1 - x0
+            npx = tw * (y1 - y0)
+            T = np.empty(npx)
+            tf_term = np.empty(npx)  # T_final · (dL/dalpha_out - Σ bg·dL/dC): the part of dL/dα_i via T_final
+            buf = np.zeros((npx, D))  # colour composited behind the current Gaussian
+            vo = np.empty((npx, D))
+            lst = np.empty(npx, np.int64)
+            gcol = np.empty(D)
+            cg = np.empty(D)  # the current Gaussian's colour
+            grads[offsets[k]:offsets[k + 1]] = 0.0
+            j_max = -1
+            for row in range(y0, y1):
+                for col in range(x0, x1):
                     p = (row - y0) * tw + (col - x0)
-                    if j > lst[p]:
-                        continue
-                    dx = mx - (np.float32(col) + HALF)
-                    sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
-                    if sigma < 0:
-                        continue
-                    e = math.exp(-sigma)
-                    vis = o * e
-                    alpha = min(ALPHA_MAX, vis)
-                    if alpha < ALPHA_MIN:
-                        continue
-                    touched = True
-                    ra = 1.0 / (1.0 - float(alpha))
-                    T[p] *= ra  # T in front of this Gaussian
-                    fac = alpha * T[p]
-                    v_a = tf_term[p] * ra
+                    T[p] = T_final[cam, row, col]
+                    lst[p] = last[cam, row, col]
+                    j_max = max(j_max, lst[p])
+                    s = 0.0
                     for d in range(D):
-                        cd = cg[d]
-                        gcol[d] += fac * vo[p, d]
-                        v_a += (cd * T[p] - buf[p, d] * ra) * vo[p, d]
-                        buf[p, d] += cd * fac
-                    if vis < ALPHA_MAX:  # the clamp has zero gradient
-                        v_sigma = -vis * v_a
-                        fdx, fdy = float(dx), float(dy)
-                        g_a += 0.5 * v_sigma * fdx * fdx
-                        g_b += v_sigma * fdx * fdy
-                        g_c += 0.5 * v_sigma * fdy * fdy
-                        g_mx += v_sigma * (a * fdx + b * fdy)
-                        g_my += v_sigma * (b * fdx + c * fdy)
-                        g_o += e * v_a
-            if touched:
-                grads[j, 0] = g_mx
-                grads[j, 1] = g_my
-                grads[j, 2] = g_a
-                grads[j, 3] = g_b
-                grads[j, 4] = g_c
-                grads[j, 5] = g_o
+                        vo[p, d] = v_out[cam, row, col, d]
+                        s += backgrounds[cam, d] * vo[p, d]
+                    tf_term[p] = T[p] * (v_alpha[cam, row, col] - s)
+            for j in range(j_max, offsets[k] - 1, -1):
+                g = ids[j]
+                o = opacities[g]
+                if o < ALPHA_MIN:
+                    continue
+                mx, my = means2d[g, 0], means2d[g, 1]
+                a, b, c = conics[g, 0], conics[g, 1], conics[g, 2]
+                r0, r1, L = _footprint(mx, my, a, b, c, o, x0, y0, x1, y1)
+                g_mx = g_my = g_a = g_b = g_c = g_o = 0.0
+                gcol[:] = 0.0
                 for d in range(D):
-                    grads[j, 6 + d] = gcol[d]
+                    cg[d] = colors[g, d]
+                touched = False
+                for row in range(r0, r1 + 1):
+                    dy = my - (np.float32(row) + HALF)
+                    c0, c1 = _row_span(mx, a, b, c, L, dy, x0, x1)
+                    for col in range(c0, c1 + 1):
+                        p = (row - y0) * tw + (col - x0)
+                        if j > lst[p]:
+                            continue
+                        dx = mx - (np.float32(col) + HALF)
+                        sigma = HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
+                        if sigma < 0:
+                            continue
+                        e = math.exp(-sigma)
+                        vis = o * e
+                        alpha = min(ALPHA_MAX, vis)
+                        if alpha < ALPHA_MIN:
+                            continue
+                        touched = True
+                        ra = 1.0 / (1.0 - float(alpha))
+                        T[p] *= ra  # T in front of this Gaussian
+                        fac = alpha * T[p]
+                        v_a = tf_term[p] * ra
+                        for d in range(D):
+                            cd = cg[d]
+                            gcol[d] += fac * vo[p, d]
+                            v_a += (cd * T[p] - buf[p, d] * ra) * vo[p, d]
+                            buf[p, d] += cd * fac
+                        if vis < ALPHA_MAX:  # the clamp has zero gradient
+                            v_sigma = -vis * v_a
+                            fdx, fdy = float(dx), float(dy)
+                            g_a += 0.5 * v_sigma * fdx * fdx
+                            g_b += v_sigma * fdx * fdy
+                            g_c += 0.5 * v_sigma * fdy * fdy
+                            g_mx += v_sigma * (a * fdx + b * fdy)
+                            g_my += v_sigma * (b * fdx + c * fdy)
+                            g_o += e * v_a
+                if touched:
+                    grads[j, 0] = g_mx
+                    grads[j, 1] = g_my
+                    grads[j, 2] = g_a
+                    grads[j, 3] = g_b
+                    grads[j, 4] = g_c
+                    grads[j, 5] = g_o
+                    for d in range(D):
+                        grads[j, 6 + d] = gcol[d]
     # Sum the rows per Gaussian. Serial, but ~1 ns per value; torch's index_add_ over rows of a 2D tensor
     # took ~15x longer here (a loop of per-row tensor ops).
     out = np.zeros((means2d.shape[0], 6 + D), np.float32)
@@ -255,7 +264,7 @@ class _RasterizeCPU(torch.autograd.Function):
         bg = backgrounds if backgrounds is not None else torch.zeros(C, D)
         args = (_np(means2d).reshape(C * N, 2), _np(conics).reshape(C * N, 3), _np(colors).reshape(C * N, D),
                 _np(opacities).reshape(C * N), _np(bg), offsets.numpy(), ids.numpy())
-        with kernel_threads(ids.numel()), parallel_chunksize(TILES_PER_TASK):
+        with kernel_threads(ids.numel()):
             out, T, last = _forward(*args, width, height, tile_size)
         ctx.args = args
         ctx.shape = (C, N, D, width, height, tile_size, backgrounds is not None)
@@ -268,7 +277,7 @@ class _RasterizeCPU(torch.autograd.Function):
         C, N, D, width, height, tile_size, has_bg = ctx.shape
         v_out = torch.zeros(C, height, width, D) if v_out is None else v_out.float().contiguous()
         v_alpha = torch.zeros(C, height, width) if v_alpha is None else v_alpha.float().reshape(C, height, width)
-        with kernel_threads(ctx.args[6].shape[0]), parallel_chunksize(TILES_PER_TASK):
+        with kernel_threads(ctx.args[6].shape[0]):
             per_gauss = _backward(*ctx.args, ctx.T.numpy(), ctx.last, v_out.numpy(), v_alpha.contiguous().numpy(),
                                   width, height, tile_size)
         per_gauss = torch.from_numpy(per_gauss).reshape(C, N, 6 + D)
