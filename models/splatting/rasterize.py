@@ -57,6 +57,8 @@ def rasterization(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scal
     if colors.shape[:2] != (C, N):
         raise InputError(f"colors has shape {tuple(colors.shape)}; expected [{N}, D] or [{C}, {N}, D]")
     backend = pick_backend(backend, means.device)
+    if backend == "cpu" and means.device.type != "cpu":
+        raise InputError(f"the 'cpu' rasterization backend needs CPU tensors, got {means.device}; use backend='auto'")
     if backend == "gsplat":
         from .gsplat_backend import rasterize_gsplat
 
