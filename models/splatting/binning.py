@@ -80,27 +80,38 @@ def _radix_argsort(keys, out):
     out[:] = idx
 
 
-@njit(parallel=True, cache=True)
-def _bin_counting_sort(rects, depths, radii, tiles_x, tiles_y, n_chunks):
-    """Depth order of the visible Gaussians (radix sort per camera), then a counting sort by tile: each
-    chunk of the depth order is one task with its own histogram, and chunk k's entries go after chunks
-    0..k-1 in every tile, which keeps depth order inside tiles."""
+@njit(cache=True)
+def _visible_depth_order(depths, radii):
+    """Flat ids cam * N + g of the visible Gaussians, camera by camera, each camera's front to back."""
     C, N = depths.shape
-    n_tiles = tiles_x * tiles_y
-    # visible Gaussians per camera, in depth order, as flat ids cam * N + g
-    n_vis = np.zeros(C + 1, np.int64)
+    order = np.empty(C * N, np.int64)
+    n = 0
     for cam in range(C):
-        n_vis[cam + 1] = n_vis[cam] + np.sum(radii[cam] > 0)
-    order = np.empty(n_vis[C], np.int64)
-    for cam in prange(C):
-        vis = np.nonzero(radii[cam] > 0)[0]
-        o = np.empty(vis.shape[0], np.int32)
-        _radix_argsort(depths[cam][vis], o)
-        for i in range(vis.shape[0]):
-            order[n_vis[cam] + i] = cam * N + vis[o[i]]
+        vis = np.empty(N, np.int64)
+        m = 0
+        for g in range(N):
+            if radii[cam, g] > 0:
+                vis[m] = g
+                m += 1
+        keys = np.empty(m, np.float32)
+        for i in range(m):
+            keys[i] = depths[cam, vis[i]]
+        o = np.empty(m, np.int32)
+        _radix_argsort(keys, o)
+        for i in range(m):
+            order[n + i] = cam * N + vis[o[i]]
+        n += m
+    return order[:n]
+
+
+@njit(parallel=True, cache=True)
+def _bin_counting_sort(rects, order, N, n_tiles_all, tiles_x, n_tiles, n_chunks):
+    """Counting sort by tile of the depth-ordered ids: each chunk of the order is one task with its own
+    histogram, and chunk k's entries go after chunks 0..k-1 in every tile, which keeps depth order inside
+    tiles. (Plain loops only: numba's parallel compiler took seconds more over array expressions.)"""
     total = order.shape[0]
     step = (total + n_chunks - 1) // n_chunks
-    hist = np.zeros((n_chunks, C * n_tiles), np.int64)
+    hist = np.zeros((n_chunks, n_tiles_all), np.int64)
     for k in prange(n_chunks):
         for s in range(k * step, min(total, (k + 1) * step)):
             cam, g = order[s] // N, order[s] % N
@@ -108,15 +119,15 @@ def _bin_counting_sort(rects, depths, radii, tiles_x, tiles_y, n_chunks):
             for ty in range(rects[cam, g, 1], rects[cam, g, 3]):
                 for tx in range(rects[cam, g, 0], rects[cam, g, 2]):
                     hist[k, base + ty * tiles_x + tx] += 1
-    offsets = np.zeros(C * n_tiles + 1, np.int64)
+    offsets = np.zeros(n_tiles_all + 1, np.int64)
     run = 0
-    for t in range(C * n_tiles):
+    for t in range(n_tiles_all):
         offsets[t] = run
         for k in range(n_chunks):
             h = hist[k, t]
             hist[k, t] = run  # now the chunk's write cursor in tile t
             run += h
-    offsets[C * n_tiles] = run
+    offsets[n_tiles_all] = run
     ids = np.empty(run, np.int32)
     for k in prange(n_chunks):
         for s in range(k * step, min(total, (k + 1) * step)):
@@ -136,9 +147,11 @@ def bin_gaussians_cpu(rects: Int[Tensor, "C N 4"], depths: Float[Tensor, "C N"],
     radix sort (the same stable order as `depth_order`), then a counting sort by tile."""
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
     n_chunks = max(1, min(4 * torch.get_num_threads(), depths.numel() // 4096 + 1))
+    C, N = depths.shape
+    order = _visible_depth_order(depths.detach().float().contiguous().cpu().numpy(), radii.cpu().numpy())
     with kernel_threads(depths.numel()):
-        offsets, ids = _bin_counting_sort(rects.cpu().numpy(), depths.detach().float().contiguous().cpu().numpy(),
-                                          radii.cpu().numpy(), tiles_x, tiles_y, n_chunks)
+        offsets, ids = _bin_counting_sort(rects.cpu().numpy(), order, N, C * tiles_x * tiles_y, tiles_x,
+                                          tiles_x * tiles_y, n_chunks)
     return torch.from_numpy(offsets), torch.from_numpy(ids)
 
 
