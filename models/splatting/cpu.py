@@ -1,10 +1,16 @@
 """Compiled multi-threaded CPU rasterizer (numba), forward and hand-written backward.
 
-One task per (camera, tile); inside a tile the loop runs over the tile's Gaussians front to back and, for
-each, only over the pixels of the tile where its α can reach 1/255 (row by row, see `_footprint`), so
-small Gaussians cost a few pixels rather than the whole tile. The backward walks the same lists back to
-front from each pixel's last contributing entry, rebuilding T by division, and writes one gradient row per
-intersection (each belongs to one tile, hence one thread: no atomics), then sums the rows per Gaussian.
+Work is split by tile (each task takes every TASKS-th (camera, tile), so threads get tiles from all over the
+image). Inside a tile the loop runs over the tile's Gaussians front to back and, for each, only over the
+pixels where its α can reach 1/255 (row by row, see `_footprint`), so small Gaussians cost a few pixels
+rather than the whole tile, with exactly the result of testing every pixel. The backward walks the same
+lists back to front from each pixel's last contributing entry, rebuilding T by division, and writes one
+gradient row per intersection (each belongs to one tile, hence one thread: no atomics), then sums the
+rows per Gaussian.
+
+The pixel loops are scalar. A branch-free version over groups of 8 pixels with an inlined exp was tried:
+LLVM left it scalar inside numba's parallel loop (array accesses it cannot prove independent), and as a
+separate function the per-call cost of numba's array arguments ate the gain.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ ONE = np.float32(1.0)
 @njit(inline="always")
 def _footprint(mx, my, a, b, c, o, x0, y0, x1, y1):
     """Rows [r0, r1] of the tile that the ellipse σ ≤ L = ln(255·o) reaches (outside it α < 1/255), and the
-    (slightly enlarged) L and margin that `_row_span` needs. A non-positive-definite conic gets the whole tile.
+    (slightly enlarged) L that `_row_span` needs (-1: a non-positive-definite conic, test the whole tile).
 
     L is enlarged by more than float32 rounding can move σ (relative 1e-5 of the size of its terms), so
     the spans hold every pixel the exact per-pixel test accepts: the result is the same as testing every
