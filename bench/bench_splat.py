@@ -10,6 +10,13 @@ opaque-ish image like a fitted scene's. The loss for the backward is a weighted 
 gradients flow to means, quats, scales, opacities and colours. Warm-up runs (and compilation) are excluded;
 each entry is the median of --repeats runs. --parts adds the split of one forward+backward into
 projection, binning, raster forward and raster backward (+ scatter) from separate timed calls.
+
+Measured (shared 2-core EPYC, 2 threads, load ~2 from other jobs): 256x192 with 100k Gaussians, forward
+41 ms, forward+backward 75 ms (135 ms of CPU time over both threads); 1 thread 138 ms, of which raster
+backward 71 (incl. the serial per-Gaussian sum), raster forward 35, projection backward 11 / forward 6,
+binning 11 (counting sort 9, depth radix sort 2). The raster cost is set by early termination (~46
+contributing Gaussians per pixel here), so 30k Gaussians cost nearly as much as 100k. When the neighbours
+keep both cores busy, the CPU-time columns equal the wall time and the second thread buys nothing.
 """
 
 from __future__ import annotations
