@@ -23,7 +23,7 @@ from jaxtyping import Float
 from models.cameras import unproject
 from models.depth import densify_sparse_depth
 from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, rotmat_to_quat
-from models.gaussians.tracks import chain_tracks, kmeans, rigid_fit
+from models.gaussians.tracks import chain_tracks, kmeans
 from models.scene import Scene
 
 DENSE_DEPTH = 0.3  # a depth map covering at least this share of pixels is dense (a prediction), else sparse SfM
@@ -126,13 +126,12 @@ def static_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: n
         colors.append(rgb)
         scales.append(np.full(len(pts), 0.01 * float(scene.radius)) if len(pts) < 4 else
                       np.maximum(_mean_neighbour_distance(pts), 1e-4 * (1 + d)))
-    if not means:  # no depth, no points: a shell of random Gaussians around the scene centre
+    if not means:  # no depth, no points (e.g. a multi-view capture): random Gaussians in the scene sphere
         n = opts.static_points
-        dirs = rng.normal(size=(n, 3))
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        means.append(scene.center + dirs * scene.radius * rng.uniform(0.2, 1.0, (n, 1)))
-        colors.append(np.full((n, 3), 0.5))
+        means.append(scene.center + _ball(rng, n) * scene.radius)
+        colors.append(rng.uniform(0.2, 0.8, (n, 3)))
         scales.append(np.full(n, 0.02 * scene.radius))
+        return _gaussian_set(np.concatenate(means), np.concatenate(colors), np.concatenate(scales), 0.1, rng)
     return _gaussian_set(np.concatenate(means), np.concatenate(colors), np.concatenate(scales), opts.opacity, rng)
 
 
@@ -161,59 +160,138 @@ def _object_depth(depth: DepthSource, instances: np.ndarray, t: int, obj: int, x
 
 def _object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, seeds_xy: np.ndarray,
                    seeds_xyz: np.ndarray, n_bases: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rotations (b,T,4), translations (b,T,3) of the object's bases and each seed's basis (P,)."""
+    """Rotations (b,T,4), translations (b,T,3) of the object's bases and each seed's basis (P,).
+
+    With flow: the object's rigid motion by PnP on flow tracks through the whole clip (`_track_object`), then each
+    cluster of tracks (k-means on their 2D trajectories) refines it by PnP on its own tracks where it has enough.
+    Without flow: every basis follows the lifted centroid of the object's mask."""
     n_frames = scene.num_frames
-    inst = scene.instances
+    R_obj = np.tile(np.eye(3), (n_frames, 1, 1))
+    t_obj = np.zeros((n_frames, 3))
     if scene.flow_fw is None or len(seeds_xy) < 3:
-        pos = None
-    else:
-        pos, ok = chain_tracks(scene.flow_fw, scene.flow_bw, scene.valid_fw, scene.valid_bw, canonical, seeds_xy)
-    xyz = np.zeros((n_frames, len(seeds_xy), 3), np.float32)
-    valid = np.zeros((n_frames, len(seeds_xy)), bool)
-    for t in range(n_frames):
-        frame_inst = np.asarray(inst[t])
-        if pos is None:  # no flow: every seed follows the object's mask centroid
-            ys, xs = np.nonzero(frame_inst == obj)
-            if len(xs) == 0:
-                continue
-            shift = np.array([xs.mean() + 0.5, ys.mean() + 0.5]) - seeds_xy.mean(0)
-            xy_t, ok_t = seeds_xy + shift, np.ones(len(seeds_xy), bool)
-        else:
-            xy_t, ok_t = pos[t], ok[t].copy()
-            ix = np.clip(xy_t.astype(int), 0, [scene.width - 1, scene.height - 1])
-            ok_t &= frame_inst[ix[:, 1], ix[:, 0]] == obj
-        if ok_t.sum() < 3:
-            continue
-        z = _object_depth(depth, frame_inst, t, obj, xy_t)
-        if z is None:
-            continue
-        xyz[t] = _lift(scene, t, xy_t, z)
-        valid[t] = ok_t & (z > 0)
-    # cluster tracks by their displacement over time (missing frames: the nearest frame where they were seen)
-    disp = xyz - seeds_xyz[None]
-    filled = _fill_nearest(disp, valid)
-    labels = kmeans(filled.transpose(1, 0, 2).reshape(len(seeds_xy), -1), n_bases, seed=seed)
+        _centroid_motion(scene, depth, obj, canonical, seeds_xyz, t_obj)
+        return (np.tile(np.array([1, 0, 0, 0], np.float32), (1, n_frames, 1)), t_obj[None].astype(np.float32),
+                np.zeros(len(seeds_xy), np.int64))
+    pos, ok = _masked_tracks(scene, obj, canonical, seeds_xy)
+    have = _track_object(scene, depth, obj, canonical, seeds_xyz, pos, ok, R_obj, t_obj)
+    idx = _nearest_index(have)
+    R_obj, t_obj = R_obj[idx], t_obj[idx]
+    # clusters of tracks that move differently (parts of a non-rigid object)
+    rel = pos - pos[canonical][None]
+    feats = _fill_nearest(rel, ok).transpose(1, 0, 2).reshape(len(seeds_xy), -1)
+    labels = kmeans(feats, n_bases, seed=seed)
     n_bases = int(labels.max()) + 1
-    rots = np.tile(np.array([1, 0, 0, 0], np.float32), (n_bases, n_frames, 1))
+    rots = np.zeros((n_bases, n_frames, 4), np.float32)
     trans = np.zeros((n_bases, n_frames, 3), np.float32)
     for b in range(n_bases):
-        have = np.zeros(n_frames, bool)
-        R_all = np.tile(np.eye(3), (n_frames, 1, 1))
-        for t in range(n_frames):
-            sel = valid[t] & (labels == b)
-            if sel.sum() >= 3:
-                R_all[t], trans[b, t] = rigid_fit(seeds_xyz[sel], xyz[t, sel])
-                have[t] = True
-            elif sel.sum() >= 1:  # too few for a rotation: translate only
-                trans[b, t] = (xyz[t, sel] - seeds_xyz[sel]).mean(0)
-                have[t] = True
-        have[canonical] = True  # the canonical frame is the identity by construction
-        R_all[canonical], trans[b, canonical] = np.eye(3), 0
-        idx = _nearest_index(have)
-        R_all, trans[b] = R_all[idx], trans[b, idx]
-        trans[b] = _smooth(trans[b])
-        rots[b] = rotmat_to_quat(torch.as_tensor(R_all, dtype=torch.float32)).numpy()
+        R_b, t_b = R_obj.copy(), t_obj.copy()
+        _pnp_frames(scene, None, seeds_xyz[labels == b], pos[:, labels == b], ok[:, labels == b], R_b, t_b)
+        trans[b] = _smooth(t_b)
+        rots[b] = rotmat_to_quat(torch.as_tensor(R_b, dtype=torch.float32)).numpy()
     return rots, trans, labels
+
+
+def _masked_tracks(scene: Scene, obj: int, start: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flow tracks from frame `start`, valid only while they stay on the object's mask."""
+    pos, ok = chain_tracks(scene.flow_fw, scene.flow_bw, scene.valid_fw, scene.valid_bw, start, xy)
+    for t in range(scene.num_frames):
+        ix = np.clip(pos[t].astype(int), 0, [scene.width - 1, scene.height - 1])
+        ok[t] &= np.asarray(scene.instances[t])[ix[:, 1], ix[:, 0]] == obj
+    return pos, ok
+
+
+def _centroid_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, seeds_xyz: np.ndarray,
+                     t_out: np.ndarray) -> None:
+    """Translation of the object's lifted mask centroid relative to the canonical frame (no flow)."""
+    centre = {}
+    for t in range(scene.num_frames):
+        inst = np.asarray(scene.instances[t])
+        ys, xs = np.nonzero(inst == obj)
+        if len(xs) == 0:
+            continue
+        xy = np.array([[xs.mean() + 0.5, ys.mean() + 0.5]], np.float32)
+        z = _object_depth(depth, inst, t, obj, xy)
+        if z is not None:
+            centre[t] = _lift(scene, t, xy, z)[0]
+    if canonical not in centre:
+        return
+    frames = np.array(sorted(centre))
+    for t in range(scene.num_frames):
+        near = frames[np.abs(frames - t).argmin()]
+        t_out[t] = centre[near] - centre[canonical]
+
+
+def _track_object(scene: Scene, depth: DepthSource, obj: int, canonical: int, points: np.ndarray, pos: np.ndarray,
+                  ok: np.ndarray, R_out: np.ndarray, t_out: np.ndarray, keep_fraction: float = 0.5) -> np.ndarray:
+    """The object's rigid motion through the clip by PnP, outward from the canonical frame. When fewer than
+    `keep_fraction` of the tracks survive (faces turn away, occlusions), new tracks start from the object's mask in
+    the last solved frame, their canonical positions lifted there and mapped back through that frame's pose.
+    Returns the frames solved (T,) bool."""
+    n_frames = scene.num_frames
+    have = np.zeros(n_frames, bool)
+    have[canonical] = True
+    rng = np.random.default_rng(obj)
+    for step in (1, -1):
+        pts, trk, val = points, pos, ok
+        start_count = int(val[canonical].sum())
+        prev = canonical
+        for t in range(canonical + step, n_frames if step == 1 else -1, step):
+            if val[t].sum() < keep_fraction * start_count:  # re-seed from the last solved frame
+                inst = np.asarray(scene.instances[prev])
+                xy = _grid_pixels(inst == obj, len(points), rng)
+                z = _object_depth(depth, inst, prev, obj, xy)
+                if z is None or len(xy) < 6:
+                    break
+                world = _lift(scene, prev, xy, z)
+                pts = (world - t_out[prev]) @ R_out[prev]  # canonical = R^T (x - t)
+                trk, val = _masked_tracks(scene, obj, prev, xy)
+                start_count = int(val[prev].sum())
+            if _pnp_frames(scene, prev, pts, trk, val, R_out, t_out, frames=[t])[t]:
+                have[t] = True
+                prev = t
+            else:
+                R_out[t], t_out[t] = R_out[prev], t_out[prev]
+    return have
+
+
+def _pnp_frames(scene: Scene, guess_frame: int | None, points: np.ndarray, tracks: np.ndarray, valid: np.ndarray,
+                R_out: np.ndarray, t_out: np.ndarray, frames: list[int] | None = None, min_points: int = 6
+                ) -> np.ndarray:
+    """Solve the world motion (R_out[t], t_out[t]: x_t = R x_canonical + t) of a rigid group at `frames` (default:
+    all) by PnP: canonical points `points` (P,3) must project onto their tracks (T,P,2) in camera t. Each solve
+    starts from the motion at `guess_frame` (or at the neighbouring frame already solved). The worst tenth of the
+    tracks (flow drift, mask slop) is dropped and the pose solved again. guess_frame None: start from the motion
+    already in R_out[t], t_out[t]. Returns the frames solved (T,) bool."""
+    n_frames = len(tracks)
+    solved = np.zeros(n_frames, bool)
+    w2c = scene.cameras.w2c.double().numpy()
+    K = scene.cameras.K.double().numpy()
+    frames = list(range(n_frames)) if frames is None else frames
+    for t in frames:
+        sel = valid[t]
+        if sel.sum() < min_points:
+            continue
+        g = t if guess_frame is None else (t - 1 if t - 1 >= 0 and solved[t - 1] else guess_frame)
+        R_cam0 = w2c[t, :3, :3] @ R_out[g]  # the guess: motion at g seen from camera t
+        t_cam0 = w2c[t, :3, :3] @ t_out[g] + w2c[t, :3, 3]
+        obj, img = points[sel].astype(np.float64), tracks[t, sel].astype(np.float64)
+        r, tv = cv2.Rodrigues(R_cam0)[0], t_cam0[:, None].copy()
+        good = np.ones(len(obj), bool)
+        for _ in range(2):
+            if good.sum() < min_points:
+                break
+            res, r, tv = cv2.solvePnP(obj[good], img[good], K[t], None, r, tv, useExtrinsicGuess=True,
+                                      flags=cv2.SOLVEPNP_ITERATIVE)
+            if not res or not np.all(np.isfinite(tv)):
+                break
+            err = np.linalg.norm(cv2.projectPoints(obj, r, tv, K[t], None)[0][:, 0] - img, axis=1)
+            good = err <= np.percentile(err, 90)
+        else:
+            R_wc = w2c[t, :3, :3].T
+            R_out[t] = R_wc @ cv2.Rodrigues(r)[0]
+            t_out[t] = R_wc @ (tv[:, 0] - w2c[t, :3, 3])
+            solved[t] = True
+    return solved
 
 
 def _nearest_index(have: np.ndarray) -> np.ndarray:
@@ -265,6 +343,8 @@ def dynamic_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: 
         trans_list.append(trans)
         labels_list.append(labels[nearest])
         ids.append(np.full(len(xy), k))
+    if not sets and scene.instances is None:
+        return free_dynamic_gaussians(scene, opts, rng)
     if not sets:
         empty_rot = torch.zeros(1, n_frames, 4)
         empty_rot[..., 0] = 1
@@ -282,6 +362,27 @@ def dynamic_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: 
                          np.concatenate([s[2] for s in sets]), opts.opacity, rng)
     bases = MotionBases(torch.as_tensor(np.concatenate(rot_list)), torch.as_tensor(np.concatenate(trans_list)))
     return gset, bases, torch.as_tensor(logits), torch.as_tensor(np.concatenate(ids), dtype=torch.int32)
+
+
+def free_dynamic_gaussians(scene: Scene, opts: InitOptions, rng: np.random.Generator
+                           ) -> tuple[GaussianSet, MotionBases, torch.Tensor, torch.Tensor]:
+    """Without segmentation nothing says what moves: random dynamic Gaussians in the scene sphere on 2 x
+    bases_per_object global bases that start still, with random blend weights (Shape of Motion without its
+    track-based init); photometric losses over the frames find the motion (multi-view captures such as D-NeRF)."""
+    n, b, t = max(opts.dynamic_points, 1), 2 * opts.bases_per_object, scene.num_frames
+    means = scene.center + _ball(rng, n) * scene.radius
+    gset = _gaussian_set(means, rng.uniform(0.2, 0.8, (n, 3)), np.full(n, 0.02 * scene.radius), 0.1, rng)
+    rot = torch.zeros(b, t, 4)
+    rot[..., 0] = 1
+    logits = torch.as_tensor(rng.normal(0, 1, (n, b)), dtype=torch.float32)
+    return gset, MotionBases(rot, torch.zeros(b, t, 3)), logits, torch.ones(n, dtype=torch.int32)
+
+
+def _ball(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n points uniform in the unit ball."""
+    dirs = rng.normal(size=(n, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return dirs * rng.uniform(0, 1, (n, 1)) ** (1 / 3)
 
 
 def initialise(scene: Scene, opts: InitOptions | None = None) -> DynamicGaussians:
