@@ -100,9 +100,8 @@ def test_eval_command_scores_a_multiview_npz(tmp_path):
     np.savez(npz, images=images, poses=opencv_w2c_to_opengl_c2w(cams.w2c).numpy(), times=np.linspace(0, 1, n),
              focal=float(cams.K[0, 0, 0]), train=np.arange(0, n, 2), test=np.arange(1, n, 2))
     result = CliRunner().invoke(app, ["eval", "--protocol", "multiview", "--gt", str(npz), "-w", str(tmp_path / "ws"),
-                                      "--every", "2", "--quiet", "--steps", "100", "--batch-rays", "256",
-                                      "--static-res-start", "16", "--static-res-final", "16", "--dynamic-res", "8",
-                                      "--occupancy-res", "16", "--n-samples", "32", "--device", "cpu"])
+                                      "--every", "2", "--quiet", "--steps", "100", "--static-points", "2000", "--background", "learned",
+                                      "--dynamic-points", "200", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     out = next((tmp_path / "ws" / "eval").iterdir())
     summary = json.loads((out / "summary.json").read_text())

@@ -58,8 +58,8 @@ class DpDyConfig:
     """Learning rate of the motion bases' translations (scene-radius units; rotations use 10x this, unitless)."""
     lr_motion_weights: float = 1e-2
     """Learning rate of the per-Gaussian motion-basis blend logits."""
-    background: Literal["black", "white"] = "black"
-    """Colour behind every Gaussian."""
+    background: Literal["black", "white", "learned"] = "black"
+    """Colour behind every Gaussian: black, white, or one colour learned by the fit (e.g. a green screen)."""
 
     # ---- loss weights ----------------------------------------------------------------------------------
     ssim_weight: float = 0.2

@@ -59,8 +59,6 @@ class DpDyRenderer:
 
     def __init__(self, model: DynamicGaussians, meta: dict, device: torch.device):
         self.model, self.meta, self.device = model, meta, device
-        bg = meta["arch"].get("background", "black")
-        self.background = torch.full((3,), 1.0 if bg == "white" else 0.0, device=device)
 
     @torch.no_grad()
     def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
@@ -71,8 +69,8 @@ class DpDyRenderer:
         if times.numel() != len(cameras):
             raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
         cams = cameras.to(self.device)
-        outs = [self.model.render(cams.w2c[i].float(), cams.K[i].float(), cams.width, cams.height, float(times[i]),
-                                  background=self.background) for i in range(len(cams))]
+        outs = [self.model.render(cams.w2c[i].float(), cams.K[i].float(), cams.width, cams.height, float(times[i]))
+                for i in range(len(cams))]
         return RenderOutput(rgb=torch.stack([o["rgb"] for o in outs]).clamp(0, 1),
                             depth=torch.stack([o["depth"] for o in outs]),
                             alpha=torch.stack([o["alpha"] for o in outs]),

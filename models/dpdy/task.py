@@ -90,8 +90,8 @@ class DpDyTask:
             torch.manual_seed(cfg.seed)
             self.model = initialise(scene, init).to(device)
         self.arch = build_arch(scene, self.model, cfg)
-        self.background = torch.tensor([1.0, 1.0, 1.0] if cfg.background == "white" else [0.0, 0.0, 0.0],
-                                       device=device)
+        with torch.no_grad():
+            self.model.background.fill_(1.0 if cfg.background == "white" else 0.0)
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         opts = StrategyOptions(grow_grad2d=cfg.grow_grad2d, refine_every=cfg.refine_every,
@@ -112,6 +112,8 @@ class DpDyTask:
         out += [("bases.translations", m.bases.translations, c.lr_motion * self.radius),
                 ("bases.rotations", m.bases.rotations, c.lr_motion * 10),
                 ("motion_logits", m.motion_logits, c.lr_motion_weights)]
+        if c.background == "learned":
+            out.append(("background", m.background, 1e-2))
         return out
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -132,7 +134,7 @@ class DpDyTask:
         extra = None
         if neighbour is not None:
             extra = self._positions_at(float(d.times[neighbour[0]]))
-        out = self.model.render(d.w2c[t], d.K[t], d.W, d.H, float(d.times[t]), extra=extra, background=self.background)
+        out = self.model.render(d.w2c[t], d.K[t], d.W, d.H, float(d.times[t]), extra=extra)
         means2d = out["meta"]["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()
@@ -196,8 +198,8 @@ class DpDyTask:
         cams = novel_cameras(Cameras(d.K[frames], d.w2c[frames], d.W, d.H),
                              torch.as_tensor(self.arch["center"], device=self.device), degrees, c.guidance_size,
                              0.1 * self.radius)
-        outs = [self.model.render(cams.w2c[i], cams.K[i], cams.width, cams.height, float(d.times[frames[i]]),
-                                  background=self.background) for i in range(n)]
+        outs = [self.model.render(cams.w2c[i], cams.K[i], cams.width, cams.height, float(d.times[frames[i]]))
+                for i in range(n)]
         render = RenderOutput(torch.stack([o["rgb"] for o in outs]), torch.stack([o["depth"] for o in outs]),
                               torch.stack([o["alpha"] for o in outs]))
         return self.guidance(render, cams, d.times[frames])

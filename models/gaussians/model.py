@@ -130,6 +130,7 @@ class DynamicGaussians(nn.Module):
         self.bases = bases
         self.motion_logits = nn.Parameter(motion_logits.detach().float().contiguous())
         self.register_buffer("instance_ids", instance_ids.to(torch.int32).contiguous())
+        self.background = nn.Parameter(torch.zeros(3))  # rgb behind every Gaussian (fixed or learned by the fit)
 
     @property
     def num_frames(self) -> int:
@@ -172,17 +173,14 @@ class DynamicGaussians(nn.Module):
         }
 
     def render(self, viewmat: Float[Tensor, "4 4"], K: Float[Tensor, "3 3"], width: int, height: int,
-               time: float, extra: Float[Tensor, "N E"] | None = None, background: Float[Tensor, "3"] | None = None,
-               backend: str = "auto") -> dict[str, Tensor]:
+               time: float, extra: Float[Tensor, "N E"] | None = None, backend: str = "auto") -> dict[str, Tensor]:
         """One camera at one normalised time. Returns rgb (H,W,3), depth (H,W) expected z, alpha (H,W),
         dynamic (H,W) the dynamic Gaussians' share of the pixel, extra (H,W,E) composited `extra` features,
-        meta (the rasterizer's, for densification)."""
+        meta (the rasterizer's, for densification). The background colour is `self.background` (clamped to [0, 1])."""
         g = self.gaussians_at(time)
         feats = [g["colors"], g["is_dynamic"][:, None]] + ([extra] if extra is not None else [])
         colors = torch.cat(feats, dim=-1)
-        bg = None
-        if background is not None:
-            bg = torch.cat([background, colors.new_zeros(colors.shape[-1] - 3)])[None]
+        bg = torch.cat([self.background.clamp(0, 1), colors.new_zeros(colors.shape[-1] - 3)])[None]
         out, alpha, meta = rasterization(g["means"], g["quats"], g["scales"], g["opacities"], colors,
                                          viewmat[None], K[None], width, height, render_mode="RGB+ED",
                                          backgrounds=bg, backend=backend)
