@@ -97,7 +97,8 @@ class DpDyTask:
         opts = StrategyOptions(grow_grad2d=cfg.grow_grad2d, refine_every=cfg.refine_every,
                                refine_stop=cfg.refine_stop, max_gaussians=cfg.max_gaussians)
         self.strategies = {"static": DensifyStrategy(self.model.static, self.model, (), self.radius, opts),
-                           "dynamic": DensifyStrategy(self.model.dynamic, self.model, ("motion_logits", "instance_ids"),
+                           "dynamic": DensifyStrategy(self.model.dynamic, self.model, ("motion_logits", "instance_ids", "time_centers",
+                                                                         "log_time_scales"),
                                                       self.radius, opts)}
         self.optimizer = self._make_optimizer()
 
@@ -111,7 +112,8 @@ class DpDyTask:
                 out.append((f"{set_name}.{name}", getattr(g, name), lr))
         out += [("bases.translations", m.bases.translations, c.lr_motion * self.radius),
                 ("bases.rotations", m.bases.rotations, c.lr_motion * 10),
-                ("motion_logits", m.motion_logits, c.lr_motion_weights)]
+                ("motion_logits", m.motion_logits, c.lr_motion_weights),
+                ("time_centers", m.time_centers, 2e-3), ("log_time_scales", m.log_time_scales, 1e-2)]
         if c.background == "learned":
             out.append(("background", m.background, 1e-2))
         return out

@@ -22,7 +22,7 @@ from jaxtyping import Float
 
 from models.cameras import unproject
 from models.depth import densify_sparse_depth
-from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, rotmat_to_quat
+from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, quat_to_rotmat, rotmat_to_quat
 from models.gaussians.tracks import chain_tracks, kmeans
 from models.scene import Scene
 
@@ -41,6 +41,8 @@ class InitOptions:
     """Motion bases per segmented object."""
     tracks_per_object: int = 384
     """Flow tracks per object used to initialise its motion."""
+    object_keyframes: int = 6
+    """Frames (spread over those where an object is seen) whose object pixels are lifted."""
     opacity: float = 0.7
     """Initial opacity of every Gaussian."""
     seed: int = 0
@@ -159,8 +161,9 @@ def _object_depth(depth: DepthSource, instances: np.ndarray, t: int, obj: int, x
 
 
 def _object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, seeds_xy: np.ndarray,
-                   seeds_xyz: np.ndarray, n_bases: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rotations (b,T,4), translations (b,T,3) of the object's bases and each seed's basis (P,).
+                   seeds_xyz: np.ndarray, n_bases: int, seed: int) -> tuple:
+    """Rotations (b,T,4), translations (b,T,3) of the object's bases, each seed's basis (P,), and the seeds' tracks
+    (T,P,2) with their validity (T,P) (None without flow).
 
     With flow: the object's rigid motion by PnP on flow tracks through the whole clip (`_track_object`), then each
     cluster of tracks (k-means on their 2D trajectories) refines it by PnP on its own tracks where it has enough.
@@ -171,7 +174,7 @@ def _object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, s
     if scene.flow_fw is None or len(seeds_xy) < 3:
         _centroid_motion(scene, depth, obj, canonical, seeds_xyz, t_obj)
         return (np.tile(np.array([1, 0, 0, 0], np.float32), (1, n_frames, 1)), t_obj[None].astype(np.float32),
-                np.zeros(len(seeds_xy), np.int64))
+                np.zeros(len(seeds_xy), np.int64), None, None)
     pos, ok = _masked_tracks(scene, obj, canonical, seeds_xy)
     have = _track_object(scene, depth, obj, canonical, seeds_xyz, pos, ok, R_obj, t_obj)
     idx = _nearest_index(have)
@@ -188,7 +191,7 @@ def _object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, s
         _pnp_frames(scene, None, seeds_xyz[labels == b], pos[:, labels == b], ok[:, labels == b], R_b, t_b)
         trans[b] = _smooth(t_b)
         rots[b] = rotmat_to_quat(torch.as_tensor(R_b, dtype=torch.float32)).numpy()
-    return rots, trans, labels
+    return rots, trans, labels, pos, ok
 
 
 def _masked_tracks(scene: Scene, obj: int, start: int, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,56 +319,82 @@ def _smooth(x: np.ndarray, radius: int = 1) -> np.ndarray:
 
 
 def dynamic_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: np.random.Generator
-                      ) -> tuple[GaussianSet, MotionBases, torch.Tensor, torch.Tensor]:
-    """The dynamic set (in canonical poses), its bases, blend logits (N,B) and instance ids (N,)."""
+                      ) -> tuple[GaussianSet, MotionBases, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The dynamic set (in canonical poses), its bases, blend logits (N,B), instance ids (N,), time centres (N,) and
+    log time scales (N,).
+
+    Each object's pixels are lifted at a few keyframes over the frames where it is seen (its canonical frame, where
+    it is largest, among them), mapped back to the canonical frame through their basis' motion, and given a
+    temporal opacity centred on their keyframe: faces that only some frames see are represented, and every frame
+    is explained by Gaussians lifted near it."""
     n_frames = scene.num_frames
+    times = scene.times.numpy()
     objects = [] if scene.instances is None else [int(k) for k in np.unique(np.asarray(scene.instances)) if k > 0]
     areas = {k: (np.asarray(scene.instances) == k).sum((1, 2)) for k in objects}
     total = sum(int(a.max()) for a in areas.values()) or 1
-    sets, rot_list, trans_list, labels_list, ids = [], [], [], [], []
+    parts, rot_list, trans_list = [], [], []
     focal = float(scene.cameras.K[:, 0, 0].mean())
     for k in objects:
         canonical = int(areas[k].argmax())
-        mask = np.asarray(scene.instances[canonical]) == k
-        xy = _grid_pixels(mask, max(32, opts.dynamic_points * int(areas[k].max()) // total), rng)
-        z = _object_depth(depth, np.asarray(scene.instances[canonical]), canonical, k, xy)
+        inst_c = np.asarray(scene.instances[canonical])
+        xy = _grid_pixels(inst_c == k, max(32, opts.tracks_per_object), rng)
+        z = _object_depth(depth, inst_c, canonical, k, xy)
         if z is None or len(xy) < 3:
             continue
-        xyz = _lift(scene, canonical, xy, z)
-        colors = np.asarray(scene.frames[canonical], np.float32)[xy[:, 1].astype(int), xy[:, 0].astype(int)] / 255
-        stride = np.sqrt(mask.sum() / len(xy))
-        pick = rng.choice(len(xy), min(len(xy), opts.tracks_per_object), replace=False)
-        rots, trans, labels = _object_motion(scene, depth, k, canonical, xy[pick], xyz[pick],
-                                             opts.bases_per_object, opts.seed + k)
-        nearest = ((xy[:, None] - xy[pick][None]) ** 2).sum(-1).argmin(1)
-        sets.append((xyz, colors, 0.5 * stride * z / focal))
+        rots, trans, labels, pos, ok = _object_motion(scene, depth, k, canonical, xy, _lift(scene, canonical, xy, z),
+                                                      opts.bases_per_object, opts.seed + k)
+        seen = np.nonzero(areas[k] > 0)[0]
+        keys = np.unique(np.r_[np.linspace(seen[0], seen[-1], max(1, opts.object_keyframes)).round(), canonical]
+                         ).astype(int)
+        spacing = max(float(np.ptp(times[seen])) / max(len(keys) - 1, 1), float(times[1] - times[0]) if n_frames > 1
+                      else 1.0)
+        budget = max(32, opts.dynamic_points * int(areas[k].max()) // total) // len(keys)
+        R = quat_to_rotmat(torch.as_tensor(rots)).numpy()  # (b,T,3,3)
+        for key in keys:
+            inst = np.asarray(scene.instances[key])
+            kxy = _grid_pixels(inst == k, budget, rng)
+            kz = _object_depth(depth, inst, key, k, kxy)
+            if kz is None or len(kxy) < 3:
+                continue
+            world = _lift(scene, key, kxy, kz)
+            if pos is not None and ok[key].any():  # the basis of the nearest live track there
+                live = np.nonzero(ok[key])[0]
+                lab = labels[live[((kxy[:, None] - pos[key, live][None]) ** 2).sum(-1).argmin(1)]]
+            else:
+                lab = np.full(len(kxy), np.bincount(labels).argmax())
+            canon = np.einsum("nji,nj->ni", R[lab, key], world - trans[lab, key])  # R^T (x - t)
+            colors = np.asarray(scene.frames[key], np.float32)[kxy[:, 1].astype(int), kxy[:, 0].astype(int)] / 255
+            stride = np.sqrt((inst == k).sum() / len(kxy))
+            parts.append(dict(means=canon, colors=colors, scales=0.5 * stride * kz / focal, label=lab,
+                              obj=len(rot_list), id=k, center=times[key], sigma=spacing))
         rot_list.append(rots)
         trans_list.append(trans)
-        labels_list.append(labels[nearest])
-        ids.append(np.full(len(xy), k))
-    if not sets and scene.instances is None:
+    if not parts and scene.instances is None:
         return free_dynamic_gaussians(scene, opts, rng)
-    if not sets:
+    if not parts:
         empty_rot = torch.zeros(1, n_frames, 4)
         empty_rot[..., 0] = 1
         return (GaussianSet.empty(0), MotionBases(empty_rot, torch.zeros(1, n_frames, 3)), torch.zeros(0, 1),
-                torch.zeros(0, dtype=torch.int32))
+                torch.zeros(0, dtype=torch.int32), torch.zeros(0), torch.zeros(0))
     offsets = np.cumsum([0] + [len(r) for r in rot_list])
-    logits = np.full((sum(len(s[0]) for s in sets), offsets[-1]), -10.0, np.float32)
+    logits = np.full((sum(len(p["means"]) for p in parts), offsets[-1]), -10.0, np.float32)
     row = 0
-    for i, (s, lab) in enumerate(zip(sets, labels_list)):
-        rows = np.arange(row, row + len(s[0]))
-        logits[rows, offsets[i]:offsets[i + 1]] = 0.0  # the object's other bases stay reachable
-        logits[rows, offsets[i] + lab] = 4.0
-        row += len(s[0])
-    gset = _gaussian_set(np.concatenate([s[0] for s in sets]), np.concatenate([s[1] for s in sets]),
-                         np.concatenate([s[2] for s in sets]), opts.opacity, rng)
+    for p in parts:
+        rows = np.arange(row, row + len(p["means"]))
+        logits[rows, offsets[p["obj"]]:offsets[p["obj"] + 1]] = 0.0  # the object's other bases stay reachable
+        logits[rows, offsets[p["obj"]] + p["label"]] = 4.0
+        row += len(p["means"])
+    cat = lambda key: np.concatenate([np.broadcast_to(p[key], (len(p["means"]),) + np.shape(p[key])[1:])
+                                      if np.ndim(p[key]) == 0 else p[key] for p in parts])
+    gset = _gaussian_set(cat("means"), cat("colors"), cat("scales"), opts.opacity, rng)
     bases = MotionBases(torch.as_tensor(np.concatenate(rot_list)), torch.as_tensor(np.concatenate(trans_list)))
-    return gset, bases, torch.as_tensor(logits), torch.as_tensor(np.concatenate(ids), dtype=torch.int32)
+    return (gset, bases, torch.as_tensor(logits), torch.as_tensor(cat("id"), dtype=torch.int32),
+            torch.as_tensor(cat("center"), dtype=torch.float32),
+            torch.as_tensor(np.log(cat("sigma")), dtype=torch.float32))
 
 
 def free_dynamic_gaussians(scene: Scene, opts: InitOptions, rng: np.random.Generator
-                           ) -> tuple[GaussianSet, MotionBases, torch.Tensor, torch.Tensor]:
+                           ) -> tuple[GaussianSet, MotionBases, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Without segmentation nothing says what moves: random dynamic Gaussians in the scene sphere on 2 x
     bases_per_object global bases that start still, with random blend weights (Shape of Motion without its
     track-based init); photometric losses over the frames find the motion (multi-view captures such as D-NeRF)."""
@@ -375,7 +404,8 @@ def free_dynamic_gaussians(scene: Scene, opts: InitOptions, rng: np.random.Gener
     rot = torch.zeros(b, t, 4)
     rot[..., 0] = 1
     logits = torch.as_tensor(rng.normal(0, 1, (n, b)), dtype=torch.float32)
-    return gset, MotionBases(rot, torch.zeros(b, t, 3)), logits, torch.ones(n, dtype=torch.int32)
+    return (gset, MotionBases(rot, torch.zeros(b, t, 3)), logits, torch.ones(n, dtype=torch.int32),
+            torch.full((n,), 0.5), torch.full((n,), 3.0))
 
 
 def _ball(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -391,5 +421,5 @@ def initialise(scene: Scene, opts: InitOptions | None = None) -> DynamicGaussian
     rng = np.random.default_rng(opts.seed)
     depth = DepthSource(scene)
     static = static_gaussians(scene, depth, opts, rng)
-    dynamic, bases, logits, ids = dynamic_gaussians(scene, depth, opts, rng)
-    return DynamicGaussians(static, dynamic, bases, logits, ids)
+    dynamic, bases, logits, ids, centers, log_scales = dynamic_gaussians(scene, depth, opts, rng)
+    return DynamicGaussians(static, dynamic, bases, logits, ids, centers, log_scales)

@@ -120,11 +120,22 @@ class DynamicGaussians(nn.Module):
     """The static set, the dynamic set in its canonical frame, the motion bases and the blend weights.
 
     instance_ids: (N_dyn,) the segmentation id of the object each dynamic Gaussian belongs to (>= 1).
+    time_centers, log_time_scales: (N_dyn,) a dynamic Gaussian's opacity is multiplied by
+    exp(-((t - center) / exp(log_scale))^2 / 2) at normalised time t.
     """
 
     def __init__(self, static: GaussianSet, dynamic: GaussianSet, bases: MotionBases,
-                 motion_logits: Float[Tensor, "N_dyn B"], instance_ids: Int[Tensor, "N_dyn"]):
+                 motion_logits: Float[Tensor, "N_dyn B"], instance_ids: Int[Tensor, "N_dyn"],
+                 time_centers: Float[Tensor, "N_dyn"] | None = None,
+                 log_time_scales: Float[Tensor, "N_dyn"] | None = None):
         super().__init__()
+        n = len(dynamic)
+        # temporal opacity (Spacetime Gaussians): a dynamic Gaussian lifted from one frame fades away from it, so
+        # each frame is explained by the Gaussians seen near it even where the motion is not exact
+        centers = torch.full((n,), 0.5) if time_centers is None else time_centers
+        scales = torch.full((n,), 3.0) if log_time_scales is None else log_time_scales
+        self.time_centers = nn.Parameter(centers.detach().float().contiguous())
+        self.log_time_scales = nn.Parameter(scales.detach().float().contiguous())
         self.static = static
         self.dynamic = dynamic
         self.bases = bases
@@ -158,6 +169,11 @@ class DynamicGaussians(nn.Module):
         means = (quat_to_rotmat(q) @ self.dynamic.means[:, :, None])[..., 0] + w @ u_b
         return means, quat_multiply(q, self.dynamic.quats)
 
+    def temporal_opacity(self, time: float) -> Float[Tensor, "N_dyn"]:
+        """Each dynamic Gaussian's opacity factor at normalised time in [0, 1]."""
+        z = (time - self.time_centers) / self.log_time_scales.exp()
+        return torch.exp(-0.5 * z * z)
+
     def gaussians_at(self, time: float) -> dict[str, Tensor]:
         """All Gaussians at normalised time: means (N,3), quats (N,4), scales (N,3), opacities (N,), colors (N,3),
         is_dynamic (N,) float (static first, then dynamic)."""
@@ -167,7 +183,7 @@ class DynamicGaussians(nn.Module):
             "means": torch.cat([s.means, dyn_means]),
             "quats": torch.cat([s.quats, dyn_quats]),
             "scales": torch.cat([s.scales, d.scales]),
-            "opacities": torch.cat([s.opacities, d.opacities]),
+            "opacities": torch.cat([s.opacities, d.opacities * self.temporal_opacity(time)]),
             "colors": torch.cat([s.colors, d.colors]),
             "is_dynamic": torch.cat([s.means.new_zeros(len(s)), d.means.new_ones(len(d))]),
         }
