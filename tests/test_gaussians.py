@@ -158,3 +158,15 @@ def test_initialisation_from_a_synthetic_scene():
     # static Gaussians lifted from depth land near the scene, in front of the cameras
     z = (scene.cameras.w2c[0, :3, :3] @ model.static.means.T + scene.cameras.w2c[0, :3, 3:]).T[:, 2]
     assert float((z > 0).float().mean()) > 0.9
+
+
+def test_temporal_opacity_is_a_gaussian_in_time():
+    model = _one_basis_model()
+    with torch.no_grad():
+        model.time_centers.copy_(torch.tensor([0.5, 0.2]))
+        model.log_time_scales.copy_(torch.log(torch.tensor([0.1, 0.4])))
+    assert torch.allclose(model.temporal_opacity(0.5), torch.tensor([1.0, math.exp(-0.5 * 0.75 ** 2)]), atol=1e-6)
+    assert torch.allclose(model.temporal_opacity(0.6)[0], torch.tensor(math.exp(-0.5)), atol=1e-6)
+    g = model.gaussians_at(0.6)  # the static Gaussian keeps its opacity
+    assert torch.allclose(g["opacities"][0], model.static.opacities[0])
+    assert torch.allclose(g["opacities"][1], model.dynamic.opacities[0] * math.exp(-0.5), atol=1e-6)
