@@ -50,7 +50,12 @@ def load_model(ckpt: Path, device: str | torch.device = "cpu") -> tuple[DynamicG
     except (SafetensorError, OSError) as e:
         raise InputError(f"{ckpt / WEIGHTS} is unreadable ({e}); refit with `monodyn fit --method dpdy --force`")
     model = DynamicGaussians.from_sizes(meta["arch"]["sizes"])
-    model.load_state_dict(tensors)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise InputError(f"{ckpt / WEIGHTS} does not match its config ({first}); refit with "
+                         "`monodyn fit --method dpdy --force`") from None
     return model.to(device).eval(), meta
 
 
@@ -80,6 +85,7 @@ class DpDyRenderer:
 class DpDyMethod:
     name = "dpdy"
     Config = DpDyConfig
+    version = VERSION  # checkpoint format: part of the fit cache key, so a new format is never served from cache
 
     def __init__(self):
         self._loaded: tuple[tuple, DpDyRenderer] | None = None

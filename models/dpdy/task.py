@@ -37,7 +37,7 @@ from models.gaussians.strategy import DensifyStrategy, StrategyOptions
 from models.registry import RenderOutput
 from models.scene import Scene
 
-VERSION = 2  # 1 was the grid-field DpDy
+VERSION = 3  # 1: the grid-field DpDy; 2: Gaussians without temporal opacity
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 

@@ -80,7 +80,7 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene: Scene, input_keys: 
                progress: RichProgress, resume: bool, force: bool, log, tag: str = "") -> Path:
     """Run (or reuse) a fit; returns its checkpoint folder. `tag` separates e.g. held-out-evaluation fits."""
     config = dataclasses.asdict(cfg)
-    key = stage_key(f"fit-{method}{tag}", FIT_VERSION, config, input_keys)
+    key = stage_key(f"fit-{method}{tag}", FIT_VERSION * 1000 + getattr(impl, "version", 0), config, input_keys)
     out = ws.root / "fit" / method / key
     if (out / MANIFEST).exists() and not force:
         log(f"fit {method}: cached {key}")
