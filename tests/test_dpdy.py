@@ -161,8 +161,10 @@ def test_guidance_hook_sees_novel_view_renders_and_steers_the_fit(tmp_path):
     assert bright[0] > bright[1] + 0.02
 
 
-def test_static_camera_scene_fits(tmp_path):
+def test_static_camera_scene_without_depth_fits(tmp_path):
+    # what preprocessing gives for a static camera: SfM falls back to fixed cameras with no points, no depth
     scene = scene_from(synth("static"))
+    scene.depth, scene.static_camera = np.zeros_like(scene.depth), True
     DpDyMethod().fit(scene, tiny_config(steps=80), tmp_path / "s", Recorder())
     res = get_method("dpdy").render(tmp_path / "s", scene.cameras[[2]], scene.times[[2]], device="cpu")
     target = torch.as_tensor(scene.frames[[2]]).float() / 255

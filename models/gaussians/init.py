@@ -50,15 +50,26 @@ class InitOptions:
 
 class DepthSource:
     """Per-frame dense z-depth in world units (H, W), made once per frame: the scene's dense depth with its holes
-    filled, or its sparse SfM depth interpolated; None when the scene has no depth at all."""
+    filled, or its sparse SfM depth interpolated. A static camera without any depth sees no parallax, so nothing
+    tells depths apart: every pixel is put on the plane through the scene centre (the input view is reproduced
+    exactly). None for other scenes without depth (multi-view captures: random Gaussians then)."""
 
     def __init__(self, scene: Scene):
         self.depth = scene.depth
-        self.dense = scene.depth is not None and float((np.asarray(scene.depth[::max(1, scene.num_frames // 8)]) > 0)
-                                                       .mean()) >= DENSE_DEPTH
+        sample = None if scene.depth is None else np.asarray(scene.depth[::max(1, scene.num_frames // 8)])
+        self.dense = sample is not None and float((sample > 0).mean()) >= DENSE_DEPTH
+        self.plane = None
+        if scene.static_camera and (sample is None or not (sample > 0).any()):
+            cams = scene.cameras
+            ahead = ((torch.as_tensor(scene.center, dtype=torch.float32) - cams.centers) * cams.w2c[:, 2, :3]).sum(-1)
+            self.plane = ahead.clamp(min=1e-3).numpy()
+            self.dense = True
+            self.shape = (scene.height, scene.width)
         self._cache: dict[int, np.ndarray | None] = {}
 
     def __call__(self, t: int) -> np.ndarray | None:
+        if self.plane is not None:
+            return np.full(self.shape, self.plane[t], np.float32)
         if self.depth is None:
             return None
         if t not in self._cache:
