@@ -42,6 +42,7 @@ class Scene:
     center: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
     radius: float = 1.0
     static_camera: bool = False
+    no_parallax: bool = False  # the camera centre never moves (static or only turning): depth is unobservable
     meta: dict = field(default_factory=dict)
     object_cameras: dict[int, Cameras] = field(default_factory=dict)  # per-object SfM (OSN): id -> w2o cameras
     object_depth: dict[int, np.ndarray] = field(default_factory=dict)  # per-object SfM (OSN): id -> (T,H,W) z-depth in that object's units, 0 = unknown
@@ -82,7 +83,8 @@ class Scene:
         sub = Scene(frames=np.asarray(self.frames[idx]), timestamps=self.timestamps[idx],
                     cameras=self.cameras[torch.as_tensor(idx)], instances=pick(self.instances),
                     depth=pick(self.depth), points=self.points, points_rgb=self.points_rgb, center=self.center, radius=self.radius,
-                    static_camera=self.static_camera, meta=dict(self.meta), frame_times=self.times.numpy()[idx],
+                    static_camera=self.static_camera, no_parallax=self.no_parallax, meta=dict(self.meta),
+                    frame_times=self.times.numpy()[idx],
                     object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()},
                     object_depth={k: np.asarray(d[idx]) for k, d in self.object_depth.items()})
         return sub

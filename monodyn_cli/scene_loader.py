@@ -41,6 +41,7 @@ def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
     sfm_info = json.loads(sfm.file("sfm.json").read_text()) if sfm.file("sfm.json").exists() else {}
     scene = Scene(frames=frames, timestamps=timestamps, cameras=cameras, meta={"workspace": str(ws.root)})
     scene.static_camera = sfm_info.get("mode") == "static-fallback"
+    scene.no_parallax = sfm_info.get("mode") in ("static-fallback", "rotation-fallback")
     bounds = sfm_info.get("bounds", {})
     if "center" in bounds:
         scene.center = np.asarray(bounds["center"], np.float32)

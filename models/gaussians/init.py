@@ -50,8 +50,8 @@ class InitOptions:
 
 class DepthSource:
     """Per-frame dense z-depth in world units (H, W), made once per frame: the scene's dense depth with its holes
-    filled, or its sparse SfM depth interpolated. A static camera without any depth sees no parallax, so nothing
-    tells depths apart: every pixel is put on the plane through the scene centre (the input view is reproduced
+    filled, or its sparse SfM depth interpolated. A static or only turning camera without any depth sees no
+    parallax, so nothing tells depths apart: every pixel is put on the plane through the scene centre (the input view is reproduced
     exactly). None for other scenes without depth (multi-view captures: random Gaussians then)."""
 
     def __init__(self, scene: Scene):
@@ -59,7 +59,7 @@ class DepthSource:
         sample = None if scene.depth is None else np.asarray(scene.depth[::max(1, scene.num_frames // 8)])
         self.dense = sample is not None and float((sample > 0).mean()) >= DENSE_DEPTH
         self.plane = None
-        if scene.static_camera and (sample is None or not (sample > 0).any()):
+        if (scene.static_camera or scene.no_parallax) and (sample is None or not (sample > 0).any()):
             cams = scene.cameras
             ahead = ((torch.as_tensor(scene.center, dtype=torch.float32) - cams.centers) * cams.w2c[:, 2, :3]).sum(-1)
             self.plane = ahead.clamp(min=1e-3).numpy()
