@@ -126,7 +126,8 @@ def covisible_mask(view_depth: np.ndarray, view_cams: Cameras, view_inst: np.nda
 
 
 def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> list[EvalViews]:
-    """Held-out cameras of a `monodyn synth` scene, expressed in the workspace's (SfM) world and image size."""
+    """Held-out cameras of a `monodyn synth` scene, expressed in the workspace's (SfM) world and image size, with the
+    workspace's estimated intrinsics."""
     import cv2
 
     from monodyn_cli.synth.writer import load_gt
@@ -150,6 +151,11 @@ def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> l
         images = np.array(v.rgb)  # a writable copy of the read-only ground truth
         if factor != 1.0:
             cams = cams.scaled(factor)
+        # the reconstruction's own intrinsics, as its poses are aligned by Sim(3): an estimated focal (or the
+        # assumed one of a static camera) must not be scored as a zoom
+        cams = Cameras(scene.cameras.K.median(dim=0).values.expand(len(cams), 3, 3).clone(), cams.w2c,
+                       cams.width, cams.height)
+        if factor != 1.0:
             size = (cams.width, cams.height)
             images = np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
             mask = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in mask]) > 0
