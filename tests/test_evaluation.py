@@ -108,3 +108,23 @@ def test_eval_command_scores_a_multiview_npz(tmp_path):
     assert summary["every"] == 2 and summary["views"]["test"]["frames"] == 3  # test images 1, 5, 9
     assert summary["views"]["test"]["psnr"] > 20.0  # it learns the uniform colour (black would be 10.8 dB)
     assert (out / "per_frame.csv").read_text().count("\n") == 4 and (out / "test.png").exists()
+
+
+def test_synth_views_use_the_reconstructions_intrinsics_and_stabilized_ground_truth(tmp_path):
+    """A workspace whose focal differs from the generator's (a static camera's assumed focal) is scored with its own
+    focal; the stabilized camera is the input camera of its frame at every time."""
+    from monodyn_cli.evaluation import synth_views
+    from monodyn_cli.synth import SynthConfig, load_gt, synthesize
+
+    out = synthesize(SynthConfig(seed=4, frames=4, width=32, height=24, objects=1, heldout_azimuths=(30.0,),
+                                 fixed_cameras=0, stabilized_frames=(1,)), tmp_path / "s")
+    inp = load_gt(out).view("input")
+    K = inp.cameras.K.clone()
+    K[:, :2, :2] *= 0.9
+    scene = Scene(frames=np.asarray(inp.rgb), timestamps=np.arange(4) / 12.0,
+                  cameras=Cameras(K, inp.cameras.w2c.clone(), 32, 24))
+    views = {v.name: v for v in synth_views(out, scene)}
+    assert set(views) == {"heldout_az30", "stabilized1"}
+    assert all(torch.allclose(v.cameras.K, K) for v in views.values())
+    stab = views["stabilized1"].cameras.w2c
+    assert torch.allclose(stab, inp.cameras.w2c[1].expand_as(stab), atol=1e-4)
