@@ -26,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from models.errors import InputError, WeightsNotFoundError
+from models.filters import gaussian_window, separable_blur
 from models.weights import KNOWN, require_weights
 
 
@@ -55,20 +56,6 @@ def psnr(pred: Float[Tensor, "*B H W 3"], gt: Float[Tensor, "*B H W 3"], mask: F
 
 
 # ---- SSIM --------------------------------------------------------------------------------------------------
-
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> Float[Tensor, "size"]:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    w = torch.exp(-0.5 * (x / sigma) ** 2)
-    return w / w.sum()
-
-
-def _blur(x: Float[Tensor, "N C H W"], window: Tensor) -> Float[Tensor, "N C h w"]:
-    """Separable 'valid' convolution of every channel with the 1D window along rows, then columns."""
-    C, k = x.shape[1], window.numel()
-    wy = window.view(1, 1, k, 1).expand(C, 1, k, 1).to(x)
-    wx = window.view(1, 1, 1, k).expand(C, 1, 1, k).to(x)
-    return F.conv2d(F.conv2d(x, wy, groups=C), wx, groups=C)
-
 
 def _partial_blur(x: Tensor, m: Tensor, window: Tensor) -> tuple[Tensor, Tensor]:
     """DyCheck's masked blur (partial convolution, Liu et al. 2018): the blur of x*m, renormalised by the
@@ -113,7 +100,7 @@ def ssim_map(pred: Float[Tensor, "*B H W 3"], gt: Float[Tensor, "*B H W 3"], max
             x, y = x - cx, y - cy
 
             def blur(v):
-                return _blur(v, g)
+                return separable_blur(v, g)
             covered = 1.0
         else:
             m = (m_all[i:i + chunk] != 0).float()[:, None].expand(-1, 3, -1, -1)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from models.gaussians.losses import affine_invariant_loss, metric_disparity_loss, ssim, track_loss
-from models.gaussians.model import (DynamicGaussians, GaussianSet, MotionBases, quat_multiply, quat_to_rotmat,
-                                    rotmat_to_quat)
+from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, quat_multiply, rotmat_to_quat
 from models.gaussians.strategy import DensifyStrategy, StrategyOptions
-from models.gaussians.tracks import chain_tracks, kmeans, rigid_fit
+from models.gaussians.tracks import chain_tracks, kmeans
+from models.splatting.project import quat_to_rotmat
 
 
 def _random_quats(n: int, seed: int = 0) -> torch.Tensor:
@@ -78,15 +78,6 @@ def test_chain_tracks_follows_constant_flow_and_stops_at_the_border():
     assert ok[:, 0].tolist() == [True, True, True, True, True]
     pos, ok = chain_tracks(fw, bw, None, None, 0, np.array([[7.5, 1.5]], np.float32))
     assert ok[:, 0].tolist() == [True, True, False, False, False]  # 7.5 -> 9.5 -> 11.5 leaves the image
-
-
-def test_rigid_fit_recovers_a_rotation_and_translation():
-    rng = np.random.default_rng(0)
-    src = rng.normal(size=(20, 3))
-    R = quat_to_rotmat(_random_quats(1, 5))[0].double().numpy()
-    t = np.array([0.3, -1.0, 2.0])
-    R_est, t_est = rigid_fit(src, src @ R.T + t)
-    assert np.allclose(R_est, R, atol=1e-8) and np.allclose(t_est, t, atol=1e-8)
 
 
 def test_kmeans_separates_two_blobs():

@@ -73,13 +73,9 @@ class DpDyRenderer:
             times = times.expand(len(cameras))
         if times.numel() != len(cameras):
             raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
-        cams = cameras.to(self.device)
-        outs = [self.model.render(cams.w2c[i].float(), cams.K[i].float(), cams.width, cams.height, float(times[i]))
-                for i in range(len(cams))]
-        return RenderOutput(rgb=torch.stack([o["rgb"] for o in outs]).clamp(0, 1),
-                            depth=torch.stack([o["depth"] for o in outs]),
-                            alpha=torch.stack([o["alpha"] for o in outs]),
-                            extras={"dynamic": torch.stack([o["dynamic"] for o in outs])})
+        out = self.model.render_cameras(cameras.to(self.device), times)
+        out.rgb = out.rgb.clamp(0, 1)
+        return out
 
 
 class DpDyMethod:

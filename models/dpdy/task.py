@@ -34,7 +34,6 @@ from models.gaussians.losses import (affine_invariant_loss, metric_disparity_los
                                      photometric_loss, track_loss)
 from models.gaussians.model import GAUSSIAN_PARAMS, DynamicGaussians
 from models.gaussians.strategy import DensifyStrategy, StrategyOptions
-from models.registry import RenderOutput
 from models.scene import Scene
 
 VERSION = 3  # 1: the grid-field DpDy; 2: Gaussians without temporal opacity
@@ -200,11 +199,7 @@ class DpDyTask:
         cams = novel_cameras(Cameras(d.K[frames], d.w2c[frames], d.W, d.H),
                              torch.as_tensor(self.arch["center"], device=self.device), degrees, c.guidance_size,
                              0.1 * self.radius)
-        outs = [self.model.render(cams.w2c[i], cams.K[i], cams.width, cams.height, float(d.times[frames[i]]))
-                for i in range(n)]
-        render = RenderOutput(torch.stack([o["rgb"] for o in outs]), torch.stack([o["depth"] for o in outs]),
-                              torch.stack([o["alpha"] for o in outs]))
-        return self.guidance(render, cams, d.times[frames])
+        return self.guidance(self.model.render_cameras(cams, d.times[frames]), cams, d.times[frames])
 
     def _densify(self, step: int, progress: float, meta: dict, metrics: dict) -> None:
         means2d = meta["means2d"]

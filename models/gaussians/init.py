@@ -22,7 +22,8 @@ from jaxtyping import Float
 
 from models.cameras import unproject
 from models.depth import densify_sparse_depth
-from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, quat_to_rotmat, rotmat_to_quat
+from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, rotmat_to_quat
+from models.splatting.project import quat_to_rotmat
 from models.gaussians.tracks import chain_tracks, kmeans
 from models.scene import Scene
 

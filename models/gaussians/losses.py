@@ -8,22 +8,17 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> Tensor:
-    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-    g = torch.exp(-x * x / (2 * sigma * sigma))
-    return g / g.sum()
+from models.cameras import project
+from models.filters import gaussian_window, separable_blur
 
 
 def ssim(a: Float[Tensor, "H W C"], b: Float[Tensor, "H W C"]) -> Float[Tensor, ""]:
     """Mean SSIM (11x11 Gaussian window, sigma 1.5, valid region) of two images in [0, 1]."""
     x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
-    c = x.shape[1]
-    g = _gaussian_window(device=a.device)
-    wx, wy = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    g = gaussian_window()
 
     def blur(z: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(z, wx, groups=c), wy, groups=c)
+        return separable_blur(z, g)
 
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
@@ -65,9 +60,7 @@ def track_loss(positions: Float[Tensor, "H W 3"], alpha: Float[Tensor, "H W"], t
     sel = valid & (alpha.detach() > 0.5)
     if not bool(sel.any()):
         return positions.sum() * 0
-    p = positions[sel] / alpha[sel, None]
-    cam = p @ w2c[:3, :3].T + w2c[:3, 3]
-    xy = (cam[:, :2] / cam[:, 2:].clamp(min=1e-4)) * K.diagonal()[:2] + K[:2, 2]
+    xy, _ = project(positions[sel] / alpha[sel, None], K, w2c)
     return ((xy - target_xy[sel]).abs().sum(-1) * scale).mean()
 
 

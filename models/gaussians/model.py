@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from models.cameras import Cameras
+from models.registry import RenderOutput
 from models.splatting import rasterization
+from models.splatting.project import quat_to_rotmat
 
 GAUSSIAN_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "color_logits")
 
@@ -32,15 +35,6 @@ def quat_multiply(a: Float[Tensor, "*B 4"], b: Float[Tensor, "*B 4"]) -> Float[T
                         aw * bx + ax * bw + ay * bz - az * by,
                         aw * by - ax * bz + ay * bw + az * bx,
                         aw * bz + ax * by - ay * bx + az * bw], dim=-1)
-
-
-def quat_to_rotmat(q: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 3 3"]:
-    """Rotation matrices of (not necessarily unit) wxyz quaternions."""
-    w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
-    return torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], dim=-1
-                       ).reshape(*q.shape[:-1], 3, 3)
 
 
 def rotmat_to_quat(R: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 4"]:
@@ -203,3 +197,12 @@ class DynamicGaussians(nn.Module):
         out, alpha = out[0], alpha[0, ..., 0]
         return {"rgb": out[..., :3], "dynamic": out[..., 3], "extra": out[..., 4:-1], "depth": out[..., -1],
                 "alpha": alpha, "meta": meta}
+
+    def render_cameras(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+        """One image per camera at the matching normalised time: rgb (N,H,W,3) (not clamped), depth (N,H,W) expected
+        z, alpha (N,H,W); extras "dynamic": the dynamic Gaussians' share (N,H,W)."""
+        outs = [self.render(cameras.w2c[i].float(), cameras.K[i].float(), cameras.width, cameras.height,
+                            float(times[i])) for i in range(len(cameras))]
+        stack = lambda key: torch.stack([o[key] for o in outs])
+        return RenderOutput(rgb=stack("rgb"), depth=stack("depth"), alpha=stack("alpha"),
+                            extras={"dynamic": stack("dynamic")})

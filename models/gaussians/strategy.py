@@ -18,7 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from models.gaussians.model import GAUSSIAN_PARAMS, GaussianSet, quat_to_rotmat
+from models.gaussians.model import GAUSSIAN_PARAMS, GaussianSet
+from models.splatting.project import quat_to_rotmat
 
 
 @dataclass
@@ -105,7 +106,7 @@ class DensifyStrategy:
         dup, split = high & small, high & ~small
         n = len(g)
         keep = torch.nonzero(~split).squeeze(1)
-        new_rows = self._duplicate_rows(dup)
+        new_rows = self._rows(dup)  # duplicates are exact copies
         split_rows = self._split_rows(split, generator)
         rows = {k: torch.cat([new_rows[k], split_rows[k]]) for k in new_rows}
         reindex_rows(g, GAUSSIAN_PARAMS, optimizer, keep, rows)
@@ -125,9 +126,6 @@ class DensifyStrategy:
         out = {k: getattr(self.g, k).detach()[sel] for k in GAUSSIAN_PARAMS}
         out.update({k: getattr(self.owner, k).detach()[sel] for k in self.extra})
         return out
-
-    def _duplicate_rows(self, sel: Tensor) -> dict[str, Tensor]:
-        return self._rows(sel)
 
     def _split_rows(self, sel: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         rows = self._rows(sel)

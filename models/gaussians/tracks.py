@@ -1,4 +1,4 @@
-"""2D point tracks chained through optical flow, and rigid fits of lifted tracks (motion-basis initialisation).
+"""2D point tracks chained through optical flow, and k-means for grouping them (motion-basis initialisation).
 
 Flow convention (models/scene.py): flow_fw[i] maps frame i -> i+1, flow_bw[i] maps frame i+1 -> i, in pixels;
 valid_* mark forward-backward consistent pixels. Pixel positions (x, y) have pixel centres at +0.5.
@@ -49,19 +49,6 @@ def chain_tracks(flow_fw: np.ndarray, flow_bw: np.ndarray, valid_fw: np.ndarray 
             t += direction
             pos[t], ok[t] = cur, alive
     return pos, ok
-
-
-def rigid_fit(src: Float[np.ndarray, "P 3"], dst: Float[np.ndarray, "P 3"],
-              weights: Float[np.ndarray, "P"] | None = None) -> tuple[Float[np.ndarray, "3 3"], Float[np.ndarray, "3"]]:
-    """Least-squares rotation R and translation t with dst ~= R @ src + t (Kabsch; no reflection)."""
-    wts = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
-    wts = wts / wts.sum()
-    mu_s, mu_d = wts @ src, wts @ dst
-    cov = ((dst - mu_d) * wts[:, None]).T @ (src - mu_s)
-    u, _, vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(u @ vt)) or 1.0
-    R = u @ np.diag([1.0, 1.0, d]) @ vt
-    return R, mu_d - R @ mu_s
 
 
 def kmeans(x: Float[np.ndarray, "P D"], k: int, seed: int = 0, iters: int = 20) -> np.ndarray:

@@ -38,6 +38,16 @@ ONE = np.float32(1.0)
 
 
 @njit(inline="always")
+def _tile_bounds(k, n_tiles, tiles_x, tile_size, width, height):
+    """Camera and pixel box [x0, x1) x [y0, y1) of flat (camera, tile) index k."""
+    cam = k // n_tiles
+    ty = (k - cam * n_tiles) // tiles_x
+    tx = k - cam * n_tiles - ty * tiles_x
+    x0, y0 = tx * tile_size, ty * tile_size
+    return cam, x0, y0, min(x0 + tile_size, width), min(y0 + tile_size, height)
+
+
+@njit(inline="always")
 def _footprint(mx, my, a, b, c, o, x0, y0, x1, y1):
     """Rows [r0, r1] of the tile that the ellipse σ ≤ L = ln(255·o) reaches (outside it α < 1/255), and the
     (slightly enlarged) L that `_row_span` needs (-1: a non-positive-definite conic, test the whole tile).
@@ -93,11 +103,7 @@ def _forward(means2d, conics, colors, opacities, backgrounds, offsets, ids, widt
     n_tasks = min(n_cams * n_tiles, TASKS)
     for task in prange(n_tasks):
         for k in range(task, n_cams * n_tiles, n_tasks):
-            cam = k // n_tiles
-            ty = (k - cam * n_tiles) // tiles_x
-            tx = k - cam * n_tiles - ty * tiles_x
-            x0, y0 = tx * tile_size, ty * tile_size
-            x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+            cam, x0, y0, x1, y1 = _tile_bounds(k, n_tiles, tiles_x, tile_size, width, height)
             tw = x1 - x0
             npx = tw * (y1 - y0)
             T = np.ones(npx, np.float32)
@@ -164,11 +170,7 @@ def _backward(means2d, conics, colors, opacities, backgrounds, offsets, ids, T_f
     n_tasks = min(n_cams * n_tiles, TASKS)
     for task in prange(n_tasks):
         for k in range(task, n_cams * n_tiles, n_tasks):
-            cam = k // n_tiles
-            ty = (k - cam * n_tiles) // tiles_x
-            tx = k - cam * n_tiles - ty * tiles_x
-            x0, y0 = tx * tile_size, ty * tile_size
-            x1, y1 = min(x0 + tile_size, width), min(y0 + tile_size, height)
+            cam, x0, y0, x1, y1 = _tile_bounds(k, n_tiles, tiles_x, tile_size, width, height)
             tw = x1 - x0
             npx = tw * (y1 - y0)
             T = np.empty(npx)

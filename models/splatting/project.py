@@ -25,8 +25,8 @@ class Projected:
     opacities: Float[Tensor, "C N"]    # after antialiasing compensation (if any)
 
 
-def quat_to_rotmat(quats: Float[Tensor, "N 4"]) -> list[list[Tensor]]:
-    """Rotation matrix entries R[i][j] (each [N]) of wxyz quaternions (normalised here)."""
+def rotation_entries(quats: Float[Tensor, "*B 4"]) -> list[list[Tensor]]:
+    """Rotation matrix entries R[i][j] (each [*B]) of wxyz quaternions (normalised here)."""
     q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     w, x, y, z = q.unbind(-1)
     return [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
@@ -34,9 +34,14 @@ def quat_to_rotmat(quats: Float[Tensor, "N 4"]) -> list[list[Tensor]]:
             [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
 
 
+def quat_to_rotmat(quats: Float[Tensor, "*B 4"]) -> Float[Tensor, "*B 3 3"]:
+    """Rotation matrices of wxyz quaternions (normalised here)."""
+    return torch.stack([torch.stack(row, -1) for row in rotation_entries(quats)], -2)
+
+
 def covariance_3d(quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"]) -> Float[Tensor, "N 3 3"]:
     """Σ = R S Sᵀ Rᵀ of each Gaussian."""
-    R = quat_to_rotmat(quats)
+    R = rotation_entries(quats)
     s2 = scales * scales
     M = [[R[i][k] * s2[:, k] for k in range(3)] for i in range(3)]  # R S²
     rows = [torch.stack([M[i][0] * R[j][0] + M[i][1] * R[j][1] + M[i][2] * R[j][2] for j in range(3)], -1)
