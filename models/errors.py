@@ -16,3 +16,7 @@ class WeightsNotFoundError(MonodynError):
 
 class StageError(MonodynError):
     """A preprocessing stage or method ran but its result is unusable (e.g. COLMAP registered too few frames)."""
+
+
+class MethodContractError(MonodynError):
+    """A method broke the interface (e.g. a render of the wrong shape): a bug in monodyn, not the user's input."""

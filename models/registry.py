@@ -1,8 +1,14 @@
 """The one method interface and the registry of methods (DESIGN.md, "One method interface").
 
-A method turns a preprocessed `Scene` into a checkpoint directory (`config.json` + `*.safetensors`) and
-renders any cameras at any normalised times from it. Methods are imported lazily by name, so the CLI's
-start-up does not pay for importing every method.
+Two kinds of method share it:
+- per-video methods (dpdy, osn) optimise a checkpoint on one clip (`fit`), then `load` it;
+- pretrained generative methods (gcd, dyst) are trained once (`monodyn train`), have `Config = None`, and
+  `load` their weights (`ckpt=None`: the method finds them from its render options, the environment or
+  the cache) conditioned on the clip's `Scene`.
+
+`load` returns a `Renderer` that holds the model, so rendering many frames loads it once; there is no
+module-level model cache. Methods are imported lazily by name, so the CLI's start-up does not pay for
+importing every method.
 """
 
 from __future__ import annotations
@@ -34,15 +40,39 @@ class RenderOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class NoRenderOptions:
+    """A method without render options of its own."""
+
+    def validate(self) -> None:
+        pass
+
+
+class Renderer(Protocol):
+    chunk: int | None
+    """How many cameras one `render` call should get: 1 for per-frame methods (a progress bar per frame),
+    a window length for video models (gcd: 14), None for the whole path at once."""
+
+    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+        """One image per camera at the matching normalised time in [0, 1]; shapes as in `RenderOutput`."""
+
+
 class Method(Protocol):
     name: str
-    Config: type  # a dataclass; its fields' docstrings are the CLI help
+    Config: type | None
+    """Per-video fit options (a dataclass; its field docstrings are the `monodyn fit` help), or None for a
+    pretrained method that needs no fit."""
+    RenderOptions: type
+    """Method-specific render options (a dataclass with `validate()`), parsed like fit options."""
+    version: int
+    """Checkpoint format: `load` refuses another version with a one-line 'refit with ...' error, and the fit
+    cache key includes it."""
 
     def fit(self, scene: Scene, cfg, out: Path, progress: FitProgress, resume: bool = False) -> Path:
-        """Optimise / run on `scene`, writing a checkpoint directory into `out`; returns `out`."""
+        """Optimise on `scene`, writing a checkpoint directory into `out`; returns `out`."""
 
-    def render(self, ckpt: Path, cameras: Cameras, times: Float[Tensor, "N"], **kwargs) -> RenderOutput:
-        """Render one image per camera at the matching normalised time in [0, 1]."""
+    def load(self, ckpt: Path | None, scene: Scene, options, device: str = "auto") -> Renderer:
+        """A renderer holding the model from `ckpt` (None for pretrained methods) on `device`."""
 
 
 # name -> "module:Class"; a method lands here when its implementation does
@@ -57,3 +87,15 @@ def get_method(name: str) -> Method:
         raise InputError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def check_render_output(out: RenderOutput, n: int, height: int, width: int, method: str) -> RenderOutput:
+    """The Method boundary's shape check: a renderer must return n images of height x width."""
+    from models.errors import MethodContractError
+
+    expect = {"rgb": (n, height, width, 3), "depth": (n, height, width), "alpha": (n, height, width)}
+    for name, shape in expect.items():
+        got = tuple(getattr(out, name).shape)
+        if got != shape:
+            raise MethodContractError(f"{method} returned {name} of shape {got}, expected {shape}")
+    return out
