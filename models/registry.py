@@ -79,6 +79,7 @@ class Method(Protocol):
 METHODS: dict[str, str] = {
     "dpdy": "models.dpdy.method:DpDyMethod",
     "osn": "models.osn.method:OSNMethod",
+    "dyst": "models.dyst.method:DySTMethod",
 }
 
 

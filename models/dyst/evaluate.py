@@ -1,0 +1,123 @@
+"""DyST evaluation: contrastiveness R_cam / R_dyn and novel-view PSNR on held-out synthetic scenes, PSNR on
+held-out frames of real clips.
+
+Contrastiveness (formula inferred, ../shared/METHODS.md section 2): for one scene's 25 views,
+
+    R_cam = mean |c_i - c_j| over pairs with the same camera (other pose)
+            / mean |c_i - c_j| over pairs with different cameras
+    R_dyn = mean |d_i - d_j| over pairs with the same pose (other camera)
+            / mean |d_i - d_j| over pairs with different poses
+
+with c, d the camera / dynamics latents estimated from each view itself (Euclidean distance); averaged over
+scenes. Lower is better: 0 when a latent ignores everything but its own factor, ~1 when it ignores its factor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from models.dyst.data import TrainingSet, grid_of, input_frames, squash, train_frames, wrap_degrees
+from models.dyst.model import DyST
+
+
+def contrastiveness(latents: Float[Tensor, "N L"], factor: Int[Tensor, "N"]) -> float:
+    """Mean distance between latents of views sharing `factor` / mean distance between views that do not."""
+    d = torch.cdist(latents.double(), latents.double())
+    same = factor[:, None] == factor[None, :]
+    off = ~torch.eye(len(factor), dtype=torch.bool, device=latents.device)
+    match, other = d[same & off], d[~same]
+    if match.numel() == 0 or other.numel() == 0:
+        raise ValueError("contrastiveness needs pairs that share the factor and pairs that do not")
+    return float(match.mean() / other.mean().clamp_min(1e-12))
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 10 * np.log10(1.0 / max(mse, 1e-12))
+
+
+@dataclass
+class SynthReport:
+    scenes: int
+    r_cam: float
+    r_dyn: float
+    psnr_self: float  # latents estimated from the target itself
+    psnr_swap: float  # camera latent from the same camera at another pose, dynamics from the same pose elsewhere
+    psnr_orbit: float  # camera latent from the orbit head (another camera of the same pose + the true move)
+    psnr_still: float  # baseline for the head: that other camera's latent unchanged
+    psnr_inputs: float  # the 3 input views themselves, latents from themselves
+
+
+def _scene_inputs(n_views: int, n_inputs: int, seed: int) -> list[int]:
+    rng = np.random.default_rng([seed, 7])
+    return sorted(int(i) for i in rng.choice(n_views, n_inputs, replace=False))
+
+
+@torch.no_grad()
+def evaluate_synth(model: DyST, ts: TrainingSet, device: str | torch.device = "cpu", max_scenes: int | None = None
+                   ) -> SynthReport:
+    """Every view of every held-out scene (3 fixed inputs per scene, the other 22 are novel)."""
+    model.eval()
+    S, P, C = ts.synth_rgb.shape[:3]
+    S = S if max_scenes is None else min(S, max_scenes)
+    h, w = ts.height, ts.width
+    rc, rd, ps, pw, po, pst, pin = [], [], [], [], [], [], []
+    pose_of = torch.tensor([grid_of(i, C)[0] for i in range(P * C)])
+    cam_of = torch.tensor([grid_of(i, C)[1] for i in range(P * C)])
+    for s in range(S):
+        views = torch.from_numpy(np.asarray(ts.synth_rgb[s], dtype=np.float32) / 255.0).reshape(P * C, h, w, 3)
+        views = views.to(device)
+        inputs = _scene_inputs(P * C, model.cfg.input_views, s)
+        z1 = model.encode(views[inputs][None])
+        z = z1.expand(P * C, -1, -1)
+        cam, dyn = model.estimate(z, views)
+        rc.append(contrastiveness(cam.cpu(), cam_of))
+        rd.append(contrastiveness(dyn.cpu(), pose_of))
+        novel = [i for i in range(P * C) if i not in inputs]
+        pose, cams = pose_of.to(device), cam_of.to(device)
+        # swap partners: the next pose with the same camera, the next camera with the same pose
+        cam_src = ((pose + 1) % P) * C + cams
+        dyn_src = pose * C + (cams + 1) % C
+        az = torch.as_tensor(ts.synth_azimuth[s], dtype=torch.float32, device=device)
+        el = torch.as_tensor(ts.synth_elevation[s], dtype=torch.float32, device=device)
+        daz = torch.as_tensor(wrap_degrees((az[cams] - az[dyn_src % C]).cpu().numpy()), device=device)
+        orbit_cam = model.orbit(cam[dyn_src], daz.float(), el[cams] - el[dyn_src % C])
+        imgs = {
+            "self": model.render_image(z, cam, dyn, h, w),
+            "swap": model.render_image(z, cam[cam_src], dyn[dyn_src], h, w),
+            "orbit": model.render_image(z, orbit_cam, dyn[dyn_src], h, w),
+            "still": model.render_image(z, cam[dyn_src], dyn[dyn_src], h, w),
+        }
+        ps.append(psnr(imgs["self"][novel], views[novel]))
+        pw.append(psnr(imgs["swap"][novel], views[novel]))
+        po.append(psnr(imgs["orbit"][novel], views[novel]))
+        pst.append(psnr(imgs["still"][novel], views[novel]))
+        pin.append(psnr(imgs["self"][inputs], views[inputs]))
+    return SynthReport(S, float(np.mean(rc)), float(np.mean(rd)), float(np.mean(ps)), float(np.mean(pw)),
+                       float(np.mean(po)), float(np.mean(pst)), float(np.mean(pin)))
+
+
+@torch.no_grad()
+def evaluate_real(model: DyST, clips: list[np.ndarray], device: str | torch.device = "cpu") -> list[float]:
+    """Per clip: PSNR on its held-out frames (t % 4 == 2, never seen in training), inputs spread over the
+    training frames, latents estimated from the held-out frame itself (as in real-clip training)."""
+    model.eval()
+    h, w = model.cfg.height, model.cfg.width
+    out = []
+    for clip in clips:
+        frames = squash(clip, h, w).to(device)
+        train = train_frames(len(frames))
+        held = np.setdiff1d(np.arange(len(frames)), train)
+        if len(held) == 0:
+            out.append(float("nan"))
+            continue
+        z = model.encode(frames[input_frames(train, model.cfg.input_views)][None]).expand(len(held), -1, -1)
+        target = frames[held]
+        cam, dyn = model.estimate(z, target)
+        out.append(psnr(model.render_image(z, cam, dyn, h, w), target))
+    return out

@@ -1,0 +1,85 @@
+"""`monodyn train dyst`: train DyST on DySO-style synthetic scenes (latent control swap) co-trained with real clips.
+
+The training set is rendered / decoded once into the cache (`--data-dir`, default $MONODYN_CACHE/dyst) and
+memory-mapped by later runs. Budgets: `--steps` and/or `--minutes`; `--resume` continues a killed run from its
+last resume state (every `--checkpoint-every` steps); the same seed and options give the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from monodyn_cli.console import RichProgress, handle_errors, stdout
+
+
+def register(train_app: typer.Typer) -> None:
+    train_app.command("dyst", help="Train DyST (dynamic scene transformer): 3 views -> set latent; camera and "
+                                   "dynamics control latents; synthetic 5x5 pose/camera grids with the latent "
+                                   "control swap, alternating with real-clip batches. Writes config.json + "
+                                   "model.safetensors to --out.")(train_dyst)
+
+
+@handle_errors
+def train_dyst(
+    out: Path = typer.Option(Path("dyst-model"), "--out", "-o", help="Checkpoint folder to write."),
+    steps: int = typer.Option(20000, "--steps", help="Training steps (the schedule's length)."),
+    minutes: float = typer.Option(0.0, "--minutes", help="Stop after this many minutes (0: no time limit); the "
+                                                         "learning-rate schedule follows whichever budget ends first."),
+    scenes: int = typer.Option(600, "--scenes", help="Synthetic training scenes (25 views each)."),
+    real: Optional[list[Path]] = typer.Option(None, "--real", help="Folder of real clips (videos or image folders), "
+                                                                   "repeatable. Default: ../shared/data/clips when present."),
+    no_real: bool = typer.Option(False, "--no-real", help="Synthetic scenes only."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the cached training set lives "
+                                                                     "(default $MONODYN_CACHE/dyst)."),
+    width: int = typer.Option(64, "--width", help="Model image width (pixels)."),
+    height: int = typer.Option(48, "--height", help="Model image height (pixels)."),
+    dim: int = typer.Option(96, "--dim", help="Token width."),
+    batch: int = typer.Option(8, "--batch", help="Scenes per batch."),
+    rays: int = typer.Option(256, "--rays", help="Target pixels per scene per step."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW; warm-up, then cosine decay)."),
+    real_every: int = typer.Option(4, "--real-every", help="Every N-th batch is a real-clip batch (0: none)."),
+    no_swap: bool = typer.Option(False, "--no-swap", help="Ablation: estimate both latents from the target itself "
+                                                          "on synthetic batches too (no latent control swap)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of every batch draw."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from --out's resume state."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between resume states."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+) -> None:
+    import time
+
+    from models.dyst.config import DySTConfig
+    from models.dyst.data import load_training_set
+    from models.dyst.train import DySTTask, TrainConfig
+    from models.fitting import Budget, resolve_device, run_fit
+    from models.weights import cache_dir
+    from monodyn_cli.dyst_data import TRAIN_SEED0, build_set, default_real_dirs, find_clips
+
+    model_cfg = DySTConfig(width=width, height=height, dim=dim, mlp=2 * dim)
+    model_cfg.validate()
+    cfg = TrainConfig(seed=seed, batch=batch, rays=rays, lr=lr, real_every=real_every, swap=not no_swap)
+    cfg.validate()
+    budget = Budget(steps, minutes or None)
+    clips = [] if no_real else find_clips(real if real else default_real_dirs())
+    progress = RichProgress(quiet)
+    with progress.task("dyst training set", scenes + len(clips)) as advance:
+        folder = build_set(data_dir or cache_dir() / "dyst", "train", scenes, TRAIN_SEED0, height, width, clips,
+                           advance)
+    data = load_training_set(folder)
+    dev = resolve_device(device)
+    task = DySTTask(data, model_cfg, cfg, dev, info={"data": str(folder), "scenes": scenes,
+                                                     "real": data.real_names, "device": str(dev)})
+    start = time.perf_counter()
+    with progress.task("train dyst", steps) as advance:
+        last = [0]
+
+        def report(step: int, total: int | None = None, **metrics) -> None:
+            advance(step - last[0], **{k: v for k, v in metrics.items() if k in ("loss", "psnr")})
+            last[0] = step
+
+        run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=20)
+    stdout.print(f"wrote {out} ({time.perf_counter() - start:.0f}s this run; training set {folder})")
