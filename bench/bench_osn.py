@@ -188,7 +188,7 @@ def fit_dpdy(scene, args, out: Path, cams, times) -> dict | None:
         console.print(f"[yellow]dpdy failed: {type(exc).__name__}: {exc}[/yellow]")
         return None
     seconds = time.perf_counter() - start
-    out_r = method.render(out, cams, times, device="cpu")
+    out_r = method.load(out, scene, None, "cpu").render(cams, times)
     return {"rgb": out_r.rgb.clamp(0, 1), "seconds": seconds}
 
 

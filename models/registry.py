@@ -23,6 +23,7 @@ from torch import Tensor
 
 from models.cameras import Cameras
 from models.errors import InputError
+from models.methods import METHODS
 from models.scene import Scene
 
 # progress(step, total, **metrics): called by fit loops; the CLI turns it into a progress bar
@@ -73,14 +74,6 @@ class Method(Protocol):
 
     def load(self, ckpt: Path | None, scene: Scene, options, device: str = "auto") -> Renderer:
         """A renderer holding the model from `ckpt` (None for pretrained methods) on `device`."""
-
-
-# name -> "module:Class"; a method lands here when its implementation does
-METHODS: dict[str, str] = {
-    "dpdy": "models.dpdy.method:DpDyMethod",
-    "osn": "models.osn.method:OSNMethod",
-    "dyst": "models.dyst.method:DySTMethod",
-}
 
 
 def get_method(name: str) -> Method:

@@ -25,7 +25,12 @@ class Scene:
     flow_fw / flow_bw: (T-1,H,W,2) pixels (flow_bw[i] maps frame i+1 -> i) or None; valid_fw / valid_bw bool.
     depth: (T,H,W) z-depth in world units, 0 = unknown, or None.
     points: (N,3) sparse static points in world units or None; points_rgb: their (N,3) uint8 colours or None.
-    center / radius: a sphere holding the region of interest (from SfM points or cameras).
+    center / radius: a sphere holding the region of interest (from SfM points or cameras); aabb: (2,3) min/max
+    corners when the scene is known to be bounded (synthetic data), else None.
+    fps: the clip's frame rate (from the decoder, else from the timestamps).
+    object_cameras / object_depth / object_sfm: per-object SfM (OSN), by object id: camera-from-object
+    cameras, (T,H,W) sparse z-depth in that object's units (0 = unknown), and the stage's report (ok, reason,
+    hint) of every object it tried, failed ones included.
     """
 
     frames: np.ndarray
@@ -43,10 +48,18 @@ class Scene:
     radius: float = 1.0
     static_camera: bool = False
     no_parallax: bool = False  # the camera centre never moves (static or only turning): depth is unobservable
-    meta: dict = field(default_factory=dict)
-    object_cameras: dict[int, Cameras] = field(default_factory=dict)  # per-object SfM (OSN): id -> w2o cameras
-    object_depth: dict[int, np.ndarray] = field(default_factory=dict)  # per-object SfM (OSN): id -> (T,H,W) z-depth in that object's units, 0 = unknown
+    aabb: np.ndarray | None = None
+    fps: float | None = None
+    object_cameras: dict[int, Cameras] = field(default_factory=dict)
+    object_depth: dict[int, np.ndarray] = field(default_factory=dict)
+    object_sfm: dict[int, dict] = field(default_factory=dict)
     frame_times: np.ndarray | None = None  # explicit normalised times (T,), e.g. for a subset or multi-view data
+
+    def __post_init__(self):
+        if self.fps is None:
+            ts = np.asarray(self.timestamps, np.float64)
+            span = float(ts[-1] - ts[0]) if len(ts) > 1 else 0.0
+            self.fps = (len(ts) - 1) / span if span > 0 else 24.0
 
     @property
     def num_frames(self) -> int:
@@ -83,8 +96,8 @@ class Scene:
         sub = Scene(frames=np.asarray(self.frames[idx]), timestamps=self.timestamps[idx],
                     cameras=self.cameras[torch.as_tensor(idx)], instances=pick(self.instances),
                     depth=pick(self.depth), points=self.points, points_rgb=self.points_rgb, center=self.center, radius=self.radius,
-                    static_camera=self.static_camera, no_parallax=self.no_parallax, meta=dict(self.meta),
-                    frame_times=self.times.numpy()[idx],
+                    static_camera=self.static_camera, no_parallax=self.no_parallax, aabb=self.aabb, fps=self.fps,
+                    frame_times=self.times.numpy()[idx], object_sfm=dict(self.object_sfm),
                     object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()},
                     object_depth={k: np.asarray(d[idx]) for k, d in self.object_depth.items()})
         return sub

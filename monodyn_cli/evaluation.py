@@ -75,8 +75,7 @@ def load_multiview_npz(path: Path) -> tuple[Scene, EvalViews]:
     centers = cams.centers
     radius = float(centers.norm(dim=-1).median()) * 0.4  # object-centred captures: the object fills ~40% of the range
     scene = Scene(frames=frames[order], timestamps=times[order].astype(np.float64), cameras=cams[torch.as_tensor(order)],
-                  center=np.zeros(3, np.float32), radius=radius, frame_times=times[order].astype(np.float32),
-                  meta={"source": str(path), "background": "black"})
+                  center=np.zeros(3, np.float32), radius=radius, frame_times=times[order].astype(np.float32))
     views = EvalViews("test", torch.as_tensor(images[test], dtype=torch.float32), cams[torch.as_tensor(test)],
                       torch.as_tensor(times[test], dtype=torch.float32))
     return scene, views

@@ -335,3 +335,39 @@ def read_transforms_json(path) -> tuple[Cameras, list[str], list[float] | None]:
     times = [float(fr["time"]) for fr in frames] if all("time" in fr for fr in frames) else None
     w2c = opengl_c2w_to_opencv_w2c(c2w_gl)
     return Cameras(K.float(), w2c.float(), width, height), file_paths, times
+
+
+def look_at_point(scene) -> Float[Tensor, "3"]:
+    """Where the input cameras of `scene` converge; for a forward-facing clip, the scene centre's depth along
+    the view."""
+    center = torch.as_tensor(scene.center, dtype=torch.float32)
+    distance = float((scene.cameras.centers - center).norm(dim=-1).median())
+    return estimate_center(scene.cameras, fallback_distance=max(distance, 1e-3))
+
+
+def build_path(scene, kind: str, n: int, *, orbit_degrees=None, bullet_time_at=None, dolly_amount=None,
+               stabilize=None, camera_path=None, degrees=90.0, hold_time=None) -> tuple[CameraPath, str]:
+    """The camera path `monodyn render` asks for (n cameras + normalised times) and a short label for file
+    names. kind: orbit, bullet-time, spiral, dolly, stabilize, camera-path, or input (the clip's own cameras)."""
+    if kind == "input":
+        idx = torch.linspace(0, scene.num_frames - 1, n).round().long()
+        return CameraPath(scene.cameras[idx], scene.times[idx]), "input"
+    if kind == "camera-path":
+        path = load_camera_path(camera_path)
+        if hold_time is not None:
+            path = CameraPath(path.cameras, torch.full((len(path.cameras),), float(hold_time)))
+        return path, Path(camera_path).stem
+    center = look_at_point(scene)
+    hold = None if hold_time is None else torch.full((n,), float(hold_time))
+    if kind == "orbit":
+        return orbit(scene.cameras, center, orbit_degrees, n, times=hold), f"orbit{orbit_degrees:g}"
+    if kind == "bullet-time":
+        return bullet_time(scene.cameras, center, degrees, n, time=bullet_time_at), f"bullet{bullet_time_at:g}"
+    if kind == "spiral":
+        return spiral(scene.cameras, center, n, times=hold), "spiral"
+    if kind == "dolly":
+        return dolly(scene.cameras, center, n, amount=dolly_amount, times=hold), f"dolly{dolly_amount:g}"
+    if kind == "stabilize":
+        times = hold if hold is not None else torch.linspace(0.0, 1.0, n)  # --frames resamples time
+        return stabilized(scene.cameras, stabilize, times=times), f"stabilized{stabilize}"
+    raise InputError(f"unknown camera path {kind!r}")

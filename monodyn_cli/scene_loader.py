@@ -1,15 +1,19 @@
-"""Build the `Scene` a method receives from a workspace's current stage results (arrays memory-mapped)."""
+"""Build the `Scene` a method receives from a workspace's current stage results (arrays memory-mapped).
+
+Every file is named through `monodyn_cli.stages.outputs`, the same declaration the stages write with.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
 from models.cameras import Cameras
 from models.errors import InputError
 from models.scene import Scene
-from monodyn_cli.workspace import Workspace
+from monodyn_cli.stages.outputs import DECODE, DEPTH, FLOW, SEGMENT, SFM
+from monodyn_cli.workspace import Workspace, read_json
 
 
 def resolve_workspace(option: Path | None) -> Workspace:
@@ -34,46 +38,61 @@ def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
     decode = ws.require("decode")
     sfm = ws.require("sfm", "run `monodyn preprocess` (the sfm stage gives the cameras)")
     keys = {"decode": decode.key, "sfm": sfm.key}
-    frames = np.load(decode.file("frames.npy"), mmap_mode="r")
-    timestamps = np.load(decode.file("timestamps.npy"))
-    cams_json = json.loads(sfm.file("cameras.json").read_text())
-    cameras = Cameras.from_dict(cams_json)
-    sfm_info = json.loads(sfm.file("sfm.json").read_text()) if sfm.file("sfm.json").exists() else {}
-    scene = Scene(frames=frames, timestamps=timestamps, cameras=cameras, meta={"workspace": str(ws.root)})
-    scene.static_camera = sfm_info.get("mode") == "static-fallback"
-    scene.no_parallax = sfm_info.get("mode") in ("static-fallback", "rotation-fallback")
-    bounds = sfm_info.get("bounds", {})
+    frames = np.load(decode.file(DECODE.frames), mmap_mode="r")
+    decoded = read_json(decode.file(DECODE.meta)) if decode.file(DECODE.meta).exists() else {}
+    cameras = Cameras.from_dict(read_json(sfm.file(SFM.cameras)))
+    info = read_json(sfm.file(SFM.info)) if sfm.file(SFM.info).exists() else {}
+    scene = Scene(frames=frames, timestamps=np.load(decode.file(DECODE.timestamps)), cameras=cameras,
+                  fps=float(decoded["fps"]) if decoded.get("fps") else None)
+    scene.static_camera = info.get("mode") == "static-fallback"
+    scene.no_parallax = info.get("mode") in ("static-fallback", "rotation-fallback")
+    bounds = info.get("bounds", {})
     if "center" in bounds:
         scene.center = np.asarray(bounds["center"], np.float32)
         scene.radius = float(bounds["radius"])
-    if sfm.file("points3d.npy").exists():
-        scene.points = np.load(sfm.file("points3d.npy"))
-        if sfm.file("points_rgb.npy").exists():
-            scene.points_rgb = np.load(sfm.file("points_rgb.npy"))
-    objects_json = sfm.file("objects.json")
-    if objects_json.exists():
-        report = json.loads(objects_json.read_text()).get("objects", {})
-        scene.meta["object_sfm"] = report  # per object: ok, reason, hint (why per-object SfM failed, for errors)
-        for obj_id, info in report.items():
-            cams = sfm.path / "objects" / str(obj_id) / "cameras.json"
-            if info.get("ok") and cams.exists():
-                scene.object_cameras[int(obj_id)] = Cameras.from_dict(json.loads(cams.read_text()))
-    if (seg := ws.current("segment")) is not None:
-        scene.instances = np.load(seg.file("instances.npy"), mmap_mode="r")
-        keys["segment"] = seg.key
-    if (flow := ws.current("flow")) is not None:
-        scene.flow_fw = np.load(flow.file("flow_fw.npy"), mmap_mode="r")
-        scene.flow_bw = np.load(flow.file("flow_bw.npy"), mmap_mode="r")
-        scene.valid_fw = np.load(flow.file("valid_fw.npy"), mmap_mode="r")
-        scene.valid_bw = np.load(flow.file("valid_bw.npy"), mmap_mode="r")
-        keys["flow"] = flow.key
-    if (depth := ws.current("depth")) is not None and depth.file("depth.npy").exists():
-        scene.depth = np.load(depth.file("depth.npy"), mmap_mode="r")
-        keys["depth"] = depth.key
+    if sfm.file(SFM.points).exists():
+        scene.points = np.load(sfm.file(SFM.points))
+        scene.points_rgb = np.load(sfm.file(SFM.points_rgb))
     if len(cameras) != scene.num_frames:
         raise InputError(f"workspace {ws.root} is inconsistent: {scene.num_frames} frames but {len(cameras)} "
                          "cameras; rerun `monodyn preprocess --force sfm`")
+    _load_objects(scene, sfm.path, (cameras.width, cameras.height))
+    if (seg := ws.current("segment")) is not None:
+        scene.instances = np.load(seg.file(SEGMENT.instances), mmap_mode="r")
+        keys["segment"] = seg.key
+    if (flow := ws.current("flow")) is not None:
+        for name in ("flow_fw", "flow_bw", "valid_fw", "valid_bw"):
+            setattr(scene, name, np.load(flow.file(getattr(FLOW, name)), mmap_mode="r"))
+        keys["flow"] = flow.key
+    if (depth := ws.current("depth")) is not None and depth.file(DEPTH.depth).exists():
+        scene.depth = np.load(depth.file(DEPTH.depth), mmap_mode="r")
+        keys["depth"] = depth.key
     if cameras.width != scene.width or cameras.height != scene.height:
         cameras_scaled = cameras.scaled(scene.width / cameras.width)
         scene.cameras = Cameras(cameras_scaled.K, cameras_scaled.w2c, scene.width, scene.height)
     return scene, keys
+
+
+def _load_objects(scene: Scene, sfm_dir: Path, sfm_size: tuple[int, int]) -> None:
+    """Per-object SfM (OSN): the report of every object tried, the cameras and the sparse depth of those that
+    succeeded (depth splatted to (T,H,W) at the frames' size)."""
+    if not (sfm_dir / SFM.objects).exists():
+        return
+    import torch
+
+    from models.depth import sparse_depth_map
+
+    report = read_json(sfm_dir / SFM.objects).get("objects", {})
+    scene.object_sfm = {int(k): v for k, v in report.items()}
+    T, H, W = scene.num_frames, scene.height, scene.width
+    for obj_id, entry in scene.object_sfm.items():
+        cams = sfm_dir / SFM.object_cameras.format_id(obj_id)
+        if not (entry.get("ok") and cams.exists()):
+            continue
+        scene.object_cameras[obj_id] = Cameras.from_dict(read_json(cams))
+        depth_file = sfm_dir / SFM.object_sparse_depth.format_id(obj_id)
+        if depth_file.exists():
+            with np.load(depth_file) as obs:
+                xy = torch.from_numpy(obs["xy"]) * torch.tensor([W / sfm_size[0], H / sfm_size[1]])
+                scene.object_depth[obj_id] = sparse_depth_map(torch.from_numpy(obs["frame"]), xy,
+                                                              torch.from_numpy(obs["depth"]), T, H, W).numpy()

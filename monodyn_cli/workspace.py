@@ -55,6 +55,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of the workspace; a truncated or unreadable one is an InputError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise InputError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e}); delete it and rerun the "
+                         "command that wrote it (e.g. `monodyn preprocess --force STAGE`)") from None
+
+
 @dataclass
 class StageResult:
     """A completed stage: its folder and manifest."""
@@ -138,7 +147,7 @@ class Workspace:
     # ---- state ----------------------------------------------------------------------------------
     def _state(self) -> dict:
         path = self.root / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_json(path) if path.exists() else {}
 
     def _set_current(self, stage: str, key: str | None) -> None:
         state = self._state()
@@ -171,7 +180,7 @@ class Workspace:
         Preprocessing stages live in <stage>/<key>; fits in fit/<method>/<key> (reported as stage "fit:<method>")."""
         state = self._state()
         fits_path = self.root / "fit" / "current.json"
-        fits = json.loads(fits_path.read_text()) if fits_path.exists() else {}
+        fits = read_json(fits_path) if fits_path.exists() else {}
         order = ["decode", "flow", "segment", "sfm", "depth"]
         stage_dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name not in {"logs", "fit", "eval", "renders", "export"}]
         stage_dirs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))

@@ -16,7 +16,7 @@ from models.errors import InputError
 from models.gaussians.init import InitOptions, initialise
 from models.registry import get_method
 from models.scene import Scene
-from monodyn_cli.dataclass_options import parse_options
+from monodyn_cli.options import parse_options
 from monodyn_cli.synth import SynthConfig, generate_scene
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,7 +109,7 @@ def test_fit_lowers_the_loss_and_renders_the_training_views(fitted):
     scene = scene_from(synth())
     losses = [m["loss"] for _, m in rec.calls]
     assert losses[-1] < 0.5 * losses[0]
-    res = get_method("dpdy").render(out, scene.cameras[[0, 5]], scene.times[[0, 5]], device="cpu")
+    res = get_method("dpdy").load(out, scene, None, "cpu").render(scene.cameras[[0, 5]], scene.times[[0, 5]])
     assert res.rgb.shape == (2, 48, 64, 3) and res.depth.shape == (2, 48, 64) and res.alpha.shape == (2, 48, 64)
     target = torch.as_tensor(scene.frames[[0, 5]]).float() / 255
     psnr = -10 * torch.log10(((res.rgb - target) ** 2).mean())
@@ -156,7 +156,7 @@ def test_guidance_hook_sees_novel_view_renders_and_steers_the_fit(tmp_path):
     DpDyMethod().fit(scene, cfg, tmp_path / "plain", Recorder())
     assert len(seen) == 15 and seen[0][0] == (1, 24, 32, 3)
     cams = orbit_cameras(scene.cameras[:1], torch.tensor([2.0]), torch.tensor([15.0]))
-    bright = [float(get_method("dpdy").render(tmp_path / k, cams, scene.times[:1], device="cpu").rgb.mean())
+    bright = [float(get_method("dpdy").load(tmp_path / k, scene, None, "cpu").render(cams, scene.times[:1]).rgb.mean())
               for k in ("g", "plain")]
     assert bright[0] > bright[1] + 0.02
 
@@ -166,7 +166,7 @@ def test_static_camera_scene_without_depth_fits(tmp_path):
     scene = scene_from(synth("static"))
     scene.depth, scene.static_camera = np.zeros_like(scene.depth), True
     DpDyMethod().fit(scene, tiny_config(steps=80), tmp_path / "s", Recorder())
-    res = get_method("dpdy").render(tmp_path / "s", scene.cameras[[2]], scene.times[[2]], device="cpu")
+    res = get_method("dpdy").load(tmp_path / "s", scene, None, "cpu").render(scene.cameras[[2]], scene.times[[2]])
     target = torch.as_tensor(scene.frames[[2]]).float() / 255
     assert float(-10 * torch.log10(((res.rgb - target) ** 2).mean())) > 22.0
 

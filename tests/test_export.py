@@ -317,7 +317,7 @@ def test_export_warns_when_the_fit_used_another_sfm_result(tmp_path):
 
 
 def test_export_killed_midway_leaves_no_partial_file(workspace, tmp_path, monkeypatch):
-    from monodyn_cli.commands import export as export_cmd
+    from monodyn_cli import exporting as export_cmd
 
     calls = []
 
@@ -344,7 +344,7 @@ def test_export_errors_are_one_line(workspace, tmp_path):
     assert "needs a Gaussian method (dpdy)" in line and "osn" in line
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    assert "cannot write to the output folder" in one_error_line("export", "-w", workspace, "-o", blocker / "sub")
+    assert "cannot write to" in one_error_line("export", "-w", workspace, "-o", blocker / "sub")
     assert "exists and is not a folder" in one_error_line("export", "-w", workspace, "-o", blocker)
     bare = make_workspace(tmp_path / "bare", fitted=False)
     assert "no fitted dpdy" in one_error_line("export", "-w", bare)

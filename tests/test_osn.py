@@ -17,6 +17,7 @@ from models.errors import InputError, StageError
 from models.fields.base import DensityOutput, RadianceField
 from models.osn.composite import ObjectField, render_composite
 from models.osn.config import OSNConfig
+from models.osn.method import OSNRenderOptions
 from models.osn.objects import build_object_set, frame_from_world, frame_from_world_at_frames, frame_rays
 from models.osn.scale_net import ScaleNetwork, ScaleSpace, valid_configurations
 from models.osn.synthetic import scene_from_ground_truth
@@ -91,9 +92,9 @@ def test_clear_errors_for_missing_objects_and_poses():
     with pytest.raises(StageError, match="object 2.*did not run.*--per-object-sfm"):
         build_object_set(missing)
     # the SfM stage's reason and hint (objects.json, passed on by the scene loader) make it into the one line
-    report = {"1": {"ok": True}, "2": {"ok": False, "reason": "COLMAP registered 0 of 6 frames with 0 points",
+    report = {1: {"ok": True}, 2: {"ok": False, "reason": "COLMAP registered 0 of 6 frames with 0 points",
                                        "hint": "try a larger --max-side"}}
-    failed = dataclasses.replace(missing, meta={**scene.meta, "object_sfm": report})
+    failed = dataclasses.replace(missing, object_sfm=report)
     with pytest.raises(StageError) as err:
         build_object_set(failed)
     message = str(err.value)
@@ -263,7 +264,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    from monodyn_cli.commands.fit import fit_cached
+    from monodyn_cli.fits import fit_cached
     from monodyn_cli.workspace import Progress, Workspace
 
     torch.set_num_threads(1)
@@ -284,7 +285,8 @@ def test_fit_writes_a_checkpoint_that_renders(fitted):
     doc = json.loads((ckpt / "config.json").read_text())
     assert doc["method"] == "osn" and doc["objects"]["ids"] == [0, 1, 2] and doc["state"]["finished"]
     t = [0, 5]
-    out = method.render(ckpt, scene.cameras[torch.tensor(t)], scene.times[t])
+    render = lambda **options: method.load(ckpt, scene, OSNRenderOptions(**options), "cpu").render  # noqa: E731
+    out = render()(scene.cameras[torch.tensor(t)], scene.times[t])
     assert out.rgb.shape == (2, 24, 32, 3) and out.depth.shape == (2, 24, 32)
     gt = scene.images(t)
     mse = ((out.rgb - gt) ** 2).mean()
@@ -292,12 +294,12 @@ def test_fit_writes_a_checkpoint_that_renders(fitted):
     assert mse < 0.01 and mse < ((gt - gt.mean((0, 1, 2))) ** 2).mean()
     assert out.extras["scales"].shape == (1, 2) and out.extras["object_weights"].shape == (2, 24, 32, 3)
     # several scale samples are tiled side by side, each equal to its own render
-    two = method.render(ckpt, scene.cameras[torch.tensor([0])], scene.times[[0]], scale_samples=2)
-    one = method.render(ckpt, scene.cameras[torch.tensor([0])], scene.times[[0]], scale_sample=1)
+    two = render(scale_samples=2)(scene.cameras[torch.tensor([0])], scene.times[[0]])
+    one = render(scale_sample=1)(scene.cameras[torch.tensor([0])], scene.times[[0]])
     assert two.rgb.shape == (1, 24, 64, 3)
     assert torch.allclose(two.rgb[:, :, 32:], one.rgb, atol=1e-5)
     with pytest.raises(InputError, match="one scale per object"):
-        method.render(ckpt, scene.cameras[torch.tensor([0])], scene.times[[0]], scales=[1.0])
+        render(scales=(1.0,))
 
 
 def test_scaling_an_object_scales_its_depth_in_the_input_view(fitted):
@@ -308,9 +310,10 @@ def test_scaling_an_object_scales_its_depth_in_the_input_view(fitted):
     ws, ckpt, scene, g, method = fitted
     t = int(np.argmax((np.asarray(scene.instances) == 1).sum((1, 2))))  # the frame where object 1 is largest
     cams, times = scene.cameras[torch.tensor([t])], scene.times[[t]]
-    s1, s2 = method.render(ckpt, cams, times).extras["scales"][0].tolist()  # the default valid combination
-    a = method.render(ckpt, cams, times, scales=[s1, s2])
-    b = method.render(ckpt, cams, times, scales=[0.5 * s1, s2])  # object 1 twice as close and half as large
+    render = lambda **options: method.load(ckpt, scene, OSNRenderOptions(**options), "cpu").render(cams, times)  # noqa: E731
+    s1, s2 = render().extras["scales"][0].tolist()  # the default valid combination
+    a = render(scales=(s1, s2))
+    b = render(scales=(0.5 * s1, s2))  # object 1 twice as close and half as large
     # the silhouette (total opacity) of the input view does not depend on the scales
     assert torch.allclose(a.alpha, b.alpha, atol=0.03)
     # object 1 rendered alone through the render path (pose at time t, scale transform): depth scales with s1

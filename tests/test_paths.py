@@ -140,7 +140,7 @@ def test_render_stabilize_honours_frames():
     import numpy as np
 
     from models.scene import Scene
-    from monodyn_cli.commands.render import build_path
+    from monodyn_cli.paths import build_path
 
     cams = ring_cameras(n=6, arc_deg=50)
     scene = Scene(frames=np.zeros((6, H, W, 3), np.uint8), timestamps=np.arange(6) / 10.0, cameras=cams)

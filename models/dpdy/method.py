@@ -26,7 +26,7 @@ from models.dpdy.task import CONFIG, VERSION, WEIGHTS, DpDyTask
 from models.errors import InputError
 from models.fitting import Budget, resolve_device, run_fit
 from models.gaussians.model import DynamicGaussians
-from models.registry import FitProgress, RenderOutput
+from models.registry import FitProgress, NoRenderOptions, RenderOutput
 from models.scene import Scene
 
 
@@ -62,6 +62,8 @@ def load_model(ckpt: Path, device: str | torch.device = "cpu") -> tuple[DynamicG
 class DpDyRenderer:
     """Holds one fitted model on one device; renders any cameras at any normalised times."""
 
+    chunk = 1
+
     def __init__(self, model: DynamicGaussians, meta: dict, device: torch.device):
         self.model, self.meta, self.device = model, meta, device
 
@@ -73,7 +75,7 @@ class DpDyRenderer:
             times = times.expand(len(cameras))
         if times.numel() != len(cameras):
             raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
-        out = self.model.render_cameras(cameras.to(self.device), times)
+        out = self.model.render_cameras(cameras.to(self.device), times.to(self.device))
         out.rgb = out.rgb.clamp(0, 1)
         return out
 
@@ -81,10 +83,8 @@ class DpDyRenderer:
 class DpDyMethod:
     name = "dpdy"
     Config = DpDyConfig
+    RenderOptions = NoRenderOptions
     version = VERSION  # checkpoint format: part of the fit cache key, so a new format is never served from cache
-
-    def __init__(self):
-        self._loaded: tuple[tuple, DpDyRenderer] | None = None
 
     def fit(self, scene: Scene, cfg: DpDyConfig, out: Path, progress: FitProgress, resume: bool = False,
             guidance: Guidance | None = None) -> Path:
@@ -97,18 +97,10 @@ class DpDyMethod:
         return run_fit(task, Path(out), Budget(cfg.steps, cfg.minutes or None), progress,
                        checkpoint_every=cfg.checkpoint_every, resume=resume)
 
-    def load(self, ckpt: Path, device: str | torch.device = "auto") -> DpDyRenderer:
+    def load(self, ckpt: Path | None, scene: Scene | None = None, options: NoRenderOptions | None = None,
+             device: str | torch.device = "auto") -> DpDyRenderer:
+        if ckpt is None:
+            raise InputError("dpdy renders a fitted checkpoint: run `monodyn fit --method dpdy` first")
         dev = resolve_device(str(device))
         model, meta = load_model(ckpt, dev)
         return DpDyRenderer(model, meta, dev)
-
-    def render(self, ckpt: Path, cameras: Cameras, times: Float[Tensor, "N"], device: str = "auto",
-               **kwargs) -> RenderOutput:
-        """One image per camera at the matching normalised time (the renderer is kept between calls)."""
-        if kwargs:
-            raise InputError(f"unknown dpdy render option(s): {', '.join(sorted(kwargs))} (dpdy has none)")
-        weights = Path(ckpt) / WEIGHTS
-        key = (str(Path(ckpt).resolve()), str(device), weights.stat().st_mtime_ns if weights.exists() else 0)
-        if self._loaded is None or self._loaded[0] != key:
-            self._loaded = (key, self.load(ckpt, device))
-        return self._loaded[1].render(cameras, times)

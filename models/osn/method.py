@@ -2,40 +2,49 @@
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from jaxtyping import Float
+from safetensors import SafetensorError
 from torch import Tensor
 
 from models.cameras import Cameras
 from models.errors import InputError
-from models.fitting import Budget, run_fit
+from models.fitting import Budget, resolve_device, run_fit
 from models.osn.config import OSNConfig
-from models.osn.model import N_CANDIDATES, OSNModel
+from models.osn.model import FORMAT, N_CANDIDATES, OSNModel
 from models.osn.trainer import OSNTask
 from models.registry import FitProgress, RenderOutput
 from models.scene import Scene
 
-_LOADED: dict[tuple[str, str, float], OSNModel] = {}
-
-
 def load_model(ckpt: Path, device: str | torch.device = "cpu") -> OSNModel:
-    """The model in checkpoint folder `ckpt` on `device`, loaded once per (folder, device, file time)."""
-    ckpt = Path(ckpt).resolve()
-    weights = ckpt / "model.safetensors"
-    if not weights.exists() or not (ckpt / "config.json").exists():
+    """The model in checkpoint folder `ckpt` on `device`; a missing, corrupt or other-format checkpoint is a
+    one-line InputError that says to refit."""
+    ckpt = Path(ckpt)
+    refit = "refit with `monodyn fit --method osn --force`"
+    weights, config = ckpt / "model.safetensors", ckpt / "config.json"
+    if not weights.exists() or not config.exists():
         raise InputError(f"not an OSN checkpoint: {ckpt} (no config.json / model.safetensors); run "
                          "`monodyn fit --method osn`")
-    key = (str(ckpt), str(device), weights.stat().st_mtime)
-    if key not in _LOADED:
+    try:
+        doc = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{config} is corrupt ({e}); {refit}") from None
+    if doc.get("method") != "osn":
+        raise InputError(f"{ckpt} is a {doc.get('method')!r} checkpoint, not an OSN one")
+    if doc.get("format") != FORMAT:
+        raise InputError(f"{ckpt} is an OSN checkpoint of format {doc.get('format')} (this monodyn reads {FORMAT}); "
+                         f"{refit}")
+    try:
         model, doc = OSNModel.load(ckpt, device)
-        if doc.get("method") != "osn":
-            raise InputError(f"{ckpt} is a {doc.get('method')!r} checkpoint, not an OSN one")
-        model.eval()
-        _LOADED.clear()  # one model at a time: renders go frame by frame through the same checkpoint
-        _LOADED[key] = model
-    return _LOADED[key]
+    except (SafetensorError, OSError, KeyError, RuntimeError) as e:
+        raise InputError(f"{weights} is unreadable or does not match its config ({str(e).splitlines()[0]}); "
+                         f"{refit}") from None
+    return model.eval()
 
 
 def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list[float] | None = None,
@@ -65,29 +74,72 @@ def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list
     return [model.default_scales(seed)]
 
 
+@dataclass
+class OSNRenderOptions:
+    """Which object-scale configuration `monodyn render --method osn` shows (default: the valid one nearest the
+    centre of the valid set)."""
+
+    scale_sample: int | None = None
+    """Render the K-th sampled valid object-scale configuration."""
+    scales: tuple[float, ...] | None = None
+    """Render this object-scale configuration, e.g. 1.0,0.7 (one scale per object, objects in id order)."""
+    scale_samples: int | None = None
+    """Tile the first N sampled valid configurations side by side."""
+    seed: int = 0
+    """Seed of the sampled candidate configurations (as `monodyn osn scales --seed`)."""
+
+    def validate(self) -> None:
+        if sum(v is not None for v in (self.scale_sample, self.scales, self.scale_samples)) > 1:
+            raise InputError("give only one of --scale-sample, --scales and --scale-samples")
+        if self.scale_sample is not None and self.scale_sample < 0:
+            raise InputError(f"--scale-sample must be >= 0, got {self.scale_sample}")
+        if self.scale_samples is not None and not 1 <= self.scale_samples <= 16:
+            raise InputError(f"--scale-samples must be in 1..16, got {self.scale_samples}")
+        if self.scales is not None and not all(math.isfinite(v) and v > 0 for v in self.scales):
+            raise InputError(f"--scales must be positive numbers, got {','.join(map(str, self.scales))}")
+
+
+class OSNRenderer:
+    """One fitted OSN model and the scale combinations chosen for this render."""
+
+    chunk = 1
+
+    def __init__(self, model: OSNModel, options: OSNRenderOptions, device: torch.device):
+        self.model, self.device = model, device
+        self.scales = choose_scales(model, options.scale_sample, options.scales, options.scale_samples, options.seed)
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+        """One image per camera at its normalised time. Several scale combinations are tiled side by side:
+        rgb (N, H, S*W, 3). extras: object_weights (N,H,S*W,O), instance (N,H,S*W) object index of the largest
+        weight (-1 where empty), scales (S, K) the combinations used (objects 1..K)."""
+        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1).cpu()
+        if times.numel() not in (1, len(cameras)):
+            raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
+        outs = [self.model.render_cameras(cameras.to(self.device), times, s) for s in self.scales]
+        cat = {k: torch.cat([o[k] for o in outs], dim=2) for k in outs[0]}
+        weights = cat["object_weights"]
+        instance = torch.where(weights.sum(-1) > 0.5, weights.argmax(-1), torch.full_like(weights[..., 0], -1).long())
+        return RenderOutput(rgb=cat["rgb"].clamp(0, 1), depth=cat["depth"], alpha=cat["alpha"],
+                            extras={"object_weights": weights, "instance": instance, "scales": torch.stack(self.scales)})
+
+
 class OSNMethod:
     name = "osn"
     Config = OSNConfig
+    RenderOptions = OSNRenderOptions
+    version = FORMAT
 
     def fit(self, scene: Scene, cfg: OSNConfig, out: Path, progress: FitProgress, resume: bool = False) -> Path:
         budget = Budget(cfg.steps, cfg.minutes or None)  # validated before the (slow) task set-up
         return run_fit(OSNTask(scene, cfg), out, budget, progress, checkpoint_every=cfg.checkpoint_every,
                        resume=resume)
 
-    def render(self, ckpt: Path, cameras: Cameras, times: Float[Tensor, "N"], device: str = "cpu",
-               scale_sample: int | None = None, scales: list[float] | None = None,
-               scale_samples: int | None = None) -> RenderOutput:
-        """One image per camera at its normalised time. Several scale combinations (`scale_samples`) are tiled
-        side by side: rgb (N, H, S*W, 3). extras: object_weights (N,H,W',O), instance (N,H,W') object index
-        of the largest weight (-1 where empty), scales (S, K) the combinations used (objects 1..K)."""
-        model = load_model(ckpt, device)
-        chosen = choose_scales(model, scale_sample, scales, scale_samples)
-        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
-        if times.numel() not in (1, len(cameras)):
-            raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
-        outs = [model.render_cameras(cameras, times.cpu(), s) for s in chosen]
-        cat = {k: torch.cat([o[k] for o in outs], dim=2) for k in outs[0]}
-        weights = cat["object_weights"]
-        instance = torch.where(weights.sum(-1) > 0.5, weights.argmax(-1), torch.full_like(weights[..., 0], -1).long())
-        return RenderOutput(rgb=cat["rgb"].clamp(0, 1), depth=cat["depth"], alpha=cat["alpha"],
-                            extras={"object_weights": weights, "instance": instance, "scales": torch.stack(chosen)})
+    def load(self, ckpt: Path | None, scene: Scene | None = None, options: OSNRenderOptions | None = None,
+             device: str = "auto") -> OSNRenderer:
+        if ckpt is None:
+            raise InputError("osn renders a fitted checkpoint: run `monodyn fit --method osn` first")
+        options = options or OSNRenderOptions()
+        options.validate()
+        dev = resolve_device(str(device))
+        return OSNRenderer(load_model(ckpt, dev), options, dev)

@@ -123,12 +123,12 @@ def build_object_set(scene: Scene, margin: float = 1.3, background_space: str = 
 
 def _check_object_poses(scene: Scene, ids: list[int], inst: np.ndarray) -> None:
     """A StageError naming every segmented object without per-object SfM poses: why (the SfM stage's reason, in
-    `scene.meta["object_sfm"]` when the loader found one) and what to try."""
+    `scene.object_sfm`) and what to try."""
     missing = [k for k in ids if k not in scene.object_cameras]
     if not missing:
         return
-    report = scene.meta.get("object_sfm") or {}
-    if not any(str(k) in report for k in missing):
+    report = scene.object_sfm
+    if not any(k in report for k in missing):
         raise StageError(
             f"no per-object SfM poses for object{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of "
             f"{len(ids)}: per-object SfM did not run; run `monodyn preprocess --per-object-sfm` (OSN needs each "
@@ -137,10 +137,10 @@ def _check_object_poses(scene: Scene, ids: list[int], inst: np.ndarray) -> None:
     parts = []
     for k in missing:
         frames = int(((inst == k).reshape(T, -1).sum(1) >= MIN_PIXELS).sum())
-        why = report.get(str(k), {}).get("reason", "no result recorded")
+        why = report.get(k, {}).get("reason", "no result recorded")
         parts.append(f"object {k} (masked in {frames} of {T} frames, {100 * float((inst == k).mean()):.1f}% of the "
                      f"pixels): {why}")
-    hint = next((report[str(k)]["hint"] for k in missing if report.get(str(k), {}).get("hint")),
+    hint = next((report[k]["hint"] for k in missing if report.get(k, {}).get("hint")),
                 "try a larger --max-side or more frames")
     raise StageError(f"per-object SfM failed for {len(missing)} of {len(ids)} segmented objects, and OSN needs "
                      f"every object's camera-to-object poses: {'; '.join(parts)}. {hint[0].upper() + hint[1:]}; "
@@ -149,10 +149,10 @@ def _check_object_poses(scene: Scene, ids: list[int], inst: np.ndarray) -> None:
 
 def _background_space(scene: Scene, kind: str) -> dict:
     if kind == "auto":
-        kind = "aabb" if scene.meta.get("bounded") else "contracted"
+        kind = "aabb" if scene.aabb is not None else "contracted"
     center = np.asarray(scene.center, np.float64)
     if kind == "aabb":
-        aabb = scene.meta.get("aabb") or [(center - scene.radius).tolist(), (center + scene.radius).tolist()]
+        aabb = scene.aabb if scene.aabb is not None else [center - scene.radius, center + scene.radius]
         return {"kind": "aabb", "aabb": [list(map(float, aabb[0])), list(map(float, aabb[1]))]}
     return {"kind": "contracted", "center": center.tolist(), "radius": float(scene.radius), "order": "inf"}
 

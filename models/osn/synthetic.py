@@ -38,7 +38,7 @@ def scene_from_ground_truth(rgb: np.ndarray, instances: np.ndarray, depth: np.nd
     if aabb is not None:
         lo, hi = np.asarray(aabb[0], np.float64), np.asarray(aabb[1], np.float64)
         scene.center, scene.radius = ((lo + hi) / 2).astype(np.float32), float(np.linalg.norm(hi - lo) / 2)
-        scene.meta.update({"bounded": True, "aabb": [lo.tolist(), hi.tolist()]})
+        scene.aabb = np.stack([lo, hi]).astype(np.float32)
     else:
         d = depth[np.isfinite(depth) & (depth > 0)]
         scene.radius = float(np.percentile(d, 95)) if len(d) else 1.0

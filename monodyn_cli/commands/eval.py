@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
 import typer
-from rich.table import Table
 
-from models.errors import InputError
-from models.registry import METHODS, get_method
-from monodyn_cli import evaluation, metrics
-from monodyn_cli.commands.fit import fit_cached
-from monodyn_cli.console import RichProgress, RunLog, handle_errors, stdout
-from monodyn_cli.dataclass_options import parse_options
-from monodyn_cli.scene_loader import load_scene, resolve_workspace
-from monodyn_cli.workspace import Workspace
+from models.methods import METHODS
+from monodyn_cli.console import handle_errors
 
 PROTOCOLS = ("holdout", "synth", "multiview")
 
@@ -28,7 +17,8 @@ def register(app: typer.Typer) -> None:
     app.command(name="eval",
                 help="Score a method against held-out views: holdout (any clip), synth (monodyn synth ground truth), "
                      "multiview (images + cameras npz). Method options follow, as for fit.",
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(evaluate)
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                add_help_option=False)(evaluate)
 
 
 @handle_errors
@@ -50,14 +40,35 @@ def evaluate(
     device: str = typer.Option("auto", help="Torch device for rendering: auto (CUDA when present), cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    help_: bool = typer.Option(False, "--help", "-h", help="Show this help, and the method's fit options."),
 ) -> None:
+    from models.errors import InputError
+    from monodyn_cli.options import method_options_help, parse_method_options
+
+    if help_:
+        method_options_help(ctx, method, "Config", "eval")
+        raise typer.Exit(0)
     if protocol not in PROTOCOLS:
         raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-    impl = get_method(method)
+    method, impl, cfg = parse_method_options(method, "Config", list(ctx.args))
+    _evaluate(ctx, protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
+              quiet)
+
+
+def _evaluate(ctx, protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
+              quiet) -> None:
+    import json
+    import time
+
+    from models.errors import InputError
     from models.fitting import resolve_device
+    from monodyn_cli import evaluation, metrics
+    from monodyn_cli.console import RichProgress, RunLog, stdout
+    from monodyn_cli.fits import fit_cached
+    from monodyn_cli.scene_loader import load_scene, resolve_workspace
+    from monodyn_cli.workspace import Workspace
 
     device = str(resolve_device(device))
-    cfg = parse_options(impl.Config, list(ctx.args))
     if protocol == "multiview":
         if gt is None:
             raise InputError("--protocol multiview needs --gt FILE.npz")
@@ -83,15 +94,16 @@ def evaluate(
         log = RunLog(ws.root, "eval")
         progress = RichProgress(quiet, log)
         start = time.perf_counter()
-        ckpt = fit_cached(ws, method, impl, cfg, train_scene, keys, progress, resume=False, force=False, log=log,
-                          tag=tag)
+        ckpt = None if impl.Config is None else fit_cached(ws, method, impl, cfg, train_scene, keys, progress,
+                                                           resume=False, force=False, log=log, tag=tag)
         fit_seconds = time.perf_counter() - start
+        renderer = impl.load(ckpt, train_scene, impl.RenderOptions(), device)
         out_dir = ws.root / "eval" / f"{protocol}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
         out_dir.mkdir(parents=True, exist_ok=True)
         all_rows, summaries = [], {}
         for views in views_list:
             views = views.every(every)
-            pred = render_views(impl, ckpt, views, device, progress)
+            pred = render_views(renderer, method, views, device, progress)
             rows = metrics.evaluate(pred, views.images, views.mask, lpips_model)
             for r in rows:
                 r["view"] = views.name
@@ -113,17 +125,25 @@ def evaluate(
     stdout.print(f"per-frame CSV and summary: {out_dir}")
 
 
-def render_views(impl, ckpt: Path, views: evaluation.EvalViews, device: str, progress) -> torch.Tensor:
-    out = []
-    with progress.task(f"render {views.name}", len(views.cameras)) as advance:
-        for i in range(len(views.cameras)):
-            res = impl.render(ckpt, views.cameras[i].to(device), views.times[i:i + 1].to(device), device=device)
-            out.append(res.rgb[0].clamp(0, 1).float().cpu())
-            advance(1)
-    return torch.stack(out)
+def render_views(renderer, method: str, views, device: str, progress):
+    """(N,H,W,3) renders of the evaluation views, in the renderer's chunks."""
+    import torch
+
+    from models.registry import check_render_output
+
+    out, n = [], len(views.cameras)
+    chunk = renderer.chunk or n
+    with progress.task(f"render {views.name}", n) as advance:
+        for i in range(0, n, chunk):
+            j = min(i + chunk, n)
+            res = renderer.render(views.cameras[i:j].to(device), views.times[i:j].to(device))
+            check_render_output(res, j - i, views.cameras.height, views.cameras.width, method)
+            out.append(res.rgb.clamp(0, 1).float().cpu())
+            advance(j - i)
+    return torch.cat(out)
 
 
-def floor_prediction(scene, times: torch.Tensor) -> torch.Tensor:
+def floor_prediction(scene, times):
     """The floor every method must beat: for each test time, the training frame nearest in time, as it is
     (for held-out cameras of a synthetic scene, the input frame t itself)."""
     nearest = (times.cpu()[:, None] - scene.times[None]).abs().argmin(1)
@@ -131,6 +151,10 @@ def floor_prediction(scene, times: torch.Tensor) -> torch.Tensor:
 
 
 def print_summary(summaries: dict[str, dict], title: str) -> None:
+    from rich.table import Table
+
+    from monodyn_cli.console import stdout
+
     cols = sorted({k for s in summaries.values() for k in s})
     table = Table(title=title)
     table.add_column("view")
@@ -141,9 +165,10 @@ def print_summary(summaries: dict[str, dict], title: str) -> None:
     stdout.print(table)
 
 
-def _save_strip(path: Path, pred: torch.Tensor, gt: torch.Tensor, n: int = 4) -> None:
-    """A PNG with a few ground-truth / rendered pairs, to look at."""
+def _save_strip(path: Path, pred, gt, n: int = 4) -> None:
+    """A PNG with a few ground-truth / rendered pairs ((N,H,W,3) tensors in [0,1]), to look at."""
     import cv2
+    import numpy as np
 
     idx = np.linspace(0, len(pred) - 1, min(n, len(pred))).round().astype(int)
     rows = [np.concatenate([gt[i].numpy(), pred[i].numpy()], axis=1) for i in idx]

@@ -35,7 +35,7 @@ def scales(
 ) -> None:
     from models.osn.method import load_model
     from models.osn.report import scale_report
-    from monodyn_cli.commands.fit import current_checkpoint
+    from monodyn_cli.fits import current_checkpoint
     from monodyn_cli.scene_loader import resolve_workspace
 
     ws = resolve_workspace(workspace)

@@ -19,6 +19,7 @@ import numpy as np
 from natsort import natsorted
 
 from models.errors import InputError
+from monodyn_cli.stages.outputs import DECODE
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "decode", 1
@@ -247,8 +248,8 @@ def run(ctx: StageContext, source: Source, cfg: DecodeConfig) -> list[str]:
     with ctx.progress.task("decode", total) as advance:
         frames, times, meta = decode(source, cfg, advance)
     meta["source_sha256"] = ctx.config["source_sha256"]
-    np.save(ctx.out / "frames.npy", frames)
-    np.save(ctx.out / "timestamps.npy", times)
-    (ctx.out / "meta.json").write_text(json.dumps(meta, indent=2))
+    np.save(ctx.out / DECODE.frames, frames)
+    np.save(ctx.out / DECODE.timestamps, times)
+    (ctx.out / DECODE.meta).write_text(json.dumps(meta, indent=2))
     ctx.extra["summary"] = f"{meta['num_frames']} frames {meta['width']}x{meta['height']} @ {meta['fps']:.3g} fps"
-    return ["frames.npy", "timestamps.npy", "meta.json"]
+    return [DECODE.frames, DECODE.timestamps, DECODE.meta]

@@ -27,6 +27,8 @@ import torch
 from models.errors import InputError, StageError
 from models.fitting import resolve_device
 from monodyn_cli.pipeline import StageSpec
+from monodyn_cli.outputs import colorize_depth
+from monodyn_cli.stages.outputs import DECODE, DEPTH, SEGMENT, SFM
 from monodyn_cli.workspace import StageContext, StageResult
 
 NAME, VERSION = "depth", 1
@@ -125,7 +127,7 @@ def load_sparse_depth(path, num_frames: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _sfm_image_size(sfm: StageResult) -> tuple[int, int] | None:
-    path = sfm.file("cameras.json")
+    path = sfm.file(SFM.cameras)
     if not path.exists():
         return None
     d = json.loads(path.read_text())
@@ -137,17 +139,14 @@ def load_dynamic_mask(segment: StageResult | None, shape: tuple[int, int, int]) 
     when the stage did not run or wrote no masks)."""
     if segment is None:
         return None
-    for name in ("instances.npy", "dynamic.npy", "dynamic_mask.npy", "masks.npy", "mask.npy"):
-        path = segment.file(name)
-        if path.exists():
-            m = np.load(path, mmap_mode="r")
-            if m.ndim == 4:  # (T, K, H, W) one mask per object
-                m = np.asarray(m).any(axis=1)
-            if tuple(m.shape) != tuple(shape):
-                raise StageError(f"segment mask {path} has shape {tuple(m.shape)}, frames are {shape}; "
-                                 "redo the segment stage with `--force segment`")
-            return np.asarray(m) != 0
-    return None
+    path = segment.file(SEGMENT.instances)
+    if not path.exists():
+        return None
+    m = np.load(path, mmap_mode="r")
+    if tuple(m.shape) != tuple(shape):
+        raise StageError(f"segment mask {path} has shape {tuple(m.shape)}, frames are {shape}; "
+                         "redo the segment stage with `--force segment`")
+    return np.asarray(m) != 0
 
 
 # ---- running -----------------------------------------------------------------------------------------------
@@ -199,18 +198,18 @@ def run(ctx: StageContext, cfg: DepthConfig) -> list[str]:
         raise InputError(f"--depth must be none, sfm or depth-anything, not {cfg.backend!r}")
     meta: dict = {"backend": cfg.backend, "units": "SfM world units, camera-space z; 0 = unknown"}
     if cfg.backend == "none":
-        (ctx.out / "depth_meta.json").write_text(json.dumps(meta, indent=2))
+        (ctx.out / DEPTH.meta).write_text(json.dumps(meta, indent=2))
         ctx.extra["summary"] = "no depth (backend none)"
-        return ["depth_meta.json"]
+        return [DEPTH.meta]
 
-    frames = np.load(ctx.inputs["decode"].file("frames.npy"), mmap_mode="r")
+    frames = np.load(ctx.inputs["decode"].file(DECODE.frames), mmap_mode="r")
     T, H, W = frames.shape[:3]
     sfm = ctx.inputs["sfm"]
-    frame, xy, z = load_sparse_depth(sfm.file("sparse_depth.npz"), T)
+    frame, xy, z = load_sparse_depth(sfm.file(SFM.sparse_depth), T)
     size = _sfm_image_size(sfm)
     if size is not None and size != (W, H):  # SfM ran at another resolution: bring pixels to frame size
         xy = xy * np.array([W / size[0], H / size[1]], np.float32)
-    outputs = ["depth.npy", "depth_meta.json", "preview.png"]
+    outputs = [DEPTH.depth, DEPTH.meta, DEPTH.preview]
 
     if cfg.backend == "sfm":
         depth = sparse_depth_map(torch.from_numpy(frame), torch.from_numpy(xy), torch.from_numpy(z), T, H, W).numpy()
@@ -241,26 +240,11 @@ def run(ctx: StageContext, cfg: DepthConfig) -> list[str]:
     if (depth > FLOAT16_MAX).any():
         ctx.progress.warn(f"depth: {int((depth > FLOAT16_MAX).sum())} values beyond float16 range marked unknown")
         depth = np.where(depth > FLOAT16_MAX, 0.0, depth)
-    np.save(ctx.out / "depth.npy", depth.astype(np.float16))
-    (ctx.out / "depth_meta.json").write_text(json.dumps(meta, indent=2))
-    cv2.imwrite(str(ctx.out / "preview.png"), preview(frames, depth, sparse=cfg.backend == "sfm")[..., ::-1])
+    np.save(ctx.out / DEPTH.depth, depth.astype(np.float16))
+    (ctx.out / DEPTH.meta).write_text(json.dumps(meta, indent=2))
+    cv2.imwrite(str(ctx.out / DEPTH.preview), preview(frames, depth, sparse=cfg.backend == "sfm")[..., ::-1])
     ctx.extra["summary"] = summary
     return outputs
-
-
-def colorize_depth(depth: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """(…,H,W) depth -> (…,H,W,3) uint8 turbo colours of inverse depth (near = warm); unknown (0) is black."""
-    from matplotlib import colormaps
-
-    known = depth > 0
-    inv = np.where(known, 1.0 / np.where(known, depth, 1.0), 0.0)
-    if lo is None or hi is None:
-        vals = inv[known]
-        lo, hi = (np.percentile(vals, 2), np.percentile(vals, 98)) if vals.size else (0.0, 1.0)
-    t = np.clip((inv - lo) / max(hi - lo, 1e-12), 0, 1)
-    rgb = (colormaps["turbo"](t)[..., :3] * 255).astype(np.uint8)
-    rgb[~known] = 0
-    return rgb
 
 
 def preview(frames: np.ndarray, depth: np.ndarray, sparse: bool = False, rows: int = 4) -> np.ndarray:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from monodyn_cli.pipeline import StageSpec
+from monodyn_cli.stages.outputs import DECODE, FLOW
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "flow", 1
@@ -37,7 +38,7 @@ class FlowConfig:
 def run(ctx: StageContext, cfg: FlowConfig) -> list[str]:
     from models.flow_ops import compute_video_flow, flow_to_rgb
 
-    frames = np.load(ctx.inputs["decode"].file("frames.npy"), mmap_mode="r")
+    frames = np.load(ctx.inputs["decode"].file(DECODE.frames), mmap_mode="r")
     model = None
     if cfg.backend == "raft":
         from models.raft import load_raft
@@ -53,16 +54,16 @@ def run(ctx: StageContext, cfg: FlowConfig) -> list[str]:
         flow = compute_video_flow(np.asarray(frames), cfg.backend, model, progress, iters=cfg.iters,
                                   dis_preset=cfg.dis_preset)
     for name in ("fw", "bw"):
-        np.save(ctx.out / f"flow_{name}.npy", flow[name].astype(np.float16))
-        np.save(ctx.out / f"valid_{name}.npy", flow[f"valid_{name}"])
+        np.save(ctx.out / getattr(FLOW, f"flow_{name}"), flow[name].astype(np.float16))
+        np.save(ctx.out / getattr(FLOW, f"valid_{name}"), flow[f"valid_{name}"])
     picks = np.linspace(0, len(frames) - 2, min(4, len(frames) - 1)).round().astype(int)
     rows = [np.concatenate([frames[i], flow_to_rgb(flow["fw"][i])], axis=1) for i in picks]
-    cv2.imwrite(str(ctx.out / "preview.png"), np.concatenate(rows, axis=0)[..., ::-1])
+    cv2.imwrite(str(ctx.out / FLOW.preview), np.concatenate(rows, axis=0)[..., ::-1])
     valid = float(flow["valid_fw"].mean())
     mag = float(np.median(np.linalg.norm(flow["fw"], axis=-1)))
-    (ctx.out / "flow.json").write_text(json.dumps({"consistent_fraction": valid, "median_magnitude_px": mag}))
+    (ctx.out / FLOW.summary).write_text(json.dumps({"consistent_fraction": valid, "median_magnitude_px": mag}))
     ctx.extra["summary"] = f"{cfg.backend}: median |flow| {mag:.2f}px, {100 * valid:.0f}% consistent"
-    return ["flow_fw.npy", "flow_bw.npy", "valid_fw.npy", "valid_bw.npy", "preview.png", "flow.json"]
+    return [FLOW.flow_fw, FLOW.flow_bw, FLOW.valid_fw, FLOW.valid_bw, FLOW.preview, FLOW.summary]
 
 
 SPEC = StageSpec(NAME, VERSION, ("decode",), run)

@@ -28,6 +28,7 @@ import numpy as np
 from models.errors import InputError
 from models.segmentation import Prompt, object_stats, overlay
 from monodyn_cli.pipeline import StageSpec
+from monodyn_cli.stages.outputs import DECODE, SEGMENT
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "segment", 1
@@ -134,8 +135,8 @@ def _preview_grid(frames: np.ndarray) -> np.ndarray:
 
 def run(ctx: StageContext, cfg: SegmentConfig) -> list[str]:
     decode = ctx.inputs["decode"]
-    frames = np.load(decode.file("frames.npy"), mmap_mode="r")
-    meta = json.loads(decode.file("meta.json").read_text())
+    frames = np.load(decode.file(DECODE.frames), mmap_mode="r")
+    meta = json.loads(decode.file(DECODE.meta).read_text())
     t_count = len(frames)
     prompts = prompts_for(cfg, meta)
     info: dict = {"backend": cfg.backend}
@@ -184,19 +185,19 @@ def run(ctx: StageContext, cfg: SegmentConfig) -> list[str]:
     if not objects:
         ctx.progress.warn("segment: no moving object found (the scene may be static); instances.npy is all "
                           "background" if cfg.backend == "motion" else "segment: the prompts gave empty masks")
-    np.save(ctx.out / "instances.npy", ids)
-    (ctx.out / "objects.json").write_text(json.dumps(
+    np.save(ctx.out / SEGMENT.instances, ids)
+    (ctx.out / SEGMENT.objects).write_text(json.dumps(
         {**info, "num_frames": t_count, "width": int(ids.shape[2]), "height": int(ids.shape[1]),
          "num_objects": len(objects), "foreground_fraction": round(coverage, 5), "objects": objects}, indent=2))
     from monodyn_cli.video_io import write_mp4
 
     tinted = overlay(np.asarray(frames), ids)
-    write_mp4(ctx.out / "preview.mp4", tinted, fps=float(meta.get("fps") or 24.0))
-    cv2.imwrite(str(ctx.out / "preview.png"), _preview_grid(tinted)[..., ::-1])
+    write_mp4(ctx.out / SEGMENT.preview_video, tinted, fps=float(meta.get("fps") or 24.0))
+    cv2.imwrite(str(ctx.out / SEGMENT.preview), _preview_grid(tinted)[..., ::-1])
     ctx.extra["summary"] = f"{len(objects)} object{'s' * (len(objects) != 1)} ({cfg.backend}), mean coverage {100 * coverage:.0f}%"
     ctx.log(f"segment: {ctx.extra['summary']}; " + ", ".join(
         f"id {o['id']}: frames {o['first_frame']}-{o['last_frame']}, mean area {100 * o['mean_area']:.1f}%" for o in objects))
-    return ["instances.npy", "objects.json", "preview.mp4", "preview.png"]
+    return [SEGMENT.instances, SEGMENT.objects, SEGMENT.preview_video, SEGMENT.preview]
 
 
 SPEC = StageSpec(NAME, VERSION, ("decode", "flow"), run)

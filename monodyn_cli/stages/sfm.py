@@ -48,6 +48,7 @@ from models.sfm.validate import MotionCheck, baseline_ratio, chain_homographies,
     focal_from_homographies, fov_focal, interpolate_poses, rotations_from_homographies
 from monodyn_cli.paths import write_transforms_json
 from monodyn_cli.pipeline import StageSpec
+from monodyn_cli.stages.outputs import DECODE, SEGMENT, SFM
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "sfm", 1
@@ -119,16 +120,16 @@ def _check_config(cfg: SfmConfig) -> None:
 def run(ctx: StageContext, cfg: SfmConfig) -> list[str]:
     _check_config(cfg)
     decode = ctx.inputs["decode"]
-    frames = np.load(decode.file("frames.npy"))
-    timestamps = np.load(decode.file("timestamps.npy"))
-    meta = json.loads(decode.file("meta.json").read_text())
+    frames = np.load(decode.file(DECODE.frames))
+    timestamps = np.load(decode.file(DECODE.timestamps))
+    meta = json.loads(decode.file(DECODE.meta).read_text())
     T, H, W = frames.shape[:3]
     instances = _load_instances(ctx, (T, H, W))
     objects = instances > 0 if instances is not None else None
     background = None if objects is None else ~_dilate(objects, cfg.mask_dilate)
     focal = cfg.focal * W / float(meta.get("native_width") or W) if cfg.focal else None
     work = ctx.out / ".work"
-    log_path = ctx.out / "colmap.log"
+    log_path = ctx.out / SFM.log
     log_path.touch()
 
     names = write_images(frames, ctx.out / "images")
@@ -152,16 +153,16 @@ def run(ctx: StageContext, cfg: SfmConfig) -> list[str]:
         elif cfg.per_object:
             ctx.progress.warn("sfm: --per-object-sfm needs the segment stage's instances.npy; no objects found")
     shutil.rmtree(work, ignore_errors=True)
-    return outputs + ["colmap.log"]
+    return outputs + [SFM.log]
 
 
 # ---- inputs -------------------------------------------------------------------------------------------------
 
 def _load_instances(ctx: StageContext, shape: tuple[int, int, int]) -> np.ndarray | None:
     seg = ctx.inputs.get("segment")
-    if seg is None or not seg.file("instances.npy").exists():
+    if seg is None or not seg.file(SEGMENT.instances).exists():
         return None
-    inst = np.load(seg.file("instances.npy"))
+    inst = np.load(seg.file(SEGMENT.instances))
     if inst.shape != shape:
         raise InputError(f"segment instances {inst.shape} do not match the frames {shape}; "
                          "rerun `monodyn preprocess --force segment`")
@@ -350,9 +351,9 @@ def _cameras(K: np.ndarray, w2c: np.ndarray, W: int, H: int) -> Cameras:
 
 
 def _write_sparse(folder: Path, sol_points: np.ndarray, colors: np.ndarray, obs: dict) -> None:
-    np.save(folder / "points3d.npy", np.asarray(sol_points, np.float32).reshape(-1, 3))
-    np.save(folder / "points_rgb.npy", np.asarray(colors, np.uint8).reshape(-1, 3))
-    np.savez(folder / "sparse_depth.npz",
+    np.save(folder / SFM.points, np.asarray(sol_points, np.float32).reshape(-1, 3))
+    np.save(folder / SFM.points_rgb, np.asarray(colors, np.uint8).reshape(-1, 3))
+    np.savez(folder / SFM.sparse_depth,
              frame=obs.get("frame", np.zeros(0, np.int32)), xy=obs.get("xy", np.zeros((0, 2), np.float32)),
              depth=obs.get("depth", np.zeros(0, np.float32)), point=obs.get("point", np.zeros(0, np.int32)))
 
@@ -377,10 +378,10 @@ def _write_background(ctx: StageContext, sol: Solution, names: list[str], timest
     out = ctx.out
     T = len(names)
     cams = _cameras(sol.K, sol.w2c, W, H)
-    (out / "cameras.json").write_text(json.dumps(cams.to_dict()))
-    np.save(out / "registered.npy", sol.registered)
+    (out / SFM.cameras).write_text(json.dumps(cams.to_dict()))
+    np.save(out / SFM.registered, sol.registered)
     _write_sparse(out, sol.points, sol.colors, sol.obs)
-    sparse = out / "colmap" / "sparse" / "0"
+    sparse = out / SFM.colmap
     sparse.mkdir(parents=True, exist_ok=True)
     if sol.model is not None:
         rec = sol.model.reconstruction
@@ -388,7 +389,7 @@ def _write_background(ctx: StageContext, sol: Solution, names: list[str], timest
         rec = fixed_camera_reconstruction(names, sol.K, sol.w2c, W, H)
     rec.write(sparse)
     times = np.arange(T) / max(T - 1, 1)  # normalised time of each frame
-    write_transforms_json(out / "transforms.json", cams, [f"images/{n}" for n in names], times.tolist(),
+    write_transforms_json(out / SFM.transforms, cams, [f"{SFM.images}/{n}" for n in names], times.tolist(),
                           extra={"monodyn_sfm_mode": sol.mode})
     interpolated = np.flatnonzero(~sol.registered).tolist() if sol.mode == "colmap" else []
     bounds = _bounds(sol.points, sol.obs, sol.w2c)
@@ -400,7 +401,7 @@ def _write_background(ctx: StageContext, sol: Solution, names: list[str], timest
             "world": "z up (mean image-up of the cameras), camera 0 at the origin looking along +y; "
                      + ("1 unit = median depth of the sparse points" if sol.mode == "colmap" else "scale unknown"),
             "time": "transforms.json time = frame index / (T - 1)", **sol.stats}
-    (out / "sfm.json").write_text(json.dumps(info, indent=2, default=_json_default))
+    (out / SFM.info).write_text(json.dumps(info, indent=2, default=_json_default))
     ctx.extra["mode"] = sol.mode
     ctx.extra["interpolated_frames"] = interpolated
     if sol.reason:
@@ -410,8 +411,8 @@ def _write_background(ctx: StageContext, sol: Solution, names: list[str], timest
                                 f"points, {sol.stats['mean_reprojection_error_px']:.2f} px, f={sol.K[0, 0]:.0f}")
     else:
         ctx.extra["summary"] = f"{sol.mode}: f={sol.K[0, 0]:.0f} ({sol.focal_source})"
-    files = [f"images/{n}" for n in names] + ["cameras.json", "registered.npy", "points3d.npy", "points_rgb.npy",
-                                              "sparse_depth.npz", "transforms.json", "sfm.json"]
+    files = [f"{SFM.images}/{n}" for n in names] + [SFM.cameras, SFM.registered, SFM.points, SFM.points_rgb,
+                                                    SFM.sparse_depth, SFM.transforms, SFM.info]
     return files + [str(p.relative_to(out)) for p in sorted(sparse.iterdir())]
 
 
@@ -483,18 +484,18 @@ def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, work, log
         keep = d > 0
         obs = {"frame": visible[model.obs_frame[keep]].astype(np.int32), "xy": model.obs_xy[keep].astype(np.float32),
                "depth": d[keep].astype(np.float32), "point": model.obs_point[keep].astype(np.int32)}
-        folder = ctx.out / "objects" / str(k)
+        folder = ctx.out / SFM.object_cameras.format_id(k).rsplit("/", 1)[0]
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "cameras.json").write_text(json.dumps(_cameras(model.K, w2o, W, H).to_dict()))
-        np.save(folder / "registered.npy", registered)
+        (folder / SFM.cameras).write_text(json.dumps(_cameras(model.K, w2o, W, H).to_dict()))
+        np.save(folder / SFM.registered, registered)
         _write_sparse(folder, model.points, model.colors, obs)
         entry.update({"ok": True, "registered": int(registered.sum()), "num_points": int(len(model.points)),
                       "mean_reprojection_error_px": round(model.mean_reprojection_error, 4),
                       "focal_px": float(model.K[0, 0]), "bounds": _bounds(model.points, obs, w2o),
                       "normalisation": {"scale": sim.scale, "R": sim.R.tolist(), "t": sim.t.tolist()}})
-        outputs += [f"objects/{k}/{n}" for n in ("cameras.json", "registered.npy", "points3d.npy", "points_rgb.npy",
-                                                  "sparse_depth.npz")]
-    (ctx.out / "objects.json").write_text(json.dumps(
+        outputs += [o.format_id(k) for o in (SFM.object_cameras, SFM.object_registered, SFM.object_points,
+                                              SFM.object_points_rgb, SFM.object_sparse_depth)]
+    (ctx.out / SFM.objects).write_text(json.dumps(
         {"objects": summary, "convention": "objects/<id>/cameras.json: w2c = camera-from-object (w2o) per frame; "
                                            "frames where the object was not registered hold interpolated poses "
                                            "(registered.npy)"}, indent=2, default=_json_default))

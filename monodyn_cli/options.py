@@ -1,4 +1,5 @@
-"""Method configs are dataclasses; their fields become `--kebab-case` options of `monodyn fit`.
+"""Options of every command: method configs are dataclasses whose fields become `--kebab-case` options of
+`monodyn fit` / `render` / `eval`, and the numeric checks every command shares.
 
 A field's help is the string literal written right under it (an attribute docstring, read from the source),
 so the config class is the one place that documents an option:
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -68,11 +70,19 @@ def _convert(value: str, tp, option: str):
             if value.lower() in {"0", "false", "no", "off"}:
                 return False
             raise ValueError
-        if base in (int, float, str):
+        if base is float:
+            number = float(value)
+            if not math.isfinite(number):
+                raise InputError(f"{option} must be a finite number, got {value!r}")
+            return number
+        if base in (int, str):
             return base(value)
         if typing.get_origin(base) in (tuple, list):
             inner = typing.get_args(base)[0]
-            return typing.get_origin(base)(inner(v) for v in value.split(","))
+            items = typing.get_origin(base)(inner(v) for v in value.split(","))
+            if inner is float and not all(math.isfinite(v) for v in items):
+                raise InputError(f"{option} must be finite numbers, got {value!r}")
+            return items
     except ValueError:
         raise InputError(f"{option}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
     raise InputError(f"{option}: unsupported option type {base}")
@@ -123,3 +133,80 @@ def options_table(cls: type) -> list[tuple[str, str, str, str]]:
         opt = f"{_option(f.name)}/--no-{f.name.replace('_', '-')}" if base is bool else _option(f.name)
         rows.append((opt, tname, str(default), docs.get(f.name, "")))
     return rows
+
+
+# ---- checks shared by every command's numeric options ------------------------------------------------------
+def check_finite(option: str, value) -> None:
+    """A given number must be finite (nan and inf are never meaningful options)."""
+    if value is not None and isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{option} must be a finite number, got {value}")
+
+
+def check_range(option: str, value, lo: float, hi: float, inclusive: bool = True, low_open: bool = False) -> None:
+    """`value` (if given) is finite and in [lo, hi] (open ends with inclusive=False, or only the low end with
+    low_open=True); the message names the option and the range."""
+    if value is None:
+        return
+    check_finite(option, value)
+    low_ok = value > lo if (low_open or not inclusive) else value >= lo
+    high_ok = value <= hi if inclusive else value < hi
+    if not (low_ok and high_ok):
+        left = "(" if (low_open or not inclusive) else "["
+        right = "]" if inclusive else ")"
+        raise InputError(f"{option} must be in {left}{lo:g}, {hi:g}{right}, got {value}")
+
+
+# ---- method options (fit: Method.Config; render: Method.RenderOptions) -------------------------------------
+def parse_method_options(method: str | None, kind: str, args: list[str], workspace=None):
+    """(name, method, options) for `monodyn fit|render|eval`: `kind` is "Config" or "RenderOptions"; without
+    --method, render takes the method fitted last in the workspace. Options are validated here, before any work."""
+    from models.registry import get_method
+
+    if method is None:
+        from monodyn_cli.fits import latest_method
+        from monodyn_cli.scene_loader import resolve_workspace
+
+        method = latest_method(resolve_workspace(workspace))
+        if method is None:
+            from models.methods import METHODS
+
+            raise InputError("nothing fitted in this workspace yet: run `monodyn fit --method dpdy` first, or pass "
+                             f"--method (one of {', '.join(sorted(METHODS))})")
+    impl = get_method(method)
+    cls = getattr(impl, kind)
+    if cls is None:
+        if args:
+            raise InputError(f"{method} has no fit options (it is pretrained); unexpected: {' '.join(args)}")
+        return method, impl, None
+    options = parse_options(cls, args)
+    if hasattr(options, "validate"):
+        options.validate()
+    return method, impl, options
+
+
+def method_options_help(ctx, method: str | None, kind: str, command: str) -> None:
+    """The command's help and, when --method is given, a table of that method's options."""
+    from rich.table import Table
+
+    from monodyn_cli.console import stdout
+
+    stdout.print(ctx.get_help())
+    if method is None:
+        from models.methods import METHODS
+
+        stdout.print(f"Method options: `monodyn {command} --method NAME --help` (methods: "
+                     f"{', '.join(sorted(METHODS))}).")
+        return
+    from models.registry import get_method
+
+    cls = getattr(get_method(method), kind)
+    rows = options_table(cls) if cls is not None else []
+    if not rows:
+        stdout.print(f"--method {method} has no {command} options of its own.")
+        return
+    table = Table(title=f"{command} options of --method {method}")
+    for col in ("option", "type", "default", "help"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
