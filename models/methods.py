@@ -6,4 +6,5 @@ METHODS: dict[str, str] = {
     "dpdy": "models.dpdy.method:DpDyMethod",
     "osn": "models.osn.method:OSNMethod",
     "dyst": "models.dyst.method:DySTMethod",
+    "gcd": "models.gcd.method:GCDMethod",
 }

@@ -1,0 +1,377 @@
+"""GCD: the sgm -> diffusers key mapping, the folder round trip, camera deltas, the sampler, a training step,
+option checks and the missing-weights message. Tiny randomly initialised models of the real classes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from models.cameras import Cameras, intrinsics_from_fov, look_at
+from models.errors import InputError, WeightsNotFoundError
+from models.gcd.model import GCDModel, GCDUNet, small_configs, spherical_features
+
+TINY = dict(channels=(32, 64), vae_channels=(32, 32), token_dim=32)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GCDModel:
+    torch.set_num_threads(1)
+    return GCDModel.from_configs(small_configs(**TINY), seed=0).eval()
+
+
+def clip_inputs(B: int = 1, T: int = 14, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.rand(B, T, 3, 48, 64, generator=g) * 2 - 1
+    deltas = torch.zeros(B, T, 3)
+    deltas[..., 0] = torch.linspace(0, 60, T)
+    return frames, deltas
+
+
+# ---- sgm -> diffusers ------------------------------------------------------------------------------------
+
+# the official (sgm) module prefixes of the tiny UNet (layers_per_block=1, levels: cross-attn, plain), written
+# out by hand from sgm's VideoUNet layout
+UNET_PREFIXES = {
+    "conv_in.": "input_blocks.0.0.",
+    "down_blocks.0.resnets.0.": "input_blocks.1.0.",
+    "down_blocks.0.attentions.0.": "input_blocks.1.1.",
+    "down_blocks.0.downsamplers.0.conv.": "input_blocks.2.0.op.",
+    "down_blocks.1.resnets.0.": "input_blocks.3.0.",
+    "mid_block.resnets.0.": "middle_block.0.",
+    "mid_block.attentions.0.": "middle_block.1.",
+    "mid_block.resnets.1.": "middle_block.2.",
+    "up_blocks.0.resnets.0.": "output_blocks.0.0.",
+    "up_blocks.0.resnets.1.": "output_blocks.1.0.",
+    "up_blocks.0.upsamplers.0.": "output_blocks.1.1.",
+    "up_blocks.1.resnets.0.": "output_blocks.2.0.",
+    "up_blocks.1.attentions.0.": "output_blocks.2.1.",
+    "up_blocks.1.resnets.1.": "output_blocks.3.0.",
+    "up_blocks.1.attentions.1.": "output_blocks.3.1.",
+    "time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",
+    "conv_norm_out.": "out.0.", "conv_out.": "out.2.", "aux_label_emb.": "aux_label_emb.",
+}
+RESNET_INNER = {"norm1.": "in_layers.0.", "conv1.": "in_layers.2.", "time_emb_proj.": "emb_layers.1.",
+                "norm2.": "out_layers.0.", "conv2.": "out_layers.3.", "conv_shortcut.": "skip_connection."}
+
+
+def to_sgm_unet(key: str) -> str:
+    if key.startswith("camera_embedder."):
+        return "conditioner.embedders.5." + key[len("camera_embedder."):]
+    prefix = max((p for p in UNET_PREFIXES if key.startswith(p)), key=len)
+    rest = key[len(prefix):]
+    if "resnets" in prefix:
+        for ours, theirs in (("spatial_res_block.", ""), ("temporal_res_block.", "time_stack.")):
+            if rest.startswith(ours):
+                inner = rest[len(ours):]
+                new = next(v for k, v in RESNET_INNER.items() if inner.startswith(k))
+                rest = theirs + new + inner[len(next(k for k in RESNET_INNER if inner.startswith(k))):]
+    if "attentions" in prefix:
+        rest = rest.replace("temporal_transformer_blocks.", "time_stack.")
+        rest = rest.replace("time_pos_embed.linear_1.", "time_pos_embed.0.").replace("time_pos_embed.linear_2.", "time_pos_embed.2.")
+    return "model.diffusion_model." + UNET_PREFIXES[prefix] + rest
+
+
+def to_sgm_vae(key: str, levels: int) -> str:
+    k = key
+    k = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", k)
+    k = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
+    k = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+               lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample.", k)
+    k = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+               lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.", k)
+    k = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", k)
+    k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
+    k = k.replace("group_norm.", "norm.").replace("to_q.", "q.").replace("to_k.", "k.").replace("to_v.", "v.")
+    k = k.replace("to_out.0.", "proj_out.").replace("conv_shortcut.", "nin_shortcut.")
+    k = k.replace("spatial_res_block.", "").replace("time_mixer.mix_factor", "mix_factor")
+    for ours, theirs in (("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
+                         ("conv2.", "out_layers.3.")):
+        k = k.replace("temporal_res_block." + ours, "time_stack." + theirs)
+    k = k.replace("conv_norm_out.", "norm_out.").replace("decoder.time_conv_out.", "decoder.conv_out.time_mix_conv.")
+    return "first_stage_model." + k
+
+
+def test_sgm_key_mapping_unet_and_vae(tiny):
+    from models.gcd.convert import convert_state_dict
+
+    cfg = small_configs(**TINY)
+    unet_sd = tiny.unet.state_dict()
+    vae_sd = {k: v for k, v in tiny.vae.state_dict().items() if not k.startswith("quant_conv.")}
+    sgm = {to_sgm_unet(k): v for k, v in unet_sd.items()}
+    levels = len(cfg["vae"]["block_out_channels"])
+    for k, v in vae_sd.items():
+        if re.search(r"attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$", k):
+            v = v[:, :, None, None]  # sgm's VAE attention uses 1x1 convolutions
+        sgm[to_sgm_vae(k, levels)] = v
+    assert "model.diffusion_model.input_blocks.1.0.time_stack.in_layers.0.weight" in sgm
+    assert "first_stage_model.decoder.up.0.block.1.mix_factor" in sgm
+    assert "model.diffusion_model.aux_label_emb.2.weight" in sgm and "conditioner.embedders.5.proj.weight" in sgm
+    parts = convert_state_dict(sgm, cfg["unet"], levels)
+    assert set(parts["unet"]) == set(unet_sd)
+    assert set(parts["vae"]) == set(vae_sd)
+    for k, v in unet_sd.items():
+        assert torch.equal(parts["unet"][k], v), k
+    for k, v in vae_sd.items():
+        assert torch.equal(parts["vae"][k], v), k
+    # a fresh UNet loaded from the mapped dict computes the same function
+    fresh = GCDUNet(**cfg["unet"])
+    fresh.load_state_dict(parts["unet"])
+    x = torch.randn(1, 14, 8, 12, 16)
+    args = (torch.tensor([0.3]), torch.randn(1, 14, 1, 32), torch.tensor([[12.0, 40.0, 0.02]]), torch.randn(1, 14, 3))
+    with torch.no_grad():
+        assert torch.allclose(fresh.eval()(x, *args), tiny.unet(x, *args), atol=1e-5)
+
+
+TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
+                 image_size=32, projection_dim=32, hidden_act="gelu")
+
+
+def to_openclip(sd: dict, layers: int) -> dict:
+    """A transformers CLIP vision state dict in OpenCLIP's visual-tower names (q, k, v fused)."""
+    oc = {"conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+          "class_embedding": sd["vision_model.embeddings.class_embedding"],
+          "positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+          "ln_pre.weight": sd["vision_model.pre_layrnorm.weight"], "ln_pre.bias": sd["vision_model.pre_layrnorm.bias"],
+          "ln_post.weight": sd["vision_model.post_layernorm.weight"],
+          "ln_post.bias": sd["vision_model.post_layernorm.bias"], "proj": sd["visual_projection.weight"].t()}
+    for i in range(layers):
+        p = f"vision_model.encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            oc[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                [sd[f"{p}self_attn.{n}_proj.{kind}"] for n in "qkv"])
+            for theirs, ours in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
+                                 ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+                oc[f"transformer.resblocks.{i}.{theirs}.{kind}"] = sd[f"{p}{ours}.{kind}"]
+    return oc
+
+
+def test_openclip_mapping():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from models.gcd.convert import clip_state
+
+    torch.manual_seed(0)
+    sd = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP)).state_dict()
+    mapped = clip_state(to_openclip(sd, 2))
+    assert set(mapped) == {k for k in sd if "position_ids" not in k}
+    for k, v in mapped.items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_official_checkpoint_file_loads_through_the_mapping(tmp_path, tiny, monkeypatch):
+    """A Lightning-style file ({"state_dict": sgm keys}) goes through read_lightning_state + the mapping."""
+    from models.gcd import method as gcd_method
+    from models.gcd import model as gcd_model
+
+    cfg = small_configs(**TINY)
+    sgm = {to_sgm_unet(k): v for k, v in tiny.unet.state_dict().items()}
+    levels = len(cfg["vae"]["block_out_channels"])
+    for k, v in tiny.vae.state_dict().items():
+        if k.startswith("quant_conv."):
+            continue
+        if re.search(r"attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$", k):
+            v = v[:, :, None, None]
+        sgm[to_sgm_vae(k, levels)] = v
+    path = tmp_path / "tiny_gradual_max90.ckpt"
+    torch.save({"state_dict": sgm, "global_step": 1}, path)
+
+    def tiny_official():  # tiny sizes standing in for SVD's (with a tiny CLIP, as the official model)
+        c = small_configs(**TINY)
+        c["gcd"].radius_scale, c["gcd"].image_encoder, c["image_encoder"] = 15.0, "clip", TINY_CLIP
+        return c
+
+    monkeypatch.setattr(gcd_model, "official_configs", tiny_official)
+    clip = GCDModel.from_configs(tiny_official(), seed=1).image_encoder
+    for k, v in to_openclip(clip.state_dict(), 2).items():
+        sgm[f"conditioner.embedders.0.open_clip.model.visual.{k}"] = v
+    torch.save({"state_dict": sgm, "global_step": 1}, path)
+    loaded = gcd_method.load_model(path)
+    assert torch.equal(loaded.image_encoder.visual_projection.weight, clip.visual_projection.weight)
+    frames, _ = clip_inputs()
+    assert loaded.image_tokens(frames).shape == (1, 14, 1, 32)
+    assert torch.equal(loaded.unet.aux_label_emb[2].weight, tiny.unet.aux_label_emb[2].weight)
+    assert torch.equal(loaded.vae.quant_conv.weight[:, :, 0, 0], torch.eye(8))
+
+
+# ---- camera embedding, files -----------------------------------------------------------------------------
+
+def test_spherical_features_layout():
+    f = spherical_features(torch.tensor([[math.pi / 2, 0.0, 0.5]]))
+    assert f.shape == (1, 13)
+    assert torch.allclose(f[0, :2], torch.tensor([0.0, 1.0]), atol=1e-6)   # cos, sin of Δaz
+    assert torch.allclose(f[0, 2:4], torch.tensor([-1.0, 0.0]), atol=1e-6)  # at 2x
+    assert torch.allclose(f[0, 6:8], torch.tensor([1.0, 0.0]))  # Δel = 0
+    assert float(f[0, 12]) == 0.5
+
+
+def test_save_load_round_trip(tmp_path, tiny):
+    from models.gcd.sampling import sample
+
+    frames, deltas = clip_inputs()
+    tiny.save(tmp_path / "m")
+    back = GCDModel.load(tmp_path / "m")
+    for a, b in zip(tiny.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert back.cfg == tiny.cfg
+    a = sample(tiny, frames, deltas, steps=2)
+    assert torch.equal(a, sample(back, frames, deltas, steps=2))
+    # another format version: a one-line retrain message
+    cfg = (tmp_path / "m" / "gcd.json").read_text().replace('"version": 1', '"version": 99')
+    (tmp_path / "m" / "gcd.json").write_text(cfg)
+    with pytest.raises(InputError, match="retrain"):
+        GCDModel.load(tmp_path / "m")
+
+
+# ---- geometry --------------------------------------------------------------------------------------------
+
+def orbit_cameras(azimuths, elevation=20.0, radius=5.0, center=(0.0, 0.0, 0.4), n=None, fov=55.0):
+    center = torch.tensor(center)
+    az, el = torch.deg2rad(torch.as_tensor(azimuths, dtype=torch.float32)), math.radians(elevation)
+    eyes = center + radius * torch.stack([math.cos(el) * az.cos(), math.cos(el) * az.sin(),
+                                          torch.full_like(az, math.sin(el))], -1)
+    w2c = look_at(eyes, center.expand_as(eyes))
+    K = intrinsics_from_fov(64, 48, fov).expand(len(eyes), 3, 3).clone()
+    return Cameras(K, w2c, 64, 48)
+
+
+def test_camera_deltas_analytic():
+    from models.gcd.geometry import camera_deltas, image_up, look_at_point
+
+    inputs = orbit_cameras([0.0, 10.0, 20.0, 30.0])
+    center = look_at_point(inputs)
+    assert torch.allclose(center, torch.tensor([0.0, 0.0, 0.4]), atol=1e-4)
+    up = image_up(inputs)
+    assert float(up[2]) > 0.9
+    # rotated 30 degrees about the look-at point (counter-clockwise seen from above): Δaz = 30
+    d = camera_deltas(inputs, orbit_cameras([30.0, 40.0, 50.0, 60.0]), center, torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(d[:, 0], torch.full((4,), 30.0), atol=1e-3)
+    assert torch.allclose(d[:, 1:], torch.zeros(4, 2), atol=1e-3)
+    # the other way, across ±180, higher and farther
+    d = camera_deltas(inputs[:1], orbit_cameras([-170.0], elevation=35.0, radius=6.0), center, torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.allclose(d[0], torch.tensor([-170.0, 15.0, 0.2]), atol=1e-3)
+    d = camera_deltas(inputs[:1], orbit_cameras([180.0]), center, torch.tensor([0.0, 0.0, 1.0]))
+    assert abs(float(d[0, 0]) - 180.0) < 1e-3
+
+
+def test_paths_gcd_cannot_express():
+    from models.gcd.geometry import camera_deltas, check_range
+
+    inputs = orbit_cameras([0.0])
+    center, up = torch.tensor([0.0, 0.0, 0.4]), torch.tensor([0.0, 0.0, 1.0])
+    eye = torch.linalg.inv(inputs.w2c)[0, :3, 3]
+    w2c = look_at(eye[None], torch.tensor([[0.0, 5.0, 0.4]]))  # the same place, looking far to the side
+    with pytest.raises(InputError, match="look"):
+        camera_deltas(inputs, Cameras(inputs.K, w2c, 64, 48), center, up)
+    with pytest.raises(InputError, match="zoom"):
+        camera_deltas(inputs, orbit_cameras([10.0], fov=30.0), center, up)
+    with pytest.raises(InputError, match="elevation"):
+        check_range(torch.tensor([[10.0, 70.0, 0.0]]), (180.0, 45.0, 0.3))
+
+
+# ---- sampler, training -----------------------------------------------------------------------------------
+
+def test_sampler_deterministic_and_seeded(tiny):
+    from models.gcd.sampling import edm_sigmas, sample
+
+    s = edm_sigmas(25)
+    assert len(s) == 26 and abs(float(s[0]) - 700.0) < 1e-2 and abs(float(s[24]) - 0.002) < 1e-6 and float(s[25]) == 0
+    frames, deltas = clip_inputs()
+    a = sample(tiny, frames, deltas, steps=3, seed=1)
+    assert a.shape == (1, 14, 3, 48, 64) and float(a.abs().max()) <= 1.0
+    assert torch.equal(a, sample(tiny, frames, deltas, steps=3, seed=1))
+    assert not torch.equal(a, sample(tiny, frames, deltas, steps=3, seed=2))
+
+
+def test_train_steps_lower_the_loss_and_resume_is_exact(tmp_path):
+    from models.fitting import Budget, run_fit
+    from models.gcd.train import DiffusionTask, encode_pairs, focal_loss
+
+    err = torch.tensor([[4.0, 1.0, 1.0, 2.0]])
+    assert torch.allclose(focal_loss(err, 0.5), torch.tensor([0.9 * 3.0 + 0.1 * 2.0]))
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 255, (2, 14, 48, 64, 3), dtype=np.uint8)
+    targets = np.flip(inputs, axis=3).copy()
+    deltas = np.zeros((2, 14, 3), np.float32)
+
+    def make():
+        m = GCDModel.from_configs(small_configs(**TINY), seed=0)
+        z, c = encode_pairs(m, inputs, targets)
+        return m, DiffusionTask(m, inputs, deltas, z, c, lr=2e-3, seed=0, warmup=1)
+
+    _, task = make()
+    idx = torch.tensor([0])
+    with torch.no_grad():
+        torch.manual_seed(0)
+        task.gen.manual_seed(5)
+        before = float(task.loss(idx, 0.0)[0])
+    task.gen.manual_seed(0)
+    for step in range(8):
+        task.train_step(step, 0.0)
+    with torch.no_grad():
+        task.gen.manual_seed(5)
+        after = float(task.loss(idx, 0.0)[0])
+    assert after < before
+    # same seed -> same weights, also across a resume
+    _, t1 = make()
+    run_fit(t1, tmp_path / "a", Budget(4), lambda *a, **k: None)
+    _, t2 = make()
+    run_fit(t2, tmp_path / "b", Budget(2), lambda *a, **k: None, checkpoint_every=1)
+    assert (tmp_path / "b" / "train_state.pt").exists() is False  # a finished run removes its state
+    _, t3 = make()
+    run_fit(t3, tmp_path / "b", Budget(4), lambda *a, **k: None, resume=True)
+    a = GCDModel.load(tmp_path / "a").unet.state_dict()
+    b = GCDModel.load(tmp_path / "b").unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- the method ------------------------------------------------------------------------------------------
+
+def test_render_options_validate():
+    from models.gcd.method import GCDRenderOptions
+
+    GCDRenderOptions().validate()
+    for bad in (dict(mode="sideways"), dict(steps=0), dict(cfg_max=float("nan")), dict(gcd_weights="huge"),
+                dict(gcd_checkpoint="/nonexistent/gcd.ckpt")):
+        with pytest.raises(InputError):
+            GCDRenderOptions(**bad).validate()
+
+
+def test_missing_official_weights_message(tmp_path, monkeypatch):
+    from models.gcd.method import GCDRenderOptions, resolve_weights
+
+    monkeypatch.delenv("MONODYN_GCD", raising=False)
+    monkeypatch.setenv("MONODYN_CACHE", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError) as e:
+        resolve_weights(GCDRenderOptions(gcd_weights="official"))
+    msg = str(e.value)
+    assert "kubric_gradual_max90.ckpt" in msg and "--gcd-checkpoint" in msg and "MONODYN_GCD" in msg
+    assert str(tmp_path / "gcd") in msg
+    monkeypatch.setenv("MONODYN_GCD", str(tmp_path / "nothing"))
+    with pytest.raises(WeightsNotFoundError, match="MONODYN_GCD"):
+        resolve_weights(GCDRenderOptions())
+
+
+def test_renderer_on_a_scene(tmp_path, tiny, monkeypatch):
+    from models.gcd.method import GCDMethod, GCDRenderOptions
+    from models.scene import Scene
+
+    tiny.save(tmp_path / "m")
+    T = 5
+    cams = orbit_cameras(torch.linspace(0, 20, T))
+    frames = (np.random.default_rng(0).random((T, 48, 64, 3)) * 255).astype(np.uint8)
+    scene = Scene(frames=frames, timestamps=np.arange(T) / 12.0, cameras=cams, center=np.array([0.0, 0.0, 0.4], np.float32))
+    renderer = GCDMethod().load(None, scene, GCDRenderOptions(gcd_checkpoint=str(tmp_path / "m"), steps=2), "cpu")
+    assert renderer.chunk == 14
+    targets = orbit_cameras(torch.linspace(30, 50, 3))
+    out = renderer.render(targets, torch.tensor([0.0, 0.5, 1.0]))
+    assert out.rgb.shape == (3, 48, 64, 3) and out.depth.shape == (3, 48, 64) and bool((out.alpha == 1).all())
+    idx, d = renderer.deltas(targets, torch.tensor([0.0, 0.5, 1.0]))
+    assert idx.tolist() == [0, 2, 4]
+    assert torch.allclose(d[:, 0], torch.tensor([30.0, 30.0, 30.0]), atol=1e-2)
+    with pytest.raises(InputError, match="range"):
+        renderer.render(orbit_cameras([0.0], elevation=89.0), torch.tensor([0.0]))
