@@ -14,7 +14,7 @@ from monodyn_cli.stages.decode import DecodeConfig, decode, resolve_source
 
 
 def _decode(path, **kw):
-    cfg = DecodeConfig(max_side=None, **kw)
+    cfg = DecodeConfig(max_side=0, **kw)
     return decode(resolve_source(path), cfg)
 
 

@@ -66,7 +66,7 @@ def test_predict_shapes_batching_determinism():
 def test_loads_saved_checkpoint_and_reports_missing_weights(tmp_path, monkeypatch):
     model = tiny_depth_anything()
     model.save_pretrained(tmp_path / "da")
-    loaded = depth_stage.load_model(depth_stage.DepthConfig(checkpoint=str(tmp_path / "da"), device="cpu"))
+    loaded = depth_stage.load_model(depth_stage.DepthConfig(backend="depth-anything", checkpoint=str(tmp_path / "da"), device="cpu"))
     frames = pattern_frames(2, h=28, w=28)
     torch.testing.assert_close(D.predict(loaded, frames, 28), D.predict(model, frames, 28))
 
@@ -190,7 +190,7 @@ T, H, W = 4, 42, 56
 def decoded(ws: Workspace, tmp_path):
     video = write_video(tmp_path / "clip.mp4", pattern_frames(T, h=H, w=W))
     source = decode_stage.resolve_source(video)
-    cfg = decode_stage.DecodeConfig(max_side=None)
+    cfg = decode_stage.DecodeConfig(max_side=0)
     spec = pipeline.StageSpec("decode", decode_stage.VERSION, (), lambda ctx, c: decode_stage.run(ctx, source, c))
     return pipeline.run_chain(ws, [pipeline.StageRequest(spec, cfg, decode_stage.config_for(source, cfg))],
                               Progress())["decode"]
@@ -213,7 +213,7 @@ def fake_sfm(ws: Workspace, dec, points, K=None, size=(W, H)):
 
 
 def run_depth(ws, cfg, spec=depth_stage.SPEC):
-    return pipeline.run_chain(ws, [pipeline.StageRequest(spec, cfg, depth_stage.key_config(cfg))], Progress())["depth"]
+    return pipeline.run_chain(ws, [pipeline.StageRequest(spec, cfg, cfg.key())], Progress())["depth"]
 
 
 def grid_points(step=3):
@@ -247,8 +247,8 @@ def test_stage_sfm_backend_and_none(tmp_path):
     class Recorder(Progress):
         def warn(self, message):
             warned.append(message)
-    cfg = depth_stage.DepthConfig(checkpoint=str(tmp_path / "da"), input_size=28, device="cpu")
-    res = pipeline.run_chain(ws, [pipeline.StageRequest(depth_stage.SPEC, cfg, depth_stage.key_config(cfg))],
+    cfg = depth_stage.DepthConfig(backend="depth-anything", checkpoint=str(tmp_path / "da"), input_size=28, device="cpu")
+    res = pipeline.run_chain(ws, [pipeline.StageRequest(depth_stage.SPEC, cfg, cfg.key())],
                              Recorder())["depth"]
     assert any("only 0 SfM points" in w for w in warned)
     depth = np.load(res.file("depth.npy")).astype(np.float32)
@@ -273,7 +273,7 @@ def test_stage_depth_anything_recovers_depth_end_to_end(tmp_path):
     frame, xy, r, c = grid_points(step=4)
     z = true_depth[frame, np.tile(r, T), np.tile(c, T)].astype(np.float32)
     fake_sfm(ws, dec, (frame, xy * 2, z), size=(2 * W, 2 * H))  # SfM ran at twice the frame size
-    cfg = depth_stage.DepthConfig(checkpoint=str(tmp_path / "da"), input_size=56, device="cpu")
+    cfg = depth_stage.DepthConfig(backend="depth-anything", checkpoint=str(tmp_path / "da"), input_size=56, device="cpu")
     res = run_depth(ws, cfg)
     depth = np.load(res.file("depth.npy")).astype(np.float32)
     np.testing.assert_allclose(depth, true_depth, rtol=2e-3)

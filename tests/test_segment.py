@@ -296,7 +296,7 @@ def run_stages(tmp_path: Path, frames: np.ndarray, cfg):
     if not video.exists():
         write_mp4(video, frames, fps=12.0, crf=10)
     source = decode.resolve_source(video)
-    dcfg = decode.DecodeConfig(max_side=None)
+    dcfg = decode.DecodeConfig(max_side=0)
     spec = pipeline.StageSpec(decode.NAME, decode.VERSION, (), run=lambda ctx, c: decode.run(ctx, source, c))
     ws = Workspace(tmp_path / "ws")
     ws.ensure()
@@ -308,7 +308,7 @@ def run_stages(tmp_path: Path, frames: np.ndarray, cfg):
 
     requests = [pipeline.StageRequest(spec, dcfg, decode.config_for(source, dcfg)),
                 pipeline.StageRequest(flow.SPEC, flow.FlowConfig(backend="dis")),
-                pipeline.StageRequest(segment.SPEC, cfg, segment.key_config(cfg))]
+                pipeline.StageRequest(segment.SPEC, cfg, cfg.key())]
     return pipeline.run_chain(ws, requests, Recorder()), warnings
 
 
@@ -345,7 +345,7 @@ def test_stage_static_video_warns_and_writes_zeros(tmp_path):
 
 
 def test_stage_prompt_errors(tmp_path):
-    from monodyn_cli.stages.segment import SegmentConfig, parse_box, parse_point
+    from monodyn_cli.stages.configs import SegmentConfig, parse_box, parse_point
 
     assert parse_point("12.5,40@3") == (12.5, 40.0, 3) and parse_point("1,2") == (1.0, 2.0, 0)
     assert parse_box("1,2,30,40@7") == (1.0, 2.0, 30.0, 40.0, 7)

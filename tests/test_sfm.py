@@ -266,7 +266,7 @@ def run_sfm(tmp_path, rgb, instances, cfg, native_width=None):
     for i, img in enumerate(rgb):
         cv2.imwrite(str(folder / f"{i:03d}.png"), img[..., ::-1])
     source = decode_stage.resolve_source(folder)
-    dcfg = decode_stage.DecodeConfig(max_side=None)
+    dcfg = decode_stage.DecodeConfig(max_side=0)
     dspec = pipeline.StageSpec("decode", decode_stage.VERSION, (), lambda ctx, c: decode_stage.run(ctx, source, c))
 
     def segment(ctx, _cfg):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+from models.errors import InputError
 
 
 @dataclass
@@ -98,3 +101,25 @@ class OSNConfig:
     mask boundaries) gets another object in front of it."""
     composite_groups: int = 4
     """Stage 2: valid scale combinations per composite batch (its rays are split among them)."""
+
+    def validate(self) -> None:
+        """Every option in range; runs before the workspace is touched."""
+        for name in ("minutes", "bootstrap_fraction", "scale_min", "scale_max"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if self.minutes < 0:
+            raise InputError(f"--minutes must be >= 0 (0 = no time budget), got {self.minutes}")
+        if self.steps < 1:
+            raise InputError(f"--steps must be at least 1, got {self.steps}")
+        if not 0.0 <= self.bootstrap_fraction <= 1.0:
+            raise InputError(f"--bootstrap-fraction must be within [0, 1], got {self.bootstrap_fraction}")
+        if not 0 < self.scale_min < self.scale_max:
+            raise InputError(f"need 0 < --scale-min < --scale-max, got {self.scale_min} and {self.scale_max}")
+        if self.final_scale_steps < 1:
+            raise InputError(f"--final-scale-steps must be at least 1 (the scale network must learn the final geometry), "
+                             f"got {self.final_scale_steps}")
+        if self.scale_frequencies < 0:
+            raise InputError(f"--scale-frequencies must be >= 0, got {self.scale_frequencies}")
+        if self.batch_rays < 8:
+            raise InputError(f"--batch-rays must be at least 8, got {self.batch_rays}")

@@ -114,7 +114,7 @@ class OSNTask:
 
     def __init__(self, scene: Scene, cfg: OSNConfig):
         self.cfg = cfg
-        _check_config(cfg)
+        cfg.validate()
         self.device = resolve_device(cfg.device)
         objects = build_object_set(scene, cfg.object_margin, cfg.background_space)
         lo, hi = log_scale_range(objects, cfg.scale_min, cfg.scale_max)
@@ -387,22 +387,6 @@ def _to_device(data: PixelData, device) -> PixelData:
     return PixelData(data.rgb.to(device), data.label.to(device), data.frame.to(device), data.dirs.to(device),
                      data.depth.to(device), data.interior.to(device), [x.to(device) for x in data.by_label],
                      [x.to(device) for x in data.negatives], data.shape)
-
-
-def _check_config(cfg: OSNConfig) -> None:
-    if cfg.steps < 1:
-        raise InputError(f"--steps must be at least 1, got {cfg.steps}")
-    if not 0.0 <= cfg.bootstrap_fraction <= 1.0:
-        raise InputError(f"--bootstrap-fraction must be within [0, 1], got {cfg.bootstrap_fraction}")
-    if not 0 < cfg.scale_min < cfg.scale_max:
-        raise InputError(f"need 0 < --scale-min < --scale-max, got {cfg.scale_min} and {cfg.scale_max}")
-    if cfg.final_scale_steps < 1:
-        raise InputError(f"--final-scale-steps must be at least 1 (the scale network must learn the final geometry), "
-                         f"got {cfg.final_scale_steps}")
-    if cfg.scale_frequencies < 0:
-        raise InputError(f"--scale-frequencies must be >= 0, got {cfg.scale_frequencies}")
-    if cfg.batch_rays < 8:
-        raise InputError(f"--batch-rays must be at least 8, got {cfg.batch_rays}")
 
 
 def _depth_loss(pred: Tensor, target: Tensor) -> Tensor:

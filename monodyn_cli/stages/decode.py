@@ -20,22 +20,13 @@ from natsort import natsorted
 
 from models.errors import InputError
 from monodyn_cli.stages.outputs import DECODE
+from monodyn_cli.stages.configs import DecodeConfig
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "decode", 1
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 IMAGE_SEQUENCE_FPS = 24.0  # assumed rate of a folder of frames (DAVIS is 24 fps)
-
-
-@dataclass
-class DecodeConfig:
-    fps: float | None = None       # resample to this rate (None: keep every frame)
-    max_frames: int | None = None  # keep at most this many frames (after fps/start/end)
-    max_side: int | None = 512     # resize so the longer side is at most this (None: native)
-    start: float | None = None     # seconds
-    end: float | None = None       # seconds
-    backend: str = "pyav"          # pyav | decord
 
 
 @dataclass

@@ -29,6 +29,7 @@ from models.fitting import resolve_device
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.outputs import colorize_depth
 from monodyn_cli.stages.outputs import DECODE, DEPTH, SEGMENT, SFM
+from monodyn_cli.stages.configs import DepthConfig
 from monodyn_cli.workspace import StageContext, StageResult
 
 NAME, VERSION = "depth", 1
@@ -36,39 +37,6 @@ DYNAMIC_DILATE_PX = 4  # SfM points this close to a moving object are dropped to
 FLOAT16_MAX = 65504.0
 
 
-@dataclass
-class DepthConfig:
-    backend: Literal["none", "sfm", "depth-anything"] = "depth-anything"
-    """depth-anything (dense, needs its weights), sfm (sparse SfM points only) or none."""
-    checkpoint: str | None = None
-    """Depth Anything folder saved with save_pretrained (default: $MONODYN_DEPTH_ANYTHING,
-    ~/.cache/monodyn/depth-anything, or the Hugging Face cache)."""
-    input_size: int = 518
-    """Longer side of the Depth Anything input in pixels (rounded to a multiple of 14)."""
-    batch_size: int = 4
-    """Frames per Depth Anything batch."""
-    min_points: int = 20
-    """Frames with fewer usable SfM points use the scale/shift fitted over the whole clip."""
-    mask_dynamic: bool = True
-    """Ignore SfM points on moving objects (segment stage masks) when aligning."""
-    max_depth_factor: float = 20.0
-    """Dense depth beyond this many times the 95th percentile SfM depth is marked unknown (0)."""
-    device: str = "auto"
-    """Torch device for Depth Anything (auto: cuda when available)."""
-
-
-Config = DepthConfig
-
-
-def key_config(cfg: DepthConfig) -> dict:
-    """The cache config: options that change the outputs (device and batch size do not)."""
-    d = asdict(cfg)
-    for k in ("device", "batch_size"):
-        d.pop(k)
-    if cfg.backend != "depth-anything":
-        for k in ("checkpoint", "input_size", "min_points", "mask_dynamic", "max_depth_factor"):
-            d.pop(k)
-    return d
 
 
 # ---- reading the sfm and segment stages' outputs -----------------------------------------------------------

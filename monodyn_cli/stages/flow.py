@@ -16,23 +16,10 @@ import numpy as np
 
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.stages.outputs import DECODE, FLOW
+from monodyn_cli.stages.configs import FlowConfig
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "flow", 1
-
-
-@dataclass
-class FlowConfig:
-    backend: Literal["raft", "dis"] = "dis"
-    """raft (needs RAFT weights, more accurate) or dis (OpenCV, no weights)."""
-    raft_checkpoint: str | None = None
-    """Path to raft-small.pth / raft-things.pth (default: $MONODYN_RAFT_CHECKPOINT, ~/.cache/monodyn)."""
-    iters: int | None = None
-    """RAFT refinement iterations (default 12 small / 20 large)."""
-    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
-    """DIS quality preset."""
-    device: str = "cpu"
-    """Torch device for RAFT."""
 
 
 def run(ctx: StageContext, cfg: FlowConfig) -> list[str]:

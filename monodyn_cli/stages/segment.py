@@ -28,68 +28,13 @@ import numpy as np
 from models.errors import InputError
 from models.segmentation import Prompt, object_stats, overlay
 from monodyn_cli.pipeline import StageSpec
-from monodyn_cli.stages.outputs import DECODE, SEGMENT
+from monodyn_cli.stages.outputs import DECODE, FLOW, SEGMENT
+from monodyn_cli.stages.configs import SegmentConfig
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "segment", 1
 
 
-@dataclass
-class SegmentConfig:
-    backend: Literal["motion", "sam", "sam2"] = "motion"
-    """motion (from optical flow, no weights), sam (segment-anything + flow tracking) or sam2 (SAM 2 video)."""
-    points: tuple[tuple[float, float, int], ...] = ()
-    """sam/sam2 prompts: one object per (x, y, frame), in original video pixels."""
-    boxes: tuple[tuple[float, float, float, float, int], ...] = ()
-    """sam/sam2 prompts: one object per (x0, y0, x1, y1, frame), in original video pixels."""
-    min_area: float = 0.002
-    """motion: smallest object as a fraction of the image area."""
-    max_objects: int = 8
-    """motion: keep at most this many objects (the largest over the video)."""
-    refine: bool = True
-    """motion: snap mask edges to colour edges (GrabCut in a narrow band)."""
-    sam_model: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
-    """sam: which official SAM checkpoint."""
-    sam_checkpoint: str | None = None
-    """sam: checkpoint file (default: $MONODYN_SAM_VIT_B / _L / _H, or ~/.cache/monodyn)."""
-    sam2_checkpoint: str | None = None
-    """sam2: folder saved with save_pretrained (default: $MONODYN_SAM2, ~/.cache/monodyn/sam2, or the
-    Hugging Face cache of facebook/sam2.1-hiera-tiny)."""
-    device: str = "auto"
-    """Torch device for sam/sam2 (auto: cuda when available)."""
-
-
-Config = SegmentConfig
-
-
-def key_config(cfg: SegmentConfig) -> dict:
-    """The cache config: the options that change this backend's output (the device does not)."""
-    d = asdict(cfg)
-    d.pop("device")
-    keep = {"motion": ("min_area", "max_objects", "refine"), "sam": ("points", "boxes", "sam_model", "sam_checkpoint"),
-            "sam2": ("points", "boxes", "sam2_checkpoint")}[cfg.backend]
-    return {k: v for k, v in d.items() if k == "backend" or k in keep}
-
-
-# ---- prompts ---------------------------------------------------------------------------------------------
-
-_NUM = r"\s*(-?\d+(?:\.\d*)?)\s*"
-
-
-def parse_point(text: str) -> tuple[float, float, int]:
-    """'X,Y' or 'X,Y@FRAME' -> (x, y, frame)."""
-    m = re.fullmatch(_NUM + "," + _NUM + r"(?:@\s*(\d+)\s*)?", text)
-    if not m:
-        raise InputError(f"--point {text!r}: expected X,Y or X,Y@FRAME (pixels of the original video, frame index)")
-    return float(m[1]), float(m[2]), int(m[3] or 0)
-
-
-def parse_box(text: str) -> tuple[float, float, float, float, int]:
-    """'X0,Y0,X1,Y1' or 'X0,Y0,X1,Y1@FRAME' -> (x0, y0, x1, y1, frame)."""
-    m = re.fullmatch(_NUM + "," + _NUM + "," + _NUM + "," + _NUM + r"(?:@\s*(\d+)\s*)?", text)
-    if not m:
-        raise InputError(f"--box {text!r}: expected X0,Y0,X1,Y1 or X0,Y0,X1,Y1@FRAME (pixels of the original video)")
-    return float(m[1]), float(m[2]), float(m[3]), float(m[4]), int(m[5] or 0)
 
 
 def prompts_for(cfg: SegmentConfig, meta: dict) -> list[Prompt]:
@@ -120,7 +65,7 @@ def prompts_for(cfg: SegmentConfig, meta: dict) -> list[Prompt]:
 
 def _load_flow(ctx: StageContext) -> dict[str, np.ndarray]:
     flow = ctx.inputs["flow"]
-    return {name: np.load(flow.file(f"{name}.npy"), mmap_mode="r")
+    return {name: np.load(flow.file(getattr(FLOW, name)), mmap_mode="r")
             for name in ("flow_fw", "flow_bw", "valid_fw", "valid_bw")}
 
 

@@ -49,42 +49,10 @@ from models.sfm.validate import MotionCheck, baseline_ratio, chain_homographies,
 from monodyn_cli.paths import write_transforms_json
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.stages.outputs import DECODE, SEGMENT, SFM
+from monodyn_cli.stages.configs import SfmConfig
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "sfm", 1
-
-
-@dataclass
-class SfmConfig:
-    method: Literal["colmap", "none"] = "colmap"
-    """colmap (camera poses from COLMAP, with fallbacks) or none (one fixed camera, like --static-camera)."""
-    static_camera: bool = False
-    """The camera does not move: skip SfM and use one fixed camera (K from --focal, else from --fov)."""
-    focal: float | None = None
-    """Focal length in pixels of the input's native resolution (default: estimated; a --fov guess if it cannot be)."""
-    fov: float = 60.0
-    """Field of view in degrees across the longer image side, assumed when the focal length is neither given nor
-    estimable (fixed camera)."""
-    camera_model: Literal["SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL"] = "SIMPLE_PINHOLE"
-    """COLMAP camera model shared by all frames (SIMPLE_RADIAL's distortion is recorded, not applied)."""
-    max_frames: int = 200
-    """Run COLMAP on at most this many evenly spaced frames; the others get interpolated poses."""
-    max_features: int = 4096
-    """SIFT features per frame."""
-    overlap: int = 10
-    """Sequential matching: every frame is matched with this many following frames."""
-    mask_dilate: int = 5
-    """Grow the object masks by this many pixels before excluding them from background features."""
-    min_registered: float = 0.5
-    """SfM counts as failed when it registers less than this fraction of frames."""
-    min_baseline: float = 0.01
-    """SfM counts as failed when the camera travels less than this fraction of the median scene depth."""
-    per_object: bool = False
-    """Also run SfM on each segmented object's pixels (camera-to-object poses, for OSN)."""
-    threads: int = 2
-    """CPU threads for COLMAP (1: slower but the same result on every run; with more, results vary slightly)."""
-    seed: int = 0
-    """Random seed for COLMAP's RANSAC and mapper."""
 
 
 @dataclass
@@ -104,21 +72,8 @@ class Solution:
     focal_source: str = "colmap"              # colmap | --focal | rotation | fov guess
 
 
-def _check_config(cfg: SfmConfig) -> None:
-    if cfg.method not in ("colmap", "none"):
-        raise InputError(f"--sfm must be colmap or none, not {cfg.method!r}")
-    if cfg.camera_model not in CAMERA_MODELS:
-        raise InputError(f"--sfm-camera-model must be one of {', '.join(CAMERA_MODELS)}, not {cfg.camera_model!r}")
-    if cfg.focal is not None and not cfg.focal > 0:
-        raise InputError(f"--focal must be a positive number of pixels, got {cfg.focal}")
-    if not 1.0 <= cfg.fov <= 170.0:
-        raise InputError(f"--fov must be within 1..170 degrees, got {cfg.fov}")
-    if cfg.max_frames < 2:
-        raise InputError(f"--sfm-max-frames must be at least 2, got {cfg.max_frames}")
-
-
 def run(ctx: StageContext, cfg: SfmConfig) -> list[str]:
-    _check_config(cfg)
+    cfg.validate()
     decode = ctx.inputs["decode"]
     frames = np.load(decode.file(DECODE.frames))
     timestamps = np.load(decode.file(DECODE.timestamps))
