@@ -23,9 +23,10 @@ def tiny() -> GCDModel:
     return GCDModel.from_configs(small_configs(**TINY), seed=0).eval()
 
 
-def clip_inputs(B: int = 1, T: int = 14, seed: int = 0):
+def clip_inputs(B: int = 1, T: int = 4, seed: int = 0, H: int = 32, W: int = 32):
+    """Short small clips keep the tests fast (the networks take any frame count and size)."""
     g = torch.Generator().manual_seed(seed)
-    frames = torch.rand(B, T, 3, 48, 64, generator=g) * 2 - 1
+    frames = torch.rand(B, T, 3, H, W, generator=g) * 2 - 1
     deltas = torch.zeros(B, T, 3)
     deltas[..., 0] = torch.linspace(0, 60, T)
     return frames, deltas
@@ -193,7 +194,7 @@ def test_official_checkpoint_file_loads_through_the_mapping(tmp_path, tiny, monk
     loaded = gcd_method.load_model(path)
     assert torch.equal(loaded.image_encoder.visual_projection.weight, clip.visual_projection.weight)
     frames, _ = clip_inputs()
-    assert loaded.image_tokens(frames).shape == (1, 14, 1, 32)
+    assert loaded.image_tokens(frames).shape == (1, 4, 1, 32)
     assert torch.equal(loaded.unet.aux_label_emb[2].weight, tiny.unet.aux_label_emb[2].weight)
     assert torch.equal(loaded.vae.quant_conv.weight[:, :, 0, 0], torch.eye(8))
 
@@ -282,7 +283,7 @@ def test_sampler_deterministic_and_seeded(tiny):
     assert len(s) == 26 and abs(float(s[0]) - 700.0) < 1e-2 and abs(float(s[24]) - 0.002) < 1e-6 and float(s[25]) == 0
     frames, deltas = clip_inputs()
     a = sample(tiny, frames, deltas, steps=3, seed=1)
-    assert a.shape == (1, 14, 3, 48, 64) and float(a.abs().max()) <= 1.0
+    assert a.shape == (1, 4, 3, 32, 32) and float(a.abs().max()) <= 1.0
     assert torch.equal(a, sample(tiny, frames, deltas, steps=3, seed=1))
     assert not torch.equal(a, sample(tiny, frames, deltas, steps=3, seed=2))
 
@@ -294,9 +295,9 @@ def test_train_steps_lower_the_loss_and_resume_is_exact(tmp_path):
     err = torch.tensor([[4.0, 1.0, 1.0, 2.0]])
     assert torch.allclose(focal_loss(err, 0.5), torch.tensor([0.9 * 3.0 + 0.1 * 2.0]))
     rng = np.random.default_rng(0)
-    inputs = rng.integers(0, 255, (2, 14, 48, 64, 3), dtype=np.uint8)
+    inputs = rng.integers(0, 255, (2, 4, 32, 32, 3), dtype=np.uint8)
     targets = np.flip(inputs, axis=3).copy()
-    deltas = np.zeros((2, 14, 3), np.float32)
+    deltas = np.zeros((2, 4, 3), np.float32)
 
     def make():
         m = GCDModel.from_configs(small_configs(**TINY), seed=0)
@@ -310,7 +311,7 @@ def test_train_steps_lower_the_loss_and_resume_is_exact(tmp_path):
         task.gen.manual_seed(5)
         before = float(task.loss(idx, 0.0)[0])
     task.gen.manual_seed(0)
-    for step in range(8):
+    for step in range(6):
         task.train_step(step, 0.0)
     with torch.no_grad():
         task.gen.manual_seed(5)
@@ -318,12 +319,21 @@ def test_train_steps_lower_the_loss_and_resume_is_exact(tmp_path):
     assert after < before
     # same seed -> same weights, also across a resume
     _, t1 = make()
-    run_fit(t1, tmp_path / "a", Budget(4), lambda *a, **k: None)
+    run_fit(t1, tmp_path / "a", Budget(3), lambda *a, **k: None)
     _, t2 = make()
-    run_fit(t2, tmp_path / "b", Budget(2), lambda *a, **k: None, checkpoint_every=1)
-    assert (tmp_path / "b" / "train_state.pt").exists() is False  # a finished run removes its state
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(step, total, **metrics):
+        if step == 2:
+            raise Killed
+
+    with pytest.raises(Killed):  # killed after step 2, before its resume state: resumes from step 1
+        run_fit(t2, tmp_path / "b", Budget(3), kill_at_2, checkpoint_every=1, log_every=1)
+    assert (tmp_path / "b" / "train_state.pt").exists()
     _, t3 = make()
-    run_fit(t3, tmp_path / "b", Budget(4), lambda *a, **k: None, resume=True)
+    run_fit(t3, tmp_path / "b", Budget(3), lambda *a, **k: None, resume=True)
     a = GCDModel.load(tmp_path / "a").unet.state_dict()
     b = GCDModel.load(tmp_path / "b").unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -335,7 +345,7 @@ def test_render_options_validate():
     from models.gcd.method import GCDRenderOptions
 
     GCDRenderOptions().validate()
-    for bad in (dict(mode="sideways"), dict(steps=0), dict(cfg_max=float("nan")), dict(gcd_weights="huge"),
+    for bad in (dict(mode="sideways"), dict(steps=0), dict(cfg_max=float("nan")), dict(gcd_weights="huge"), dict(samples=0),
                 dict(gcd_checkpoint="/nonexistent/gcd.ckpt")):
         with pytest.raises(InputError):
             GCDRenderOptions(**bad).validate()
@@ -375,3 +385,21 @@ def test_renderer_on_a_scene(tmp_path, tiny, monkeypatch):
     assert torch.allclose(d[:, 0], torch.tensor([30.0, 30.0, 30.0]), atol=1e-2)
     with pytest.raises(InputError, match="range"):
         renderer.render(orbit_cameras([0.0], elevation=89.0), torch.tensor([0.0]))
+
+
+def test_cli_train_gcd_tiny(tmp_path):
+    from typer.testing import CliRunner
+
+    from monodyn_cli.app import app
+
+    out = tmp_path / "model"
+    args = ["train", "gcd", "--out", str(out), "--data", str(tmp_path / "data"), "--pairs", "2", "--frames", "4",
+            "--width", "32", "--height", "32", "--channels", "32,64", "--vae-channels", "32,32", "--vae-steps", "2",
+            "--steps", "2", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = GCDModel.load(out)
+    assert model.cfg.num_frames == 4 and model.cfg.notes["diffusion_steps"] == 2
+    assert len(list((tmp_path / "data").glob("*/manifest.json"))) == 1
+    bad = CliRunner().invoke(app, ["train", "gcd", "--out", str(out), "--channels", "30,64"])
+    assert bad.exit_code == 1 and "multiples of 32" in bad.output
