@@ -8,3 +8,23 @@ METHODS: dict[str, str] = {
     "dyst": "models.dyst.method:DySTMethod",
     "gcd": "models.gcd.method:GCDMethod",
 }
+
+# name -> (fit options, render options) as "module:Class" (None: no such options), in modules that import no
+# torch, so `monodyn fit|render --method NAME --help` lists them quickly
+OPTIONS: dict[str, tuple[str | None, str | None]] = {
+    "dpdy": ("models.dpdy.config:DpDyConfig", None),
+    "osn": ("models.osn.config:OSNConfig", "models.osn.config:OSNRenderOptions"),
+    "dyst": (None, "models.dyst.options:DySTRenderOptions"),
+    "gcd": (None, "models.gcd.method:GCDRenderOptions"),
+}
+
+
+def options_class(name: str, kind: str) -> type | None:
+    """The fit ("Config") or render ("RenderOptions") options dataclass of method `name`, or None."""
+    import importlib
+
+    path = OPTIONS[name][0 if kind == "Config" else 1]
+    if path is None:
+        return None
+    module, cls = path.split(":")
+    return getattr(importlib.import_module(module), cls)

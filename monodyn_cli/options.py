@@ -197,9 +197,11 @@ def method_options_help(ctx, method: str | None, kind: str, command: str) -> Non
         stdout.print(f"Method options: `monodyn {command} --method NAME --help` (methods: "
                      f"{', '.join(sorted(METHODS))}).")
         return
-    from models.registry import get_method
+    from models.methods import METHODS, options_class
 
-    cls = getattr(get_method(method), kind)
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    cls = options_class(method, kind)
     rows = options_table(cls) if cls is not None else []
     if not rows:
         stdout.print(f"--method {method} has no {command} options of its own.")

@@ -16,8 +16,7 @@ from models.cameras import intrinsics_from_fov, unproject
 from models.errors import InputError, StageError
 from models.fields.base import DensityOutput, RadianceField
 from models.osn.composite import ObjectField, render_composite
-from models.osn.config import OSNConfig
-from models.osn.method import OSNRenderOptions
+from models.osn.config import OSNConfig, OSNRenderOptions
 from models.osn.objects import build_object_set, frame_from_world, frame_from_world_at_frames, frame_rays
 from models.osn.scale_net import ScaleNetwork, ScaleSpace, valid_configurations
 from models.osn.synthetic import scene_from_ground_truth

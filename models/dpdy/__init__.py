@@ -9,8 +9,3 @@ weights it runs as a plain static + dynamic decomposition.
 - guidance.py  the guidance hook type and the novel cameras it is shown
 - method.py    `DpDyMethod` (fit / load / render), checkpoint loading
 """
-
-from models.dpdy.config import DpDyConfig
-from models.dpdy.method import DpDyMethod, load_model
-
-__all__ = ["DpDyConfig", "DpDyMethod", "load_model"]

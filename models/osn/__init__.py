@@ -17,8 +17,3 @@ per-object SfM, and learns which scale combinations are valid:
 - `report.py`    learned valid scale ranges (`monodyn osn scales`);
 - `synthetic.py` a Scene straight from synthetic ground truth (tests, bench: no SfM needed).
 """
-
-from models.osn.config import OSNConfig
-from models.osn.method import OSNMethod
-
-__all__ = ["OSNConfig", "OSNMethod"]

@@ -123,3 +123,28 @@ class OSNConfig:
             raise InputError(f"--scale-frequencies must be >= 0, got {self.scale_frequencies}")
         if self.batch_rays < 8:
             raise InputError(f"--batch-rays must be at least 8, got {self.batch_rays}")
+
+
+@dataclass
+class OSNRenderOptions:
+    """Which object-scale configuration `monodyn render --method osn` shows (default: the valid one nearest the
+    centre of the valid set)."""
+
+    scale_sample: int | None = None
+    """Render the K-th sampled valid object-scale configuration."""
+    scales: tuple[float, ...] | None = None
+    """Render this object-scale configuration, e.g. 1.0,0.7 (one scale per object, objects in id order)."""
+    scale_samples: int | None = None
+    """Tile the first N sampled valid configurations side by side."""
+    seed: int = 0
+    """Seed of the sampled candidate configurations (as `monodyn osn scales --seed`)."""
+
+    def validate(self) -> None:
+        if sum(v is not None for v in (self.scale_sample, self.scales, self.scale_samples)) > 1:
+            raise InputError("give only one of --scale-sample, --scales and --scale-samples")
+        if self.scale_sample is not None and self.scale_sample < 0:
+            raise InputError(f"--scale-sample must be >= 0, got {self.scale_sample}")
+        if self.scale_samples is not None and not 1 <= self.scale_samples <= 16:
+            raise InputError(f"--scale-samples must be in 1..16, got {self.scale_samples}")
+        if self.scales is not None and not all(math.isfinite(v) and v > 0 for v in self.scales):
+            raise InputError(f"--scales must be positive numbers, got {','.join(map(str, self.scales))}")

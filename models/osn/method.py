@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +13,7 @@ from torch import Tensor
 from models.cameras import Cameras
 from models.errors import InputError
 from models.fitting import Budget, resolve_device, run_fit
-from models.osn.config import OSNConfig
+from models.osn.config import OSNConfig, OSNRenderOptions
 from models.osn.model import FORMAT, N_CANDIDATES, OSNModel
 from models.osn.trainer import OSNTask
 from models.registry import FitProgress, RenderOutput
@@ -72,31 +70,6 @@ def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list
                              f"{N_CANDIDATES} candidates; ask for samples 0..{len(valid) - 1}")
         return [valid[i] for i in wanted]
     return [model.default_scales(seed)]
-
-
-@dataclass
-class OSNRenderOptions:
-    """Which object-scale configuration `monodyn render --method osn` shows (default: the valid one nearest the
-    centre of the valid set)."""
-
-    scale_sample: int | None = None
-    """Render the K-th sampled valid object-scale configuration."""
-    scales: tuple[float, ...] | None = None
-    """Render this object-scale configuration, e.g. 1.0,0.7 (one scale per object, objects in id order)."""
-    scale_samples: int | None = None
-    """Tile the first N sampled valid configurations side by side."""
-    seed: int = 0
-    """Seed of the sampled candidate configurations (as `monodyn osn scales --seed`)."""
-
-    def validate(self) -> None:
-        if sum(v is not None for v in (self.scale_sample, self.scales, self.scale_samples)) > 1:
-            raise InputError("give only one of --scale-sample, --scales and --scale-samples")
-        if self.scale_sample is not None and self.scale_sample < 0:
-            raise InputError(f"--scale-sample must be >= 0, got {self.scale_sample}")
-        if self.scale_samples is not None and not 1 <= self.scale_samples <= 16:
-            raise InputError(f"--scale-samples must be in 1..16, got {self.scale_samples}")
-        if self.scales is not None and not all(math.isfinite(v) and v > 0 for v in self.scales):
-            raise InputError(f"--scales must be positive numbers, got {','.join(map(str, self.scales))}")
 
 
 class OSNRenderer:
