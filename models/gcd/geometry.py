@@ -121,8 +121,10 @@ def check_range(deltas: Float[Tensor, "N 3"], max_delta: tuple[float, float, flo
     names = ("azimuth change", "elevation change", "relative radius change")
     units = ("deg", "deg", "")
     for j in range(3):
-        worst = float(deltas[:, j].abs().max()) if len(deltas) else 0.0
-        if worst > max_delta[j] + 1e-3:
+        if not len(deltas):
+            return
+        worst = float(deltas[int(deltas[:, j].abs().argmax()), j])
+        if abs(worst) > max_delta[j] + 1e-3:
             raise InputError(f"GCD: the camera path asks for a {names[j]} of {worst:.3g}{units[j]}, beyond the "
                              f"model's range of ±{max_delta[j]:g}{units[j]}; use a smaller move")
 
