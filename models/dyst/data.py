@@ -84,7 +84,7 @@ def squash(frames: UInt8[np.ndarray, "T H W 3"] | Float[Tensor, "T H W 3"], heig
     height x width, float32 in [0, 1]."""
     out = []
     for i in range(0, len(frames), chunk):
-        x = torch.as_tensor(np.asarray(frames[i:i + chunk]))
+        x = torch.from_numpy(np.array(frames[i:i + chunk]))  # a copy: memory-mapped input is read-only
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if x.shape[1:3] != (height, width):
             x = F.interpolate(x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", antialias=True,

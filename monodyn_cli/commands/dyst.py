@@ -172,8 +172,8 @@ def eval_(
             sets[(w, h)] = load_training_set(build_set(data_dir or cache_dir() / "dyst", "eval", scenes, EVAL_SEED0,
                                                        h, w, clips, advance))
     table = Table(title=f"DyST on {scenes} held-out synthetic scenes (seeds {EVAL_SEED0}..) and held-out real frames")
-    for col in ("checkpoint", "swap", "steps", "PSNR novel (swap latents)", "PSNR novel (own latents)",
-                "PSNR orbit head", "PSNR no move", "R_cam", "R_dyn", "PSNR real held-out"):
+    for col in ("model", "swap", "steps", "PSNR swap", "PSNR own", "PSNR head", "PSNR still", "R_cam", "R_dyn",
+                "PSNR real"):
         table.add_column(col, justify="right")
     rows = []
     for path, (model, meta) in zip(ckpts, loaded):
@@ -182,7 +182,7 @@ def eval_(
         real_psnr = evaluate_real(model, ts.real, dev) if ts.real else []
         mean_real = float(sum(real_psnr) / len(real_psnr)) if real_psnr else float("nan")
         swap = meta.get("train", {}).get("swap")
-        table.add_row(str(path), str(swap), str(meta.get("step", "?")), f"{rep.psnr_swap:.2f}", f"{rep.psnr_self:.2f}",
+        table.add_row(Path(path).name, str(swap), str(meta.get("step", "?")), f"{rep.psnr_swap:.2f}", f"{rep.psnr_self:.2f}",
                       f"{rep.psnr_orbit:.2f}", f"{rep.psnr_still:.2f}", f"{rep.r_cam:.3f}", f"{rep.r_dyn:.3f}",
                       f"{mean_real:.2f}")
         rows.append({"checkpoint": str(path), "swap": swap, "step": meta.get("step"), **asdict(rep),
@@ -196,9 +196,13 @@ def eval_(
         for name in rows[0]["psnr_real"]:
             t2.add_row(name, *[f"{r['psnr_real'].get(name, float('nan')):.2f}" for r in rows])
         stdout.print(t2)
-    stdout.print("PSNR novel (swap latents): camera latent from the same camera at another pose, dynamics latent "
-                 "from the same pose at another camera; orbit head: another camera of the same pose moved by the "
-                 "true (d-azimuth, d-elevation); no move: that camera's latent unchanged.")
+    stdout.print("Novel views (22 per scene, 3 inputs). PSNR swap: camera latent from the same camera at another "
+                 "pose, dynamics latent from the same pose at another camera; own: both from the target itself; head: "
+                 "the orbit head moves the camera latent of another camera (same pose) by the true (d-azimuth, "
+                 "d-elevation); still: that camera's latent unmoved (the head's baseline). R: lower is better. PSNR "
+                 "real: mean over clips of held-out frames (t % 4 == 2), latents from the frame itself.")
+    for path in ckpts:
+        stdout.print(f"model {Path(path).name}: {path}")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(rows, indent=1))
