@@ -103,8 +103,8 @@ def pixel_grid(width: int, height: int, device=None) -> Float[Tensor, "H W 2"]:
     return torch.stack([xs, ys], dim=-1)
 
 
-def rays_from_pixels(K: Float[Tensor, "*B 3 3"], w2c: Float[Tensor, "*B 4 4"], xy: Float[Tensor, "*B 2"]
-                     ) -> tuple[Float[Tensor, "*B 3"], Float[Tensor, "*B 3"]]:
+def rays_from_pixels(K: Float[Tensor, "*#B 3 3"], w2c: Float[Tensor, "*#B 4 4"], xy: Float[Tensor, "*#B 2"]
+                     ) -> tuple[Float[Tensor, "*#B 3"], Float[Tensor, "*#B 3"]]:
     """World-space ray origins and unit directions through pixel positions `xy`.
 
     K and w2c broadcast against xy's batch dims (e.g. per-ray cameras gathered by index).
@@ -127,9 +127,10 @@ def camera_rays(cams: Cameras) -> tuple[Float[Tensor, "N H W 3"], Float[Tensor, 
     return rays_from_pixels(K, w2c, xy[None].expand(len(cams), -1, -1, -1))
 
 
-def project(points: Float[Tensor, "*B 3"], K: Float[Tensor, "*B 3 3"], w2c: Float[Tensor, "*B 4 4"]
-            ) -> tuple[Float[Tensor, "*B 2"], Float[Tensor, "*B"]]:
-    """World points to pixel positions (x, y) and camera-space depth z (z <= 0 means behind the camera)."""
+def project(points: Float[Tensor, "*#B 3"], K: Float[Tensor, "*#B 3 3"], w2c: Float[Tensor, "*#B 4 4"]
+            ) -> tuple[Float[Tensor, "*#B 2"], Float[Tensor, "*#B"]]:
+    """World points to pixel positions (x, y) and camera-space depth z (z <= 0 means behind the camera).
+    The batch shapes broadcast (e.g. one camera for many points)."""
     p_cam = (w2c[..., :3, :3] @ points[..., None])[..., 0] + w2c[..., :3, 3]
     z = p_cam[..., 2]
     uvw = (K @ p_cam[..., None])[..., 0]
@@ -137,9 +138,10 @@ def project(points: Float[Tensor, "*B 3"], K: Float[Tensor, "*B 3 3"], w2c: Floa
     return xy, z
 
 
-def unproject(xy: Float[Tensor, "*B 2"], depth: Float[Tensor, "*B"], K: Float[Tensor, "*B 3 3"],
-              w2c: Float[Tensor, "*B 4 4"]) -> Float[Tensor, "*B 3"]:
-    """Pixel positions with z-depth (camera-space z, not ray length) back to world points."""
+def unproject(xy: Float[Tensor, "*#B 2"], depth: Float[Tensor, "*#B"], K: Float[Tensor, "*#B 3 3"],
+              w2c: Float[Tensor, "*#B 4 4"]) -> Float[Tensor, "*#B 3"]:
+    """Pixel positions with z-depth (camera-space z, not ray length) back to world points; batch shapes
+    broadcast."""
     x = (xy[..., 0] - K[..., 0, 2]) / K[..., 0, 0]
     y = (xy[..., 1] - K[..., 1, 2]) / K[..., 1, 1]
     p_cam = torch.stack([x * depth, y * depth, depth], dim=-1)

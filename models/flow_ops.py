@@ -120,7 +120,7 @@ def flow_to_rgb(
 
 def compute_video_flow(
     frames: UInt8[np.ndarray, "T H W 3"],
-    backend: Literal["raft", "dis"] = "raft",
+    backend: str = "raft",  # raft | dis; checked below with a message for the user
     model=None,
     progress: Callable[[int, int], None] | None = None,
     *,

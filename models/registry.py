@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 from jaxtyping import Float
 from torch import Tensor
@@ -49,6 +49,7 @@ class NoRenderOptions:
         pass
 
 
+@runtime_checkable
 class Renderer(Protocol):
     chunk: int | None
     """How many cameras one `render` call should get: 1 for per-frame methods (a progress bar per frame),
@@ -58,6 +59,7 @@ class Renderer(Protocol):
         """One image per camera at the matching normalised time in [0, 1]; shapes as in `RenderOutput`."""
 
 
+@runtime_checkable
 class Method(Protocol):
     name: str
     Config: type | None

@@ -9,6 +9,15 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
 
+# Shapes are annotated with jaxtyping on public tensor functions; in the tests they are also checked at run time
+# (beartype through jaxtyping's import hook) for the modules listed, so an annotation that lies fails a test.
+from beartype import BeartypeConf, beartype  # noqa: E402
+from jaxtyping import install_import_hook  # noqa: E402
+
+typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))  # an int is a float, as PEP 484 says
+install_import_hook(["models.registry", "models.cameras", "models.filters", "models.flow_ops"],
+                    "conftest.typechecker")
+
 import numpy as np
 import pytest
 
