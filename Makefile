@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 # The venv is made once; the install reruns only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -24,8 +24,12 @@ demo: $(STAMP)
 	$(PY) -m monodyn_cli render --orbit 90 --frames 24 --workspace $(DEMO) --depth --side-by-side --output $(DEMO)/orbit90.mp4
 	@echo "demo video: $(DEMO)/orbit90.mp4 (and orbit90-depth.mp4, orbit90-sbs.mp4)"
 
-test: $(STAMP)
+# lint first (seconds), then the suite
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) bench/bench_pipeline.py

@@ -27,12 +27,11 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import resource
 import sys
 import time
 from pathlib import Path
-
-import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
 

@@ -100,8 +100,8 @@ def predict(model, frames: np.ndarray | Tensor, long_side: int = 518, batch_size
 
 # ---- sampling ----------------------------------------------------------------------------------------------
 
-def sample_bilinear(maps: Float[Tensor, "T H W"], frame: Int[Tensor, "N"], xy: Float[Tensor, "N 2"]
-                    ) -> Float[Tensor, "N"]:
+def sample_bilinear(maps: Float[Tensor, "T H W"], frame: Int[Tensor, " N"], xy: Float[Tensor, "N 2"]
+                    ) -> Float[Tensor, " N"]:
     """Values of per-frame maps at pixel positions (pixel centres at +0.5), bilinear, clamped at the border."""
     T, H, W = maps.shape
     x = (xy[:, 0] - 0.5).clamp(0, W - 1)
@@ -114,7 +114,7 @@ def sample_bilinear(maps: Float[Tensor, "T H W"], frame: Int[Tensor, "N"], xy: F
     return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
 
 
-def pixel_index(xy: Float[Tensor, "N 2"], height: int, width: int) -> tuple[Int[Tensor, "N"], Int[Tensor, "N"]]:
+def pixel_index(xy: Float[Tensor, "N 2"], height: int, width: int) -> tuple[Int[Tensor, " N"], Int[Tensor, " N"]]:
     """Row and column of the pixel containing each position (clamped into the image)."""
     col = xy[:, 0].floor().long().clamp(0, width - 1)
     row = xy[:, 1].floor().long().clamp(0, height - 1)
@@ -135,9 +135,9 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def fit_scale_shift(x: Float[Tensor, "N"], y: Float[Tensor, "N"], group: Int[Tensor, "N"], num_groups: int,
-                    weights: Float[Tensor, "N"] | None = None
-                    ) -> tuple[Float[Tensor, "G"], Float[Tensor, "G"], Bool[Tensor, "G"]]:
+def fit_scale_shift(x: Float[Tensor, " N"], y: Float[Tensor, " N"], group: Int[Tensor, " N"], num_groups: int,
+                    weights: Float[Tensor, " N"] | None = None
+                    ) -> tuple[Float[Tensor, " G"], Float[Tensor, " G"], Bool[Tensor, " G"]]:
     """Weighted least squares y ~= s * x + t, separately for each group (frame), in closed form.
 
     Returns scale, shift and `ok` (False where a group has too little weight or no spread in x, s = 1, t = 0).
@@ -160,8 +160,8 @@ def fit_scale_shift(x: Float[Tensor, "N"], y: Float[Tensor, "N"], group: Int[Ten
     return s.float(), t.float(), ok
 
 
-def group_median(values: Float[Tensor, "N"], group: Int[Tensor, "N"], num_groups: int,
-                 weights: Float[Tensor, "N"] | None = None) -> Float[Tensor, "G"]:
+def group_median(values: Float[Tensor, " N"], group: Int[Tensor, " N"], num_groups: int,
+                 weights: Float[Tensor, " N"] | None = None) -> Float[Tensor, " G"]:
     """Median of `values` within each group, counting only entries with weight > 0 (0 for empty groups)."""
     keep = torch.ones_like(values, dtype=torch.bool) if weights is None else weights > 0
     v, g = values[keep], group[keep]
@@ -184,9 +184,9 @@ class TooFewPointsError(StageError):
 TUKEY_C = 4.685  # Tukey biweight constant: 95% efficiency under Gaussian noise
 
 
-def robust_scale_shift(x: Float[Tensor, "N"], y: Float[Tensor, "N"], group: Int[Tensor, "N"], num_groups: int,
+def robust_scale_shift(x: Float[Tensor, " N"], y: Float[Tensor, " N"], group: Int[Tensor, " N"], num_groups: int,
                        lad_iters: int = 15, tukey_iters: int = 10
-                       ) -> tuple[Float[Tensor, "G"], Float[Tensor, "G"], Float[Tensor, "N"], Bool[Tensor, "G"]]:
+                       ) -> tuple[Float[Tensor, " G"], Float[Tensor, " G"], Float[Tensor, " N"], Bool[Tensor, " G"]]:
     """Per-group y ~= s * x + t that ignores outliers.
 
     Least-absolute-deviation start by IRLS (weights 1/|r|), then Tukey biweight IRLS with the robust sigma
@@ -214,14 +214,14 @@ def robust_scale_shift(x: Float[Tensor, "N"], y: Float[Tensor, "N"], group: Int[
 class Alignment:
     """Per-frame affine map from the monocular prediction to the SfM target (see module docstring)."""
 
-    scale: Float[Tensor, "T"]
-    shift: Float[Tensor, "T"]
+    scale: Float[Tensor, " T"]
+    shift: Float[Tensor, " T"]
     space: str                        # "disparity" (fit 1/z) or "depth" (fit z)
-    residual: Float[Tensor, "T"]      # RMS residual of the inliers, in the fitting space
-    rel_error: Float[Tensor, "T"]     # median |z_aligned - z| / z over the frame's points (nan: no points)
-    points: Int[Tensor, "T"]          # sparse points used per frame (after masking)
-    inliers: Int[Tensor, "T"]         # points with nonzero final weight
-    fallback: Bool[Tensor, "T"]       # frames that use the sequence-wide scale/shift
+    residual: Float[Tensor, " T"]      # RMS residual of the inliers, in the fitting space
+    rel_error: Float[Tensor, " T"]     # median |z_aligned - z| / z over the frame's points (nan: no points)
+    points: Int[Tensor, " T"]          # sparse points used per frame (after masking)
+    inliers: Int[Tensor, " T"]         # points with nonzero final weight
+    fallback: Bool[Tensor, " T"]       # frames that use the sequence-wide scale/shift
 
     def to_dict(self) -> dict:
         def clean(v):
@@ -240,7 +240,7 @@ def to_target_space(z: Tensor, space: str) -> Tensor:
     raise ValueError(f"alignment space must be 'disparity' or 'depth', not {space!r}")
 
 
-def align_points(pred: Float[Tensor, "N"], z: Float[Tensor, "N"], frame: Int[Tensor, "N"], num_frames: int,
+def align_points(pred: Float[Tensor, " N"], z: Float[Tensor, " N"], frame: Int[Tensor, " N"], num_frames: int,
                  space: str = "disparity", min_points: int = 20) -> Alignment:
     """Fit per-frame scale/shift mapping predictions at sparse points to their SfM z-depth.
 
@@ -306,8 +306,8 @@ def apply_alignment(pred: Float[Tensor, "T H W"], alignment: Alignment, max_dept
     return depth
 
 
-def align_depth(pred: Float[Tensor, "T H W"], frame: Int[Tensor, "N"], xy: Float[Tensor, "N 2"],
-                z: Float[Tensor, "N"], space: str = "disparity", static: Bool[Tensor, "T H W"] | None = None,
+def align_depth(pred: Float[Tensor, "T H W"], frame: Int[Tensor, " N"], xy: Float[Tensor, "N 2"],
+                z: Float[Tensor, " N"], space: str = "disparity", static: Bool[Tensor, "T H W"] | None = None,
                 min_points: int = 20, max_depth_factor: float | None = 20.0
                 ) -> tuple[Float[Tensor, "T H W"], Alignment]:
     """Dense z-depth in SfM units from a monocular prediction and per-frame SfM points.
@@ -355,7 +355,7 @@ def normalize_median(pred: Float[Tensor, "T H W"], space: str = "disparity", max
         return apply_alignment(pred.float(), alignment, max_depth_factor), alignment
 
 
-def sparse_depth_map(frame: Int[Tensor, "N"], xy: Float[Tensor, "N 2"], z: Float[Tensor, "N"], num_frames: int,
+def sparse_depth_map(frame: Int[Tensor, " N"], xy: Float[Tensor, "N 2"], z: Float[Tensor, " N"], num_frames: int,
                      height: int, width: int) -> Float[Tensor, "T H W"]:
     """Splat sparse points into per-frame depth maps (0 = unknown); the nearest point wins a shared pixel."""
     frame = frame.long()

@@ -9,14 +9,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> Float[Tensor, "size"]:
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> Float[Tensor, " size"]:
     """Normalised 1D Gaussian window (float64)."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     w = torch.exp(-0.5 * (x / sigma) ** 2)
     return w / w.sum()
 
 
-def separable_blur(x: Float[Tensor, "N C H W"], window: Float[Tensor, "k"]) -> Float[Tensor, "N C h w"]:
+def separable_blur(x: Float[Tensor, "N C H W"], window: Float[Tensor, " k"]) -> Float[Tensor, "N C h w"]:
     """Separable 'valid' convolution of every channel with the 1D window along rows, then columns."""
     C, k = x.shape[1], window.numel()
     wy = window.view(1, 1, k, 1).expand(C, 1, k, 1).to(x)

@@ -6,7 +6,7 @@ Flow convention (same as models/raft.py): channels last, (..., H, W, 2) with [..
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable
 
 import cv2
 import numpy as np

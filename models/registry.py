@@ -55,7 +55,7 @@ class Renderer(Protocol):
     """How many cameras one `render` call should get: 1 for per-frame methods (a progress bar per frame),
     a window length for video models (gcd: 14), None for the whole path at once."""
 
-    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+    def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """One image per camera at the matching normalised time in [0, 1]; shapes as in `RenderOutput`."""
 
 

@@ -74,7 +74,7 @@ class Scene:
         return int(self.frames.shape[2])
 
     @property
-    def times(self) -> Float[Tensor, "T"]:
+    def times(self) -> Float[Tensor, " T"]:
         """Normalised time in [0, 1] per frame: `frame_times` when given (a subset keeps the times of the frames
         it kept), else frame index / (T - 1)."""
         if self.frame_times is not None:

@@ -10,17 +10,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.cameras import Cameras, opengl_c2w_to_opencv_w2c, project, unproject, pixel_grid
+from models.cameras import Cameras, opengl_c2w_to_opencv_w2c, pixel_grid, project, unproject
 from models.errors import InputError
-from models.sfm.align import Sim3, align_trajectories, transform_w2c
 from models.scene import Scene
+from models.sfm.align import Sim3, align_trajectories, transform_w2c
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from models.fitting import atomic_write
 from models.gaussians.ply import write_ply
 from models.methods import METHODS
 from models.registry import get_method
-from monodyn_cli.commands.export import GAUSSIAN_METHODS
 from monodyn_cli import paths
-from monodyn_cli.fits import current_checkpoint
+from monodyn_cli.commands.export import GAUSSIAN_METHODS
 from monodyn_cli.console import RichProgress, human_bytes, stdout
+from monodyn_cli.fits import current_checkpoint
 from monodyn_cli.outputs import check_writable
 from monodyn_cli.scene_loader import load_scene, resolve_workspace
 from monodyn_cli.workspace import MANIFEST, write_json_atomic

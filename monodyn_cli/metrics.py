@@ -220,7 +220,7 @@ class LPIPS(nn.Module):
         return out
 
     def forward(self, pred: Float[Tensor, "N 3 H W"], gt: Float[Tensor, "N 3 H W"], spatial: bool = False
-                ) -> Float[Tensor, "N"] | Float[Tensor, "N H W"]:
+                ) -> Float[Tensor, " N"] | Float[Tensor, "N H W"]:
         """LPIPS distance of images in [0, 1] (channels first); `spatial` gives the per-pixel map."""
         def prep(v):
             return ((2 * v - 1) - self.shift) / self.scale

@@ -12,7 +12,6 @@ from __future__ import annotations
 # (0 = first input frame, 1 = last). Angles are in degrees. The "up" of a path is the average image-up of
 # the input cameras (the -y axis of their camera-to-world rotations), not the world z axis: SfM worlds have
 # an arbitrary orientation.
-
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ from models.errors import InputError
 
 class CameraPath(NamedTuple):
     cameras: Cameras
-    times: Float[Tensor, "N"]  # normalised time in [0, 1] per output frame
+    times: Float[Tensor, " N"]  # normalised time in [0, 1] per output frame
 
 
 def estimate_up(cams: Cameras) -> Float[Tensor, "3"]:
@@ -126,7 +125,7 @@ def _looking_at(eyes: Tensor, center: Tensor, up: Tensor, K: Tensor, input_cams:
 
 
 def orbit(input_cams: Cameras, center: Float[Tensor, "3"], degrees: float = 360.0, n_frames: int = 60,
-          times: Float[Tensor, "N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None) -> CameraPath:
+          times: Float[Tensor, " N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None) -> CameraPath:
     """An arc of `degrees` around the up axis through `center`, starting at input camera `ref`, every camera
     looking at the centre; distance and elevation stay those of the reference camera. Both ends are
     included (360 degrees ends where it started). Time plays across the input range unless `times` given."""
@@ -153,7 +152,7 @@ def bullet_time(input_cams: Cameras, center: Float[Tensor, "3"], degrees: float 
 
 def spiral(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, degrees: float = 360.0,
            radius_amplitude: float = 0.1, elevation_amplitude: float = 10.0, cycles: float = 2.0,
-           times: Float[Tensor, "N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None
+           times: Float[Tensor, " N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None
            ) -> CameraPath:
     """An orbit of `degrees` whose radius oscillates by +-`radius_amplitude` (fraction of the reference
     distance) and whose elevation wobbles by +-`elevation_amplitude` degrees, `cycles` times over the path;
@@ -171,7 +170,7 @@ def spiral(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, 
 
 
 def dolly(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, amount: float = 0.5,
-          zoom: bool = False, times: Float[Tensor, "N"] | None = None, ref: int = 0) -> CameraPath:
+          zoom: bool = False, times: Float[Tensor, " N"] | None = None, ref: int = 0) -> CameraPath:
     """Move input camera `ref` along its viewing direction, keeping its orientation, by `amount` times the
     depth of the centre (0.5: halfway to it; negative: away). With `zoom` (the "dolly zoom"), the focal
     length follows the distance so that things at the centre's depth keep their size in the image."""
@@ -196,7 +195,7 @@ def dolly(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, a
     return CameraPath(Cameras(K, w2c, input_cams.width, input_cams.height), _times(times, n_frames))
 
 
-def stabilized(input_cams: Cameras, frame: int, times: Float[Tensor, "N"] | None = None) -> CameraPath:
+def stabilized(input_cams: Cameras, frame: int, times: Float[Tensor, " N"] | None = None) -> CameraPath:
     """The camera of input frame `frame` held fixed while time plays over every input frame."""
     n = len(input_cams) if times is None else int(torch.as_tensor(times).numel())
     _check(input_cams, frame, n)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
-
-import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: see monodyn_cli/__init__.py
 
@@ -18,8 +17,8 @@ typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))  # an int is a f
 install_import_hook(["models.registry", "models.cameras", "models.filters", "models.flow_ops"],
                     "conftest.typechecker")
 
-import numpy as np
-import pytest
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -45,8 +44,9 @@ def pattern_frames(n: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarra
 def write_video(path: Path, frames: np.ndarray, fps: int = 10, pts_ms: list[int] | None = None,
                 pix_fmt: str = "yuv420p", codec: str = "libx264") -> Path:
     """Encode frames (T,H,W,3) uint8 near-losslessly; `pts_ms` gives explicit (variable) timestamps."""
-    import av
     from fractions import Fraction
+
+    import av
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import pattern_frames, write_video
 from typer.testing import CliRunner
 
-from conftest import pattern_frames, write_video
 from monodyn_cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]

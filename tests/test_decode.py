@@ -7,8 +7,8 @@ import os
 import cv2
 import numpy as np
 import pytest
-
 from conftest import pattern_frames, set_mp4_rotation, write_video
+
 from models.errors import InputError
 from monodyn_cli.stages.decode import DecodeConfig, decode, resolve_source
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from models.dpdy.config import DpDyConfig
-from models.dpdy.method import DpDyMethod
 from models.dpdy.guidance import orbit_cameras
+from models.dpdy.method import DpDyMethod
 from models.errors import InputError
 from models.gaussians.init import InitOptions, initialise
 from models.registry import get_method

@@ -6,8 +6,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.fields import (AABBMap, ContractedMap, PlaneSet, TensoRFVM, contract, frequency_encoding, sh_encoding,
-                           space_map_from_dict)
+from models.fields import (
+    AABBMap,
+    ContractedMap,
+    PlaneSet,
+    TensoRFVM,
+    contract,
+    frequency_encoding,
+    sh_encoding,
+    space_map_from_dict,
+)
 from models.fields.grids import LineSet
 from models.fields.tensorf import vm_coords
 

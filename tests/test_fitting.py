@@ -14,7 +14,6 @@ from models import fitting
 from models.errors import InputError
 from models.fitting import Budget, atomic_write, resolve_device, run_fit
 
-
 # ---- device ------------------------------------------------------------------------------------------------
 
 def test_resolve_device(monkeypatch):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from models.gaussians.losses import affine_invariant_loss, metric_disparity_loss, ssim, track_loss

@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 from models.osn.synthetic import scene_from_ground_truth
 from monodyn_cli import pipeline
 from monodyn_cli.app import app
-from monodyn_cli.fits import current_checkpoint
 from monodyn_cli.console import RichProgress
+from monodyn_cli.fits import current_checkpoint
 from monodyn_cli.synth import load_gt
 from monodyn_cli.workspace import Workspace
 

@@ -8,8 +8,15 @@ import torch
 from models.cameras import Cameras, camera_rays, intrinsics_from_fov, look_at
 from models.fields import AABBMap, ContractedMap, RadianceField
 from models.fields.base import DensityOutput
-from models.rendering import (OccupancyGrid, RenderConfig, accumulate, composite_packed, composite_reference,
-                              ray_aabb, sample_along_rays)
+from models.rendering import (
+    OccupancyGrid,
+    RenderConfig,
+    accumulate,
+    composite_packed,
+    composite_reference,
+    ray_aabb,
+    sample_along_rays,
+)
 
 
 class SlabField(RadianceField):

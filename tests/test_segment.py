@@ -14,8 +14,15 @@ import pytest
 from models.errors import InputError, MonodynError, WeightsNotFoundError
 from models.flow_ops import compute_video_flow
 from models.segmentation import Prompt, mask_iou, masks_to_ids, validate_prompts, warp_labels
-from models.segmentation.motion import (MotionConfig, camera_residuals, fit_camera_model, segment_motion,
-                                        split_merged_backward, split_objects, track_objects)
+from models.segmentation.motion import (
+    MotionConfig,
+    camera_residuals,
+    fit_camera_model,
+    segment_motion,
+    split_merged_backward,
+    split_objects,
+    track_objects,
+)
 from models.segmentation.sam_tam import track_prompts
 
 

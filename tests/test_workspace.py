@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import pattern_frames, write_video
+
 from monodyn_cli import pipeline
 from monodyn_cli.workspace import Progress, Workspace, WorkspaceBusyError, stage_key
 

@@ -19,7 +19,7 @@ from models.cameras import Cameras
 Guidance = Callable[..., Tensor]  # (models.registry.RenderOutput, Cameras, times (N,)) -> scalar loss
 
 
-def rotation_about_axis(axis: Float[Tensor, "N 3"], angle: Float[Tensor, "N"]) -> Float[Tensor, "N 3 3"]:
+def rotation_about_axis(axis: Float[Tensor, "N 3"], angle: Float[Tensor, " N"]) -> Float[Tensor, "N 3 3"]:
     """Rodrigues: rotation by `angle` (radians) about `axis` (normalised here)."""
     k = F.normalize(axis, dim=-1)
     zero = torch.zeros_like(angle)
@@ -30,7 +30,7 @@ def rotation_about_axis(axis: Float[Tensor, "N 3"], angle: Float[Tensor, "N"]) -
     return eye + s * K + (1 - c) * (K @ K)
 
 
-def orbit_cameras(cams: Cameras, pivot_distance: Float[Tensor, "N"], degrees: Float[Tensor, "N"]) -> Cameras:
+def orbit_cameras(cams: Cameras, pivot_distance: Float[Tensor, " N"], degrees: Float[Tensor, " N"]) -> Cameras:
     """Each camera turned by `degrees` about its own up axis through the point `pivot_distance` ahead of it
     on its optical axis; it keeps looking at that point. World up is unknown after SfM, the camera's is not."""
     w2c = cams.w2c
@@ -47,7 +47,7 @@ def orbit_cameras(cams: Cameras, pivot_distance: Float[Tensor, "N"], degrees: Fl
     return Cameras(cams.K.clone(), out, cams.width, cams.height)
 
 
-def novel_cameras(cams: Cameras, scene_center: Float[Tensor, "3"], degrees: Float[Tensor, "N"], size: int,
+def novel_cameras(cams: Cameras, scene_center: Float[Tensor, "3"], degrees: Float[Tensor, " N"], size: int,
                   min_pivot: float) -> Cameras:
     """Input cameras orbited by `degrees` about the point of their optical axis nearest the scene centre, at
     `size` pixels on the long side."""

@@ -68,7 +68,7 @@ class DpDyRenderer:
         self.model, self.meta, self.device = model, meta, device
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+    def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """rgb (N,H,W,3), depth (N,H,W) expected z, alpha (N,H,W); extras "dynamic": the dynamic Gaussians' share."""
         times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
         if times.numel() == 1 and len(cameras) > 1:

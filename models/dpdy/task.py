@@ -18,7 +18,6 @@ import json
 import math
 from pathlib import Path
 
-
 import numpy as np
 import torch
 from jaxtyping import Float
@@ -30,9 +29,14 @@ from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance, novel_cameras
 from models.fitting import atomic_write
 from models.gaussians.init import DENSE_DEPTH, InitOptions, initialise
-from models.gaussians.losses import (affine_invariant_loss, metric_disparity_loss, motion_smoothness,
-                                     photometric_loss, track_loss)
-from models.gaussians.model import GAUSSIAN_PARAMS, DynamicGaussians
+from models.gaussians.losses import (
+    affine_invariant_loss,
+    metric_disparity_loss,
+    motion_smoothness,
+    photometric_loss,
+    track_loss,
+)
+from models.gaussians.model import DynamicGaussians
 from models.gaussians.strategy import DensifyStrategy, StrategyOptions
 from models.scene import Scene
 

@@ -29,7 +29,7 @@ class DensityOutput:
     field made of several components (None for the fields here). state: per-sample tensors for
     `query_color`."""
 
-    sigma: Float[Tensor, "M"]
+    sigma: Float[Tensor, " M"]
     parts: Float[Tensor, "M P"] | None = None
     state: dict[str, Tensor] = field(default_factory=dict)
 
@@ -42,19 +42,19 @@ def select_state(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
 class RadianceField(nn.Module):
     """Base class: subclasses implement `query_density` and `query_color`."""
 
-    def query_density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None) -> DensityOutput:
+    def query_density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, " M"] | None) -> DensityOutput:
         raise NotImplementedError
 
-    def query_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None,
+    def query_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, " M"] | None,
                     state: dict[str, Tensor]) -> Float[Tensor, "M 3"]:
         raise NotImplementedError
 
-    def density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None = None) -> Float[Tensor, "M"]:
+    def density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, " M"] | None = None) -> Float[Tensor, " M"]:
         """Density only (occupancy-grid updates)."""
         return self.query_density(x, t).sigma
 
-    def forward(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None = None
-                ) -> tuple[Float[Tensor, "M"], Float[Tensor, "M 3"]]:
+    def forward(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, " M"] | None = None
+                ) -> tuple[Float[Tensor, " M"], Float[Tensor, "M 3"]]:
         """Density and colour of every sample (no skipping): for tests and small queries."""
         dens = self.query_density(x, t)
         return dens.sigma, self.query_color(x, d, t, dens.state)

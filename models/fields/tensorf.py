@@ -70,7 +70,7 @@ class TensoRFVM(RadianceField):
             self.mlp = TinyMLP(in_dim, hidden, 3, n_hidden_layers=2)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def query_density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None = None) -> DensityOutput:
+    def query_density(self, x: Float[Tensor, "M 3"], t: Float[Tensor, " M"] | None = None) -> DensityOutput:
         pc, lc = vm_coords(x)
         raw = (self.density_planes.lookup(pc) * self.density_lines.lookup(lc)).sum(dim=(0, 2))
         return DensityOutput(sigma=trunc_exp(raw + self.density_shift))
@@ -80,7 +80,7 @@ class TensoRFVM(RadianceField):
         f = self.app_planes.lookup(pc) * self.app_lines.lookup(lc)  # (3, M, R)
         return self.basis(f.permute(1, 0, 2).reshape(x.shape[0], 3 * f.shape[-1]))
 
-    def query_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, "M"] | None = None,
+    def query_color(self, x: Float[Tensor, "M 3"], d: Float[Tensor, "M 3"], t: Float[Tensor, " M"] | None = None,
                     state: dict[str, Tensor] | None = None) -> Float[Tensor, "M 3"]:
         f = self.app_features(x)
         if self.decoder_kind == "sh":

@@ -23,9 +23,9 @@ from jaxtyping import Float
 from models.cameras import unproject
 from models.depth import densify_sparse_depth
 from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, rotmat_to_quat
-from models.splatting.project import quat_to_rotmat
 from models.gaussians.tracks import chain_tracks, kmeans
 from models.scene import Scene
+from models.splatting.project import quat_to_rotmat
 
 DENSE_DEPTH = 0.3  # a depth map covering at least this share of pixels is dense (a prediction), else sparse SfM
 
@@ -79,7 +79,7 @@ class DepthSource:
         return self._cache[t]
 
 
-def _lift(scene: Scene, t: int, xy: Float[np.ndarray, "P 2"], z: Float[np.ndarray, "P"]) -> np.ndarray:
+def _lift(scene: Scene, t: int, xy: Float[np.ndarray, "P 2"], z: Float[np.ndarray, " P"]) -> np.ndarray:
     cam = scene.cameras[t]
     pts = unproject(torch.as_tensor(xy, dtype=torch.float32), torch.as_tensor(z, dtype=torch.float32),
                     cam.K[0], cam.w2c[0])

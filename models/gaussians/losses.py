@@ -33,7 +33,7 @@ def photometric_loss(pred: Float[Tensor, "H W 3"], target: Float[Tensor, "H W 3"
     return (1 - ssim_weight) * (pred - target).abs().mean() + ssim_weight * (1 - ssim(pred, target))
 
 
-def metric_disparity_loss(pred_depth: Float[Tensor, "M"], prior_depth: Float[Tensor, "M"], unit: float
+def metric_disparity_loss(pred_depth: Float[Tensor, " M"], prior_depth: Float[Tensor, " M"], unit: float
                           ) -> Float[Tensor, ""]:
     """Mean |unit / pred - unit / prior|: disparity error in units of the scene radius (near points weigh more,
     as their depth is better known)."""
@@ -42,7 +42,7 @@ def metric_disparity_loss(pred_depth: Float[Tensor, "M"], prior_depth: Float[Ten
     return (unit / pred_depth.clamp(min=1e-6) - unit / prior_depth).abs().mean()
 
 
-def affine_invariant_loss(pred: Float[Tensor, "M"], prior: Float[Tensor, "M"]) -> Float[Tensor, ""]:
+def affine_invariant_loss(pred: Float[Tensor, " M"], prior: Float[Tensor, " M"]) -> Float[Tensor, ""]:
     """L1 after the least-squares scale and shift that best map `prior` onto `pred` (MiDaS-style; the prior's
     scale and shift are unknown per frame). Both in the same space (e.g. disparity)."""
     if pred.numel() < 2:

@@ -59,7 +59,7 @@ class GaussianSet(nn.Module):
     color_logits (N,3)."""
 
     def __init__(self, means: Float[Tensor, "N 3"], log_scales: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"],
-                 opacity_logits: Float[Tensor, "N"], color_logits: Float[Tensor, "N 3"]):
+                 opacity_logits: Float[Tensor, " N"], color_logits: Float[Tensor, "N 3"]):
         super().__init__()
         for name, value in zip(GAUSSIAN_PARAMS, (means, log_scales, quats, opacity_logits, color_logits)):
             setattr(self, name, nn.Parameter(value.detach().float().contiguous()))
@@ -78,7 +78,7 @@ class GaussianSet(nn.Module):
         return self.log_scales.exp()
 
     @property
-    def opacities(self) -> Float[Tensor, "N"]:
+    def opacities(self) -> Float[Tensor, " N"]:
         return torch.sigmoid(self.opacity_logits)
 
     @property
@@ -119,9 +119,9 @@ class DynamicGaussians(nn.Module):
     """
 
     def __init__(self, static: GaussianSet, dynamic: GaussianSet, bases: MotionBases,
-                 motion_logits: Float[Tensor, "N_dyn B"], instance_ids: Int[Tensor, "N_dyn"],
-                 time_centers: Float[Tensor, "N_dyn"] | None = None,
-                 log_time_scales: Float[Tensor, "N_dyn"] | None = None):
+                 motion_logits: Float[Tensor, "N_dyn B"], instance_ids: Int[Tensor, " N_dyn"],
+                 time_centers: Float[Tensor, " N_dyn"] | None = None,
+                 log_time_scales: Float[Tensor, " N_dyn"] | None = None):
         super().__init__()
         n = len(dynamic)
         # temporal opacity (Spacetime Gaussians): a dynamic Gaussian lifted from one frame fades away from it, so
@@ -163,7 +163,7 @@ class DynamicGaussians(nn.Module):
         means = (quat_to_rotmat(q) @ self.dynamic.means[:, :, None])[..., 0] + w @ u_b
         return means, quat_multiply(q, self.dynamic.quats)
 
-    def temporal_opacity(self, time: float) -> Float[Tensor, "N_dyn"]:
+    def temporal_opacity(self, time: float) -> Float[Tensor, " N_dyn"]:
         """Each dynamic Gaussian's opacity factor at normalised time in [0, 1]."""
         z = (time - self.time_centers) / self.log_time_scales.exp()
         return torch.exp(-0.5 * z * z)
@@ -198,7 +198,7 @@ class DynamicGaussians(nn.Module):
         return {"rgb": out[..., :3], "dynamic": out[..., 3], "extra": out[..., 4:-1], "depth": out[..., -1],
                 "alpha": alpha, "meta": meta}
 
-    def render_cameras(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+    def render_cameras(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """One image per camera at the matching normalised time: rgb (N,H,W,3) (not clamped), depth (N,H,W) expected
         z, alpha (N,H,W); extras "dynamic": the dynamic Gaussians' share (N,H,W)."""
         outs = [self.render(cameras.w2c[i].float(), cameras.K[i].float(), cameras.width, cameras.height,

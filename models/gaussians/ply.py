@@ -54,7 +54,7 @@ def _numpy(x, name: str, shape: tuple) -> np.ndarray:
 
 
 def gaussians_to_records(means: Float[np.ndarray, "N 3"], quats: Float[np.ndarray, "N 4"],
-                         scales: Float[np.ndarray, "N 3"], opacities: Float[np.ndarray, "N"],
+                         scales: Float[np.ndarray, "N 3"], opacities: Float[np.ndarray, " N"],
                          colors: Float[np.ndarray, "N 3"]) -> np.ndarray:
     """Activated Gaussian parameters (numpy arrays or torch tensors) -> the (N,) structured array of the file."""
     means = _numpy(means, "means", (None, 3))
@@ -87,7 +87,7 @@ def gaussians_to_records(means: Float[np.ndarray, "N 3"], quats: Float[np.ndarra
 
 
 def write_ply(path: str | Path | BinaryIO, means: Float[np.ndarray, "N 3"], quats: Float[np.ndarray, "N 4"],
-              scales: Float[np.ndarray, "N 3"], opacities: Float[np.ndarray, "N"],
+              scales: Float[np.ndarray, "N 3"], opacities: Float[np.ndarray, " N"],
               colors: Float[np.ndarray, "N 3"]) -> None:
     """Write N Gaussians as a 3DGS PLY (see the module docstring). means: world positions; quats: wxyz (any length,
     normalised here); scales: linear standard deviations; opacities in [0, 1]; colors: rgb in [0, 1].

@@ -35,7 +35,7 @@ class StrategyOptions:
 
 
 def reindex_rows(module: nn.Module, names: tuple[str, ...], optimizer: torch.optim.Optimizer | None,
-                 keep: Int[Tensor, "K"], new_rows: dict[str, Tensor]) -> None:
+                 keep: Int[Tensor, " K"], new_rows: dict[str, Tensor]) -> None:
     """Replace each parameter/buffer `name` of `module` by cat(value[keep], new_rows[name]); Adam moments of kept
     rows follow them, new rows start at zero."""
     for name in names:
@@ -80,7 +80,7 @@ class DensifyStrategy:
         self.grad2d, self.count = state["grad2d"].to(self.g.means.device), state["count"].to(self.g.means.device)
 
     @torch.no_grad()
-    def observe(self, means2d_grad: Float[Tensor, "N 2"], radii: Int[Tensor, "N"], width: int, height: int) -> None:
+    def observe(self, means2d_grad: Float[Tensor, "N 2"], radii: Int[Tensor, " N"], width: int, height: int) -> None:
         """Accumulate one step's screen-space gradients (rows of this set only)."""
         g = means2d_grad * means2d_grad.new_tensor([width / 2, height / 2])
         visible = radii > 0

@@ -82,8 +82,8 @@ class CompositeOutput:
     alone (opacity, z-depth at its scale; 0 where it has no opacity)."""
 
     rgb: Float[Tensor, "N 3"]
-    depth: Float[Tensor, "N"]
-    alpha: Float[Tensor, "N"]
+    depth: Float[Tensor, " N"]
+    alpha: Float[Tensor, " N"]
     object_weights: Float[Tensor, "N O"]
     object_alpha: Float[Tensor, "N O"]
     object_depth: Float[Tensor, "N O"]
@@ -91,7 +91,7 @@ class CompositeOutput:
 
 
 def render_composite(objects: list[ObjectField], rays: list[tuple[Tensor, Tensor, Tensor]],
-                     z_factor: Float[Tensor, "N"], background: Float[Tensor, "3"] | None = None,
+                     z_factor: Float[Tensor, " N"], background: Float[Tensor, "3"] | None = None,
                      stratified: bool = False, generator: torch.Generator | None = None,
                      weight_threshold: float = 1e-4, early_stop: float = 1e-3) -> CompositeOutput:
     """Render N rays through all objects. rays[o] = (origins, unit dirs, t_scale) in object o's frame (see

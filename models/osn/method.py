@@ -19,6 +19,7 @@ from models.osn.trainer import OSNTask
 from models.registry import FitProgress, RenderOutput
 from models.scene import Scene
 
+
 def load_model(ckpt: Path, device: str | torch.device = "cpu") -> OSNModel:
     """The model in checkpoint folder `ckpt` on `device`; a missing, corrupt or other-format checkpoint is a
     one-line InputError that says to refit."""
@@ -46,7 +47,7 @@ def load_model(ckpt: Path, device: str | torch.device = "cpu") -> OSNModel:
 
 
 def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list[float] | None = None,
-                  scale_samples: int | None = None, seed: int = 0) -> list[Float[Tensor, "K"]]:
+                  scale_samples: int | None = None, seed: int = 0) -> list[Float[Tensor, " K"]]:
     """The scale combinations (objects 1..K) a render asks for: explicit `scales`, the `scale_sample`-th valid
     one, the first `scale_samples` valid ones, or by default the valid one nearest the centre of the valid set."""
     K = model.n_objects
@@ -82,7 +83,7 @@ class OSNRenderer:
         self.scales = choose_scales(model, options.scale_sample, options.scales, options.scale_samples, options.seed)
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+    def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """One image per camera at its normalised time. Several scale combinations are tiled side by side:
         rgb (N, H, S*W, 3). extras: object_weights (N,H,S*W,O), instance (N,H,S*W) object index of the largest
         weight (-1 where empty), scales (S, K) the combinations used (objects 1..K)."""

@@ -63,13 +63,13 @@ class OSNModel(nn.Module):
         return torch.cat([torch.ones_like(scales[:, :1]), scales], dim=1)
 
     # -- valid configurations ------------------------------------------------------------------------------
-    def valid_scales(self, seed: int = 0) -> tuple[Float[Tensor, "M K"], Float[Tensor, "M"]]:
+    def valid_scales(self, seed: int = 0) -> tuple[Float[Tensor, "M K"], Float[Tensor, " M"]]:
         """Valid scale combinations (validity > 0.5) in deterministic candidate order (cached per seed)."""
         if seed not in self._valid_cache:
             self._valid_cache[seed] = valid_configurations(self.scale_net, self.space, N_CANDIDATES, seed)
         return self._valid_cache[seed]
 
-    def default_scales(self, seed: int = 0) -> Float[Tensor, "K"]:
+    def default_scales(self, seed: int = 0) -> Float[Tensor, " K"]:
         """The valid combination nearest the centre of the valid set; the centre of the search box when the
         network finds none valid."""
         scales, _ = self.valid_scales(seed)
@@ -77,7 +77,7 @@ class OSNModel(nn.Module):
             return self.space.from_unit(torch.zeros(1, self.n_objects))[0]
         return scales[central_configuration(scales, self.space)]
 
-    def validity(self, scales: Float[Tensor, "B K"]) -> Float[Tensor, "B"]:
+    def validity(self, scales: Float[Tensor, "B K"]) -> Float[Tensor, " B"]:
         dev = self.background_rgb.device
         return self.scale_net.validity(self.space.to_unit(scales.to(dev))).cpu()
 
@@ -93,7 +93,7 @@ class OSNModel(nn.Module):
         return render_composite(list(self.fields), rays, z_factor, self.background_rgb)
 
     @torch.no_grad()
-    def render_cameras(self, cameras: Cameras, times: Float[Tensor, "N"], scales: Float[Tensor, "K"],
+    def render_cameras(self, cameras: Cameras, times: Float[Tensor, " N"], scales: Float[Tensor, " K"],
                        chunk: int = 16384) -> dict[str, Tensor]:
         """Render each camera at its normalised time with object scales `scales` (objects 1..K). Returns rgb
         (N,H,W,3), depth / alpha (N,H,W), object_weights (N,H,W,O)."""

@@ -51,7 +51,7 @@ class ObjectSet:
     K: Float[Tensor, "T 3 3"]
     width: int
     height: int
-    times: Float[Tensor, "T"]
+    times: Float[Tensor, " T"]
     spaces: list[dict]
     ref_depth: float
     unit: list[float]
@@ -219,7 +219,7 @@ def frame_from_world_at_frames(frame_from_camera: Float[Tensor, "*B 4 4"], w2c: 
 
 
 def frame_rays(frame_from_world: Float[Tensor, "N 4 4"], origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"]
-               ) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"], Float[Tensor, "N"]]:
+               ) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"], Float[Tensor, " N"]]:
     """World rays (unit directions) -> rays in an object's frame: origins, unit directions, and the world
     distance per frame distance along each ray (= s for a similarity with scale 1/s)."""
     A, b = frame_from_world[..., :3, :3], frame_from_world[..., :3, 3]
@@ -269,7 +269,7 @@ def slerp(q0: Float[Tensor, "*B 4"], q1: Float[Tensor, "*B 4"], u: Float[Tensor,
     return q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
 
 
-def interpolate_similarity(M: Float[Tensor, "T 4 4"], frame_times: Float[Tensor, "T"], t: float) -> Float[Tensor, "4 4"]:
+def interpolate_similarity(M: Float[Tensor, "T 4 4"], frame_times: Float[Tensor, " T"], t: float) -> Float[Tensor, "4 4"]:
     """The similarity (scale * R | translation) at normalised time t between the frames' M (rotation slerp,
     translation and log-scale linear; clamped to the clip)."""
     times = frame_times.to(M)

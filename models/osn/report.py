@@ -27,15 +27,15 @@ class ScaleReport:
     validity (G2, G2) indexed [b, a]) for objects 1 and 2, or None with one object."""
 
     ids: list[int]
-    search_lo: Float[Tensor, "K"]
-    search_hi: Float[Tensor, "K"]
-    default: Float[Tensor, "K"]
+    search_lo: Float[Tensor, " K"]
+    search_hi: Float[Tensor, " K"]
+    default: Float[Tensor, " K"]
     n_valid: int
     n_candidates: int
-    valid_lo: Float[Tensor, "K"]
-    valid_hi: Float[Tensor, "K"]
-    axis_lo: Float[Tensor, "K"]
-    axis_hi: Float[Tensor, "K"]
+    valid_lo: Float[Tensor, " K"]
+    valid_hi: Float[Tensor, " K"]
+    axis_lo: Float[Tensor, " K"]
+    axis_hi: Float[Tensor, " K"]
     curve_scales: Float[Tensor, "K G"]
     curve_validity: Float[Tensor, "K G"]
     map2d: tuple[Tensor, Tensor, Tensor] | None

@@ -57,11 +57,11 @@ class ScaleNetwork(nn.Module):
         # frequencies 2^k * pi/2: the lowest period spans the whole box, the highest resolves ~1/16 of it
         self.mlp = TinyMLP(frequency_encoding_dim(n_objects, n_freqs), hidden, 1, n_hidden_layers=3)
 
-    def forward(self, z: Float[Tensor, "B K"]) -> Float[Tensor, "B"]:
+    def forward(self, z: Float[Tensor, "B K"]) -> Float[Tensor, " B"]:
         return self.mlp(frequency_encoding(z * (math.pi / 2), self.n_freqs))[:, 0]
 
     @torch.no_grad()
-    def validity(self, z: Float[Tensor, "B K"]) -> Float[Tensor, "B"]:
+    def validity(self, z: Float[Tensor, "B K"]) -> Float[Tensor, " B"]:
         """Validity scores in [0, 1]."""
         return torch.sigmoid(self(z))
 
@@ -79,7 +79,7 @@ def random_unit(n: int, n_objects: int, generator: torch.Generator | None = None
 
 @torch.no_grad()
 def valid_configurations(net: ScaleNetwork, space: ScaleSpace, n_candidates: int = 4096, seed: int = 0,
-                         threshold: float = 0.5) -> tuple[Float[Tensor, "M K"], Float[Tensor, "M"]]:
+                         threshold: float = 0.5) -> tuple[Float[Tensor, "M K"], Float[Tensor, " M"]]:
     """Scale combinations (objects 1..K, in scale units) with validity > threshold, in candidate order, and
     their scores. M may be 0."""
     z = candidates(n_candidates, space.n_objects, seed).to(next(net.parameters()).device)

@@ -61,11 +61,11 @@ class ZBufferCache:
 
     depth: Float[Tensor, "P O"]
     alpha: Float[Tensor, "P O"]
-    labels: Int[Tensor, "P"]
-    counts: Float[Tensor, "O"]
+    labels: Int[Tensor, " P"]
+    counts: Float[Tensor, " O"]
 
     @staticmethod
-    def build(depth: Float[Tensor, "P O"], alpha: Float[Tensor, "P O"], labels: Int[Tensor, "P"],
+    def build(depth: Float[Tensor, "P O"], alpha: Float[Tensor, "P O"], labels: Int[Tensor, " P"],
               min_alpha: float = 0.5) -> "ZBufferCache":
         """Keep the pixels where the labelled object and at least one other are present (alone opacity >
         min_alpha), with opacities binarised; labels < 0 (unknown) are dropped."""
@@ -103,7 +103,7 @@ class ZBufferCache:
         return out / self.counts.clamp_min(1.0)
 
     def validity_labels(self, scales: Float[Tensor, "H O"], temperature: float = 0.01, tolerance: float = 0.02
-                        ) -> tuple[Bool[Tensor, "H"], Float[Tensor, "H O"]]:
+                        ) -> tuple[Bool[Tensor, " H"], Float[Tensor, "H O"]]:
         """0/1 pseudo-labels (valid <=> every object's error <= tolerance) and the errors."""
         err = self.errors(scales, temperature)
         return err.amax(-1) <= tolerance, err

@@ -34,7 +34,7 @@ class OccupancyGrid(nn.Module):
         # derived grids (dilated copy, bounds) are cached per version of `occupied`
         self._version, self._dilated_key, self._bounds_key = 0, None, None
 
-    def cell_index(self, x: Float[Tensor, "M 3"]) -> tuple[Tensor, Bool[Tensor, "M"]]:
+    def cell_index(self, x: Float[Tensor, "M 3"]) -> tuple[Tensor, Bool[Tensor, " M"]]:
         """Flat cell index (i_x * r + i_y) * r + i_z of box points, and whether each lies inside the box."""
         r = self.resolution
         g = ((x + 1.0) * (0.5 * r)).floor().long()
@@ -42,12 +42,12 @@ class OccupancyGrid(nn.Module):
         g = g.clamp(0, r - 1)
         return (g[:, 0] * r + g[:, 1]) * r + g[:, 2], inside
 
-    def query(self, x: Float[Tensor, "M 3"]) -> Bool[Tensor, "M"]:
+    def query(self, x: Float[Tensor, "M 3"]) -> Bool[Tensor, " M"]:
         """True where the point is inside the box and its cell is occupied."""
         idx, inside = self.cell_index(x)
         return self.occupied[idx] & inside
 
-    def query_dilated(self, x: Float[Tensor, "M 3"], radius: int) -> Bool[Tensor, "M"]:
+    def query_dilated(self, x: Float[Tensor, "M 3"], radius: int) -> Bool[Tensor, " M"]:
         """Like `query` on the grid dilated by `radius` cells (a cube max filter): True wherever an occupied
         cell is within `radius` cells. Points outside the box are clamped onto it (clamping to a convex box
         never increases distances to points inside, so the test stays conservative)."""

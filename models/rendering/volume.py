@@ -42,7 +42,7 @@ class RenderConfig:
 
 
 def ray_aabb(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"], aabb: Float[Tensor, "2 3"]
-             ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N"], Bool[Tensor, "N"]]:
+             ) -> tuple[Float[Tensor, " N"], Float[Tensor, " N"], Bool[Tensor, " N"]]:
     """Slab test: entry and exit distances of rays through the box aabb = [min, max], and whether the
     ray hits it in front of its origin. t_near is clamped to >= 0 (origins inside the box start at 0)."""
     aabb = aabb.to(origins)
@@ -60,14 +60,14 @@ class PackedSamples:
     """M samples along N rays, sorted by ray. t_*: world distances; delta: interval length in box units;
     x: sample positions in the field box; weights: filled by the renderer (M,) after compositing."""
 
-    ray_indices: Int[Tensor, "M"]
-    t_starts: Float[Tensor, "M"]
-    t_ends: Float[Tensor, "M"]
-    t_pos: Float[Tensor, "M"]
-    delta: Float[Tensor, "M"]
+    ray_indices: Int[Tensor, " M"]
+    t_starts: Float[Tensor, " M"]
+    t_ends: Float[Tensor, " M"]
+    t_pos: Float[Tensor, " M"]
+    delta: Float[Tensor, " M"]
     x: Float[Tensor, "M 3"]
     n_rays: int
-    weights: Float[Tensor, "M"] | None = None
+    weights: Float[Tensor, " M"] | None = None
 
     def __len__(self) -> int:
         return self.ray_indices.shape[0]
@@ -102,7 +102,7 @@ def _contracted_intervals(origins: Float[Tensor, "N 3"], space_map: ContractedMa
 
 def sample_along_rays(origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"],
                       space_map: AABBMap | ContractedMap, n_samples: int, near: float, far: float,
-                      occupancy=None, times: Float[Tensor, "N"] | None = None, stratified: bool = False,
+                      occupancy=None, times: Float[Tensor, " N"] | None = None, stratified: bool = False,
                       generator: torch.Generator | None = None) -> PackedSamples:
     """Candidate intervals -> sample positions (midpoints, or uniform within the interval when
     `stratified`; `generator` must live on the rays' device) -> keep those in occupied cells of
@@ -213,14 +213,14 @@ def composite_reference(sigma: Float[Tensor, "N K"], delta: Float[Tensor, "N K"]
     return trans * alpha, trans
 
 
-def ray_starts(ray_indices: Int[Tensor, "M"], n_rays: int) -> Int[Tensor, "N"]:
+def ray_starts(ray_indices: Int[Tensor, " M"], n_rays: int) -> Int[Tensor, " N"]:
     """Index of each ray's first sample in a packed, ray-sorted list (= the next ray's start if empty)."""
     counts = torch.bincount(ray_indices, minlength=n_rays)
     return torch.cumsum(counts, 0) - counts
 
 
-def segment_exclusive_cumsum(values: Float[Tensor, "M"], ray_indices: Int[Tensor, "M"], n_rays: int
-                             ) -> Float[Tensor, "M"]:
+def segment_exclusive_cumsum(values: Float[Tensor, " M"], ray_indices: Int[Tensor, " M"], n_rays: int
+                             ) -> Float[Tensor, " M"]:
     """sum_{j < i, same ray} values[j] for ray-sorted packed values, computed in float64."""
     v = values.double()
     incl = torch.cumsum(v, 0)
@@ -231,8 +231,8 @@ def segment_exclusive_cumsum(values: Float[Tensor, "M"], ray_indices: Int[Tensor
     return excl - excl[first]
 
 
-def composite_packed(sigma: Float[Tensor, "M"], delta: Float[Tensor, "M"], ray_indices: Int[Tensor, "M"],
-                     n_rays: int) -> tuple[Float[Tensor, "M"], Float[Tensor, "M"]]:
+def composite_packed(sigma: Float[Tensor, " M"], delta: Float[Tensor, " M"], ray_indices: Int[Tensor, " M"],
+                     n_rays: int) -> tuple[Float[Tensor, " M"], Float[Tensor, " M"]]:
     """Weights and transmittance of packed, ray-sorted samples (differentiable in sigma and delta)."""
     tau = sigma * delta
     trans = torch.exp(-segment_exclusive_cumsum(tau, ray_indices, n_rays))
@@ -240,7 +240,8 @@ def composite_packed(sigma: Float[Tensor, "M"], delta: Float[Tensor, "M"], ray_i
     return (trans * alpha).to(sigma.dtype), trans.to(sigma.dtype)
 
 
-def accumulate(values: Float[Tensor, "M *C"], ray_indices: Int[Tensor, "M"], n_rays: int) -> Float[Tensor, "N *C"]:
+def accumulate(values: Float[Tensor, "M *C"],  # noqa: F821 (ruff reads the jaxtyping shape "M *C" as M * C)
+               ray_indices: Int[Tensor, " M"], n_rays: int) -> Float[Tensor, "N *C"]:  # noqa: F821
     """Per-ray sums of packed per-sample values."""
     out = values.new_zeros((n_rays,) + tuple(values.shape[1:]))
     return out.index_add(0, ray_indices, values)

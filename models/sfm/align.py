@@ -118,7 +118,7 @@ def trajectory_error(w2c_est: Float[np.ndarray, "T 4 4"], w2c_gt: Float[np.ndarr
                            sim.scale)
 
 
-def upright_normalization(w2c: Float[np.ndarray, "T 4 4"], depths: Float[np.ndarray, "M"] | None,
+def upright_normalization(w2c: Float[np.ndarray, "T 4 4"], depths: Float[np.ndarray, " M"] | None,
                           origin: Float[np.ndarray, "3"] | None = None) -> Sim3:
     """The similarity to our normalised, z-up world (DESIGN: world is z-up).
 

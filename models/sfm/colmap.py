@@ -40,18 +40,18 @@ class SparseModel:
     """One COLMAP reconstruction as arrays, frames in the order of `names`."""
 
     names: list[str]
-    registered: Bool[np.ndarray, "T"]
+    registered: Bool[np.ndarray, " T"]
     w2c: Float[np.ndarray, "T 4 4"]            # identity where not registered
     K: Float[np.ndarray, "3 3"]
     camera_model: str
     camera_params: list[float]                 # COLMAP's parameter vector (e.g. f, cx, cy, k)
     points: Float[np.ndarray, "N 3"]
     colors: UInt8[np.ndarray, "N 3"]
-    point_error: Float[np.ndarray, "N"]        # mean reprojection error of each point (px)
-    track_length: Int[np.ndarray, "N"]
-    obs_frame: Int[np.ndarray, "M"]            # observation m: frame index, keypoint xy, point index
+    point_error: Float[np.ndarray, " N"]        # mean reprojection error of each point (px)
+    track_length: Int[np.ndarray, " N"]
+    obs_frame: Int[np.ndarray, " M"]            # observation m: frame index, keypoint xy, point index
     obs_xy: Float[np.ndarray, "M 2"]
-    obs_point: Int[np.ndarray, "M"]
+    obs_point: Int[np.ndarray, " M"]
     mean_reprojection_error: float
     num_models: int                            # sub-models COLMAP made (we keep the largest)
     reconstruction: pycolmap.Reconstruction = field(repr=False)
@@ -60,7 +60,7 @@ class SparseModel:
     def registered_fraction(self) -> float:
         return float(self.registered.mean()) if len(self.registered) else 0.0
 
-    def obs_depth(self) -> Float[np.ndarray, "M"]:
+    def obs_depth(self) -> Float[np.ndarray, " M"]:
         """Camera-space z-depth of every observation's 3D point in its frame."""
         row_z = self.w2c[self.obs_frame, 2]  # (M,4): z = row_z . (X, 1)
         return np.einsum("mj,mj->m", row_z[:, :3], self.points[self.obs_point]) + row_z[:, 3]

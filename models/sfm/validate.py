@@ -21,11 +21,10 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from models.sfm.align import camera_centers
 
-
 # ---- pose interpolation ---------------------------------------------------------------------------------------
 
-def interpolate_poses(w2c: Float[np.ndarray, "T 4 4"], known: Bool[np.ndarray, "T"],
-                      times: Float[np.ndarray, "T"] | None = None) -> Float[np.ndarray, "T 4 4"]:
+def interpolate_poses(w2c: Float[np.ndarray, "T 4 4"], known: Bool[np.ndarray, " T"],
+                      times: Float[np.ndarray, " T"] | None = None) -> Float[np.ndarray, "T 4 4"]:
     """Fill the poses of frames where `known` is False from their known neighbours.
 
     Rotation: spherical linear interpolation (slerp) of the camera orientation; position: linear interpolation
@@ -249,7 +248,7 @@ def focal_from_homographies(H0t: Float[np.ndarray, "T 3 3"], width: int, height:
 
 # ---- reconstruction quality -----------------------------------------------------------------------------------
 
-def baseline_ratio(w2c: Float[np.ndarray, "T 4 4"], registered: Bool[np.ndarray, "T"],
+def baseline_ratio(w2c: Float[np.ndarray, "T 4 4"], registered: Bool[np.ndarray, " T"],
                    median_depth: float) -> float:
     """Largest distance between registered camera centres over the median scene depth (0: no translation)."""
     c = camera_centers(np.asarray(w2c, np.float64)[np.asarray(registered, bool)])

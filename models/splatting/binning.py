@@ -142,7 +142,7 @@ def _bin_counting_sort(rects, order, N, n_tiles_all, tiles_x, n_tiles, n_chunks)
 
 
 def bin_gaussians_cpu(rects: Int[Tensor, "C N 4"], depths: Float[Tensor, "C N"], radii: Int[Tensor, "C N"],
-                      width: int, height: int, tile_size: int) -> tuple[Int[Tensor, "T1"], Int[Tensor, "I"]]:
+                      width: int, height: int, tile_size: int) -> tuple[Int[Tensor, " T1"], Int[Tensor, " I"]]:
     """(tile_offsets int64 [C*n_tiles+1], flat Gaussian ids int32 [n_isect]), compiled: depth order by a
     radix sort (the same stable order as `depth_order`), then a counting sort by tile."""
     tiles_x, tiles_y = tile_grid(width, height, tile_size)
@@ -157,7 +157,7 @@ def bin_gaussians_cpu(rects: Int[Tensor, "C N 4"], depths: Float[Tensor, "C N"],
 
 @torch.no_grad()
 def bin_gaussians_torch(rects: Int[Tensor, "C N 4"], order: Int[Tensor, "C N"], width: int, height: int,
-                        tile_size: int) -> tuple[Int[Tensor, "T1"], Int[Tensor, "I"]]:
+                        tile_size: int) -> tuple[Int[Tensor, " T1"], Int[Tensor, " I"]]:
     """The same binning with tensor ops on any device (used on the GPU): expand each Gaussian to its tiles,
     then one sort of 64-bit keys (camera, tile, depth rank)."""
     device = rects.device

@@ -308,7 +308,7 @@ class _ProjectCPU(torch.autograd.Function):
 
 
 def project_gaussians_cpu(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
-                          opacities: Float[Tensor, "N"], viewmats: Float[Tensor, "C 4 4"], Ks: Float[Tensor, "C 3 3"],
+                          opacities: Float[Tensor, " N"], viewmats: Float[Tensor, "C 4 4"], Ks: Float[Tensor, "C 3 3"],
                           width: int, height: int, near_plane: float = 0.01, far_plane: float = 1e10,
                           eps2d: float = 0.3, antialiased: bool = False) -> Projected:
     """`project.project_gaussians` compiled, float32 outputs; differentiable in means, quats, scales, opacities."""

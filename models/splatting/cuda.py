@@ -103,7 +103,7 @@ class _RasterizeCUDA(torch.autograd.Function):
 
 
 def rasterize_cuda(means2d: Float[Tensor, "C N 2"], conics: Float[Tensor, "C N 3"], colors: Float[Tensor, "C N D"],
-                   opacities: Float[Tensor, "C N"], offsets: Int[Tensor, "T1"], ids: Int[Tensor, "I"],
+                   opacities: Float[Tensor, "C N"], offsets: Int[Tensor, " T1"], ids: Int[Tensor, " I"],
                    width: int, height: int, tile_size: int, backgrounds: Float[Tensor, "C D"] | None = None
                    ) -> tuple[Float[Tensor, "C H W D"], Float[Tensor, "C H W 1"]]:
     """Tile rasterization of binned Gaussians (`binning.bin_gaussians_torch`) with our CUDA kernels."""

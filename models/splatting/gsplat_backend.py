@@ -13,7 +13,7 @@ from torch import Tensor
 
 
 def rasterize_gsplat(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
-                     opacities: Float[Tensor, "N"], colors: Float[Tensor, "C N D"], viewmats: Float[Tensor, "C 4 4"],
+                     opacities: Float[Tensor, " N"], colors: Float[Tensor, "C N D"], viewmats: Float[Tensor, "C 4 4"],
                      Ks: Float[Tensor, "C 3 3"], width: int, height: int, near_plane: float, far_plane: float,
                      eps2d: float, render_mode: str, rasterize_mode: str, backgrounds: Float[Tensor, "C D"] | None,
                      tile_size: int) -> tuple[Float[Tensor, "C H W Dout"], Float[Tensor, "C H W 1"], dict]:

@@ -50,7 +50,7 @@ def covariance_3d(quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"]) -> 
 
 
 def project_gaussians(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
-                      opacities: Float[Tensor, "N"], viewmats: Float[Tensor, "C 4 4"], Ks: Float[Tensor, "C 3 3"],
+                      opacities: Float[Tensor, " N"], viewmats: Float[Tensor, "C 4 4"], Ks: Float[Tensor, "C 3 3"],
                       width: int, height: int, near_plane: float = 0.01, far_plane: float = 1e10,
                       eps2d: float = 0.3, antialiased: bool = False) -> Projected:
     """Perspective projection of N Gaussians into C cameras (world-to-camera `viewmats`, OpenCV axes).

@@ -32,7 +32,7 @@ def pick_backend(backend: str, device: torch.device) -> str:
 
 
 def rasterization(means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"],
-                  opacities: Float[Tensor, "N"], colors: Float[Tensor, "N D"] | Float[Tensor, "C N D"],
+                  opacities: Float[Tensor, " N"], colors: Float[Tensor, "N D"] | Float[Tensor, "C N D"],
                   viewmats: Float[Tensor, "C 4 4"], Ks: Float[Tensor, "C 3 3"], width: int, height: int,
                   near_plane: float = 0.01, far_plane: float = 1e10, eps2d: float = 0.3,
                   render_mode: str = "RGB", rasterize_mode: str = "classic",

@@ -102,8 +102,11 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
     from models.fitting import resolve_device
     from monodyn_cli import pipeline
     from monodyn_cli.console import RichProgress, RunLog, stdout
-    from monodyn_cli.stages import decode, depth as depth_stage, flow as flow_stage, segment as segment_stage, \
-        sfm as sfm_stage
+    from monodyn_cli.stages import decode
+    from monodyn_cli.stages import depth as depth_stage
+    from monodyn_cli.stages import flow as flow_stage
+    from monodyn_cli.stages import segment as segment_stage
+    from monodyn_cli.stages import sfm as sfm_stage
     from monodyn_cli.workspace import Workspace
 
     torch_device = str(resolve_device(device))  # a string: stage configs are JSON

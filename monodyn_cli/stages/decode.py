@@ -19,8 +19,8 @@ import numpy as np
 from natsort import natsorted
 
 from models.errors import InputError
-from monodyn_cli.stages.outputs import DECODE
 from monodyn_cli.stages.configs import DecodeConfig
+from monodyn_cli.stages.outputs import DECODE
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "decode", 1

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -26,10 +24,10 @@ import torch
 
 from models.errors import InputError, StageError
 from models.fitting import resolve_device
-from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.outputs import colorize_depth
-from monodyn_cli.stages.outputs import DECODE, DEPTH, SEGMENT, SFM
+from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.stages.configs import DepthConfig
+from monodyn_cli.stages.outputs import DECODE, DEPTH, SEGMENT, SFM
 from monodyn_cli.workspace import StageContext, StageResult
 
 NAME, VERSION = "depth", 1
@@ -160,7 +158,7 @@ def dense_depth(prediction: torch.Tensor, kind: str, frame: np.ndarray, xy: np.n
 
 
 def run(ctx: StageContext, cfg: DepthConfig) -> list[str]:
-    from models.depth import prediction_kind, predict, sparse_depth_map
+    from models.depth import predict, prediction_kind, sparse_depth_map
 
     if cfg.backend not in {"none", "sfm", "depth-anything"}:
         raise InputError(f"--depth must be none, sfm or depth-anything, not {cfg.backend!r}")

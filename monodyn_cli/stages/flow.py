@@ -8,15 +8,13 @@ flow_fw.npy (T-1,H,W,2) t -> t+1, flow_bw.npy (T-1,H,W,2) t+1 -> t, valid_fw.npy
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
 
 from monodyn_cli.pipeline import StageSpec
-from monodyn_cli.stages.outputs import DECODE, FLOW
 from monodyn_cli.stages.configs import FlowConfig
+from monodyn_cli.stages.outputs import DECODE, FLOW
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "flow", 1

@@ -18,9 +18,6 @@ coverage and area, camera models used by motion), preview.mp4 (objects tinted on
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,8 +25,8 @@ import numpy as np
 from models.errors import InputError
 from models.segmentation import Prompt, object_stats, overlay
 from monodyn_cli.pipeline import StageSpec
-from monodyn_cli.stages.outputs import DECODE, FLOW, SEGMENT
 from monodyn_cli.stages.configs import SegmentConfig
+from monodyn_cli.stages.outputs import DECODE, FLOW, SEGMENT
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "segment", 1

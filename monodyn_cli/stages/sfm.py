@@ -33,7 +33,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -42,14 +41,29 @@ import torch
 from models.cameras import Cameras
 from models.errors import InputError, StageError
 from models.sfm.align import transform_w2c, upright_normalization
-from models.sfm.colmap import CAMERA_MODELS, ColmapOptions, SparseModel, capture_log, fixed_camera_reconstruction, \
-    run_colmap, write_images, write_masks
-from models.sfm.validate import MotionCheck, baseline_ratio, chain_homographies, check_camera_motion, \
-    focal_from_homographies, fov_focal, interpolate_poses, rotations_from_homographies
+from models.sfm.colmap import (
+    ColmapOptions,
+    SparseModel,
+    capture_log,
+    fixed_camera_reconstruction,
+    run_colmap,
+    write_images,
+    write_masks,
+)
+from models.sfm.validate import (
+    MotionCheck,
+    baseline_ratio,
+    chain_homographies,
+    check_camera_motion,
+    focal_from_homographies,
+    fov_focal,
+    interpolate_poses,
+    rotations_from_homographies,
+)
 from monodyn_cli.paths import write_transforms_json
 from monodyn_cli.pipeline import StageSpec
-from monodyn_cli.stages.outputs import DECODE, SEGMENT, SFM
 from monodyn_cli.stages.configs import SfmConfig
+from monodyn_cli.stages.outputs import DECODE, SEGMENT, SFM
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "sfm", 1

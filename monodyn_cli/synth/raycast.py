@@ -102,7 +102,7 @@ class _Scene:
 
 # ---- intersections (local frame; d need not be unit: the returned parameter is along d) ---------------------
 
-def _sphere_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -> Float[Tensor, "N"]:
+def _sphere_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -> Float[Tensor, " N"]:
     # via the point of closest approach: stable where b^2 - ac would cancel (grazing rays)
     a = (d * d).sum(-1)
     tc = -(o * d).sum(-1) / a
@@ -112,7 +112,7 @@ def _sphere_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor
     return torch.where((h2 >= 0) & (lam > _EPS), lam, torch.inf)
 
 
-def _box_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -> Float[Tensor, "N"]:
+def _box_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -> Float[Tensor, " N"]:
     inv = 1.0 / d  # +-inf for axis-parallel rays: the slab test still works (o is never exactly on a face)
     t1, t2 = (-size - o) * inv, (size - o) * inv
     near = torch.minimum(t1, t2).amax(-1)
@@ -120,7 +120,7 @@ def _box_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -
     return torch.where((near <= far) & (near > _EPS), near, torch.inf)
 
 
-def _cylinder_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -> Float[Tensor, "N"]:
+def _cylinder_entry(o: Float[Tensor, "N 3"], d: Float[Tensor, "N 3"], size: Tensor) -> Float[Tensor, " N"]:
     r, h = size[0], size[1]
     # side: the circle in xy, via the point of closest approach (stable for grazing rays)
     a = d[:, 0] ** 2 + d[:, 1] ** 2
@@ -198,7 +198,7 @@ class _Tables:
     scale: Tensor
 
 
-def _tables(sc: _Scene, cams: Cameras, frames: Int[Tensor, "F"]) -> _Tables:
+def _tables(sc: _Scene, cams: Cameras, frames: Int[Tensor, " F"]) -> _Tables:
     w2c, K = cams.w2c[frames], cams.K[0]
     Rc, tc = w2c[:, :3, :3], w2c[:, :3, 3]
     origin = -(tc[:, None] @ Rc)  # (F,1,3): -R^T t
@@ -262,7 +262,7 @@ def _cast_objects(sc: _Scene, cams: Cameras, tab: _Tables, xy: Float[Tensor, "F 
 
 # ---- appearance ----------------------------------------------------------------------------------------------
 
-def _albedo(tex: _Texture, p: Float[Tensor, "N 3"], footprint: Float[Tensor, "N"], colour_a: Tensor,
+def _albedo(tex: _Texture, p: Float[Tensor, "N 3"], footprint: Float[Tensor, " N"], colour_a: Tensor,
             colour_b: Tensor) -> Float[Tensor, "N 3"]:
     """Band-limited procedural albedo at surface points p (the texture's own coordinates); `footprint`
     is the pixel's size in those units: checker edges are ramped over ~one pixel and waves finer than a
@@ -290,8 +290,8 @@ def _lit(sc: _Scene, albedo: Tensor, cos_light: Tensor) -> Tensor:
     return albedo * (sc.ambient + (1 - sc.ambient) * cos_light.clamp_min(0))[:, None]
 
 
-def _background_colour(sc: _Scene, focal: float, d: Float[Tensor, "N 3"], lam: Float[Tensor, "N"],
-                       world: Float[Tensor, "N 3"], bg_surf: Int[Tensor, "N"]) -> Float[Tensor, "N 3"]:
+def _background_colour(sc: _Scene, focal: float, d: Float[Tensor, "N 3"], lam: Float[Tensor, " N"],
+                       world: Float[Tensor, "N 3"], bg_surf: Int[Tensor, " N"]) -> Float[Tensor, "N 3"]:
     """Shaded room / ground colour at every pixel (sky and object pixels get overwritten later)."""
     table = sc.bg_table.index_select(0, bg_surf.clamp_max(SKY - 1))
     n = table[:, 0:3]
