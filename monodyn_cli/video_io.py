@@ -15,10 +15,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
     4:2:0 chroma needs even sizes: odd widths/heights are padded by repeating the last column/row (the
     video is then one pixel larger than `frames`). Lower crf = higher quality (0 is lossless luma, 18
     visually lossless). Written to a temporary file beside `path`, then renamed, so a crash never leaves
-    a truncated video under the final name.
+    a truncated video under the final name. Without PyAV (e.g. a GPU host with OpenCV only) OpenCV writes
+    the mp4 (MPEG-4 part 2, `crf` ignored), which players and browsers other than Chrome/Firefox open.
     """
-    import av
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(f"write_mp4 needs (T,H,W,3) uint8 frames with T >= 1, got {frames.shape} {frames.dtype}")
@@ -27,6 +26,10 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
+    try:
+        import av
+    except ImportError:
+        return _write_mp4_opencv(path, tmp, frames, fps)
     rate = Fraction(fps).limit_denominator(1001)
     try:
         with av.open(str(tmp), "w", format="mp4") as container:
@@ -41,5 +44,22 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
                 container.mux(packet)
         os.replace(tmp, path)
     finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_mp4_opencv(path: Path, tmp: Path, frames: np.ndarray, fps: float) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (frames.shape[2], frames.shape[1]))
+    try:
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot write {path} and PyAV is not installed: `pip install av`")
+        for img in frames:
+            writer.write(np.ascontiguousarray(img[..., ::-1]))
+        writer.release()
+        os.replace(tmp, path)
+    finally:
+        writer.release()
         tmp.unlink(missing_ok=True)
     return path

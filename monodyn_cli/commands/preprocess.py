@@ -89,6 +89,9 @@ def preprocess(
         if f not in STAGES:
             raise InputError(f"--force {f}: unknown stage (stages: {', '.join(STAGES)})")
     configs = stage_configs(stage_options)  # every option is checked before the workspace is touched
+    if "sfm" in STAGES[:STAGES.index(until) + 1]:
+        _require("pycolmap", "the sfm stage needs pycolmap: `pip install pycolmap` (or stop before it with --until "
+                             "segment)")
     _run(input, workspace, configs, STAGES[:STAGES.index(until) + 1], device, force, quiet)
 
 
@@ -99,14 +102,12 @@ preprocess.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 
 def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str, ...], device: str,
          force: list[str], quiet: bool) -> None:
+    import importlib
+
     from models.fitting import resolve_device
     from monodyn_cli import pipeline
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.stages import decode
-    from monodyn_cli.stages import depth as depth_stage
-    from monodyn_cli.stages import flow as flow_stage
-    from monodyn_cli.stages import segment as segment_stage
-    from monodyn_cli.stages import sfm as sfm_stage
     from monodyn_cli.workspace import Workspace
 
     torch_device = str(resolve_device(device))  # a string: stage configs are JSON
@@ -115,17 +116,19 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
     if configs["depth"].backend == "auto":
         configs["depth"].backend = "depth-anything" if _depth_weights_found(configs["depth"].checkpoint) else "sfm"
     source = decode.resolve_source(input)
+    if source.kind == "video" and configs["decode"].backend == "pyav":
+        _require("av", "decoding a video needs PyAV: `pip install av` (or --decoder decord with decord installed)")
     ws = Workspace(workspace or Workspace.default_for(Path(input)))
     _refuse_inside_input(ws.root, source)
     ws.ensure(source=str(Path(input).resolve()) if Path(input).exists() else input)
     dcfg = configs["decode"]
     decode_spec = pipeline.StageSpec(decode.NAME, decode.VERSION, (), run=lambda ctx, cfg: decode.run(ctx, source, cfg))
     requests = [pipeline.StageRequest(decode_spec, dcfg, decode.config_for(source, dcfg))]
-    later = {"flow": (flow_stage.SPEC, lambda c: c.key()), "segment": (segment_stage.SPEC, lambda c: c.key()),
-             "sfm": (sfm_stage.SPEC, None), "depth": (depth_stage.SPEC_WITH_SEGMENT, lambda c: c.key())}
-    for stage in wanted[1:]:
-        spec, key = later[stage]
-        requests.append(pipeline.StageRequest(spec, configs[stage], key(configs[stage]) if key else None))
+    for stage in wanted[1:]:  # stage modules are imported only when asked for (sfm needs pycolmap)
+        module = importlib.import_module(f"monodyn_cli.stages.{stage}")
+        spec = module.SPEC_WITH_SEGMENT if stage == "depth" else module.SPEC
+        key = configs[stage].key() if hasattr(configs[stage], "key") else None
+        requests.append(pipeline.StageRequest(spec, configs[stage], key))
     with ws.lock():
         log = RunLog(ws.root, "preprocess")
         progress = RichProgress(quiet, log)
@@ -136,6 +139,18 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
         state = "cached" if res.cached else f"{res.manifest['seconds']:.1f}s"
         stdout.print(f"[green]{name:>8}[/green] {res.manifest.get('summary', '')} ({state})")
     stdout.print(f"workspace: {ws.root}")
+
+
+def _require(module: str, message: str) -> None:
+    """A missing optional dependency, named with the fix, before any work."""
+    import importlib
+
+    from models.errors import InputError
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise InputError(message) from None
 
 
 def _depth_weights_found(explicit: Optional[str]) -> bool:

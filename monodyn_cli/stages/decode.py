@@ -16,7 +16,6 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-from natsort import natsorted
 
 from models.errors import InputError
 from monodyn_cli.stages.configs import DecodeConfig
@@ -50,7 +49,7 @@ def resolve_source(spec: str | Path) -> Source:
     """Find what the user means: a video file, a folder of images (or a folder with images/ inside), a glob."""
     text = str(spec)
     if any(c in text for c in "*?[") and not Path(text).exists():
-        files = [Path(p) for p in natsorted(globlib.glob(text)) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
+        files = [Path(p) for p in _natsorted(globlib.glob(text)) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
         if not files:
             raise InputError(f"no images match {text}")
         return Source("images", files, text)
@@ -67,7 +66,7 @@ def resolve_source(spec: str | Path) -> Source:
             return resolve_source(path / "images")
         if not files:
             raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-        return Source("images", natsorted(files, key=lambda p: p.name), text)
+        return Source("images", _natsorted(files, key=lambda p: p.name), text)
     if path.stat().st_size == 0:
         raise InputError(f"empty file: {path}")
     return Source("video", [path], text)
@@ -85,8 +84,21 @@ def _rotate(img: np.ndarray, degrees: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, k=turns))
 
 
+def _natsorted(items, key=str):
+    """Natural order (frame2 before frame10); natsort is only needed for image sequences."""
+    try:
+        from natsort import natsorted
+    except ImportError:
+        raise InputError("reading an image sequence needs natsort: `pip install natsort`") from None
+    return natsorted(items, key=key)
+
+
 def _iter_pyav(path: Path) -> Iterator[tuple[float, np.ndarray]]:
-    import av
+    try:
+        import av
+    except ImportError:
+        raise InputError("decoding a video needs PyAV: `pip install av` (or --decoder decord with decord "
+                         "installed)") from None
 
     try:
         container = av.open(str(path))
