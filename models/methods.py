@@ -9,6 +9,9 @@ METHODS: dict[str, str] = {
     "gcd": "models.gcd.method:GCDMethod",
 }
 
+# methods whose fitted model is a set of 3D Gaussians (`renderer.model.gaussians_at(time)`): `monodyn export`
+GAUSSIAN_METHODS: tuple[str, ...] = ("dpdy",)
+
 # name -> (fit options, render options) as "module:Class" (None: no such options), in modules that import no
 # torch, so `monodyn fit|render --method NAME --help` lists them quickly
 OPTIONS: dict[str, tuple[str | None, str | None]] = {

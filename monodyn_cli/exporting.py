@@ -28,10 +28,9 @@ from rich.table import Table
 from models.errors import InputError
 from models.fitting import atomic_write
 from models.gaussians.ply import write_ply
-from models.methods import METHODS
+from models.methods import GAUSSIAN_METHODS, METHODS
 from models.registry import get_method
 from monodyn_cli import paths
-from monodyn_cli.commands.export import GAUSSIAN_METHODS
 from monodyn_cli.console import RichProgress, human_bytes, stdout
 from monodyn_cli.fits import current_checkpoint
 from monodyn_cli.outputs import check_writable

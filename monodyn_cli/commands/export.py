@@ -7,9 +7,8 @@ from typing import Optional
 
 import typer
 
+from models.methods import GAUSSIAN_METHODS
 from monodyn_cli.console import handle_errors
-
-GAUSSIAN_METHODS = ("dpdy",)  # methods whose fitted model is a set of 3D Gaussians (`model.gaussians_at(time)`)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -268,3 +269,44 @@ def video_poster(path, max_side: int = 320) -> np.ndarray | None:
     if not ok or frame is None:
         return None
     return fit_size(frame[..., ::-1], max_side)
+
+
+def plot_osn_scales(report, path: Path) -> Path:
+    """Validity against scale per object (others at the default) and, for two or more objects, the 2D map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K = len(report.ids)
+    n = K + (report.map2d is not None)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    for k in range(K):
+        ax = axes[0, k]
+        ax.plot(report.curve_scales[k].numpy(), report.curve_validity[k].numpy(), color="C0")
+        ax.axhline(0.5, color="0.6", lw=0.8, ls="--")
+        ax.axvline(float(report.default[k]), color="C3", lw=0.8, label="default")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"scale of object {report.ids[k]}")
+        ax.set_ylabel("validity")
+        ax.set_title(f"object {report.ids[k]} (others at default)", fontsize=9)
+        ax.legend(fontsize=7)
+    if report.map2d is not None:
+        sa, sb, v = report.map2d
+        ax = axes[0, K]
+        mesh = ax.pcolormesh(sa.numpy(), sb.numpy(), v.numpy(), vmin=0, vmax=1, cmap="viridis", shading="auto")
+        ax.contour(sa.numpy(), sb.numpy(), v.numpy(), levels=[0.5], colors="w", linewidths=0.8)
+        ax.plot([float(report.default[0])], [float(report.default[1])], "r+")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"scale of object {report.ids[0]}")
+        ax.set_ylabel(f"scale of object {report.ids[1]}")
+        ax.set_title("validity" + (" (others at default)" if K > 2 else ""), fontsize=9)
+        fig.colorbar(mesh, ax=ax)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -395,6 +395,6 @@ def osn_section(ctx: Context) -> Section | None:
 def _plot_osn_scales(ckpt: Path, png: Path) -> Path:
     from models.osn.method import load_model
     from models.osn.report import scale_report
-    from monodyn_cli.commands.osn import plot_report
+    from monodyn_cli.report.figures import plot_osn_scales
 
-    return plot_report(scale_report(load_model(ckpt)), png)
+    return plot_osn_scales(scale_report(load_model(ckpt)), png)
