@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from models.errors import InputError
-from monodyn_cli.workspace import MANIFEST, Workspace, read_json, stage_key, write_json_atomic
+from monodyn_cli.workspace import MANIFEST, Workspace, load_manifest, output_sizes, read_json, stage_key, write_json_atomic
 
 FIT_VERSION = 1
 METRICS = "metrics.jsonl"
@@ -30,7 +30,7 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[st
     config = dataclasses.asdict(cfg)
     key = stage_key(f"fit-{method}{tag}", FIT_VERSION * 1000 + impl.version, config, input_keys)
     out = ws.root / "fit" / method / key
-    if (out / MANIFEST).exists() and not force:
+    if not force and load_manifest(out) is not None:
         log(f"fit {method}: cached {key}")
         if not tag:
             _set_current_fit(ws, method, key)
@@ -40,6 +40,9 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[st
         os.replace(out, trash)
         shutil.rmtree(trash, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a damaged manifest (outputs missing) is redone, not trusted
+    for leftover in out.glob(".*tmp*"):  # temp files of a checkpoint write that was killed
+        leftover.unlink(missing_ok=True)
     start = time.perf_counter()
     total = getattr(cfg, "steps", None)
     with progress.task(f"fit {method}", total) as advance, open(out / METRICS, "a") as metrics_file:
@@ -57,10 +60,10 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[st
                 log(f"step {step} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         impl.fit(scene, cfg, out, report, resume=resume)
     seconds = time.perf_counter() - start
+    outputs = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST)
     manifest = {"stage": "fit", "method": method, "version": FIT_VERSION, "format": impl.version, "key": key,
                 "inputs": input_keys, "config": config, "seconds": round(seconds, 2), "tag": tag,
-                "created": time.time(),
-                "outputs": sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))}
+                "created": time.time(), "outputs": outputs, "sizes": output_sizes(out, outputs)}
     write_json_atomic(out / MANIFEST, manifest)
     if not tag:
         _set_current_fit(ws, method, key)
@@ -92,6 +95,7 @@ def current_checkpoint(ws: Workspace, method: str | None) -> tuple[str, Path]:
         raise InputError(f"no fitted {method or 'method'} in {ws.root}: run `monodyn fit --method "
                          f"{method or 'dpdy'}` first")
     ckpt = ws.root / "fit" / method / current[method]
-    if not (ckpt / MANIFEST).exists():
-        raise InputError(f"the {method} checkpoint {ckpt} is incomplete: rerun `monodyn fit --method {method}`")
+    if load_manifest(ckpt) is None:
+        raise InputError(f"the {method} checkpoint {ckpt} is incomplete or damaged (a file missing or truncated): "
+                         f"rerun `monodyn fit --method {method} --force`")
     return method, ckpt

@@ -64,6 +64,49 @@ def read_json(path: Path) -> Any:
                          "command that wrote it (e.g. `monodyn preprocess --force STAGE`)") from None
 
 
+def load_manifest(folder: Path) -> dict | None:
+    """The manifest of a result folder if it is complete: readable, and every output it lists present with the
+    size it records (a deleted or truncated output makes the folder incomplete, to be redone). None otherwise."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    sizes = manifest.get("sizes") or {}
+    for name in manifest.get("outputs", []):
+        f = Path(folder) / name
+        if not f.exists() or (name in sizes and f.is_file() and f.stat().st_size != sizes[name]):
+            return None
+    return manifest
+
+
+def output_sizes(folder: Path, outputs: list[str]) -> dict[str, int]:
+    """Byte sizes of the listed output files (folders are checked for existence only)."""
+    return {name: (Path(folder) / name).stat().st_size for name in outputs if (Path(folder) / name).is_file()}
+
+
+def lock_holder(root: Path) -> int | None:
+    """The pid of the monodyn run holding the workspace's lock, or None when no run holds it."""
+    path = Path(root) / ".lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = path.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class StageResult:
     """A completed stage: its folder and manifest."""
@@ -163,14 +206,18 @@ class Workspace:
         if key is None:
             return None
         path = self.root / stage / key
-        manifest = path / MANIFEST
-        if not manifest.exists():
+        manifest = load_manifest(path)
+        if manifest is None:
             return None
-        return StageResult(stage, key, path, json.loads(manifest.read_text()), cached=True)
+        return StageResult(stage, key, path, manifest, cached=True)
 
     def require(self, stage: str, hint: str = "run `monodyn preprocess` first") -> StageResult:
         res = self.current(stage)
         if res is None:
+            holder = lock_holder(self.root)
+            if holder is not None:
+                raise InputError(f"workspace {self.root} has no completed '{stage}' stage yet: a monodyn run (pid "
+                                 f"{holder}) is working in it; wait for it to finish")
             raise InputError(f"workspace {self.root} has no completed '{stage}' stage; {hint}")
         return res
 
@@ -191,8 +238,7 @@ class Workspace:
         rows = []
         for name, stage_dir, current in groups:
             for key_dir in sorted(p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                manifest_path = key_dir / MANIFEST
-                manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+                manifest = load_manifest(key_dir)
                 size = sum(f.stat().st_size for f in key_dir.rglob("*") if f.is_file())
                 rows.append({"stage": name, "key": key_dir.name, "manifest": manifest, "bytes": size,
                              "current": current == key_dir.name, "mtime": key_dir.stat().st_mtime})
@@ -212,11 +258,14 @@ class Workspace:
         input_keys = {name: res.key for name, res in inputs.items()}
         key = stage_key(stage, version, config, input_keys)
         folder = self.root / stage / key
-        if (folder / MANIFEST).exists() and not force:
-            manifest = json.loads((folder / MANIFEST).read_text())
+        manifest = None if force else load_manifest(folder)
+        if manifest is not None:
             self._set_current(stage, key)
             log(f"{stage}: cached {key}")
             return StageResult(stage, key, folder, manifest, cached=True)
+        if (folder / MANIFEST).exists() and not force:
+            progress.warn(f"{stage} result {folder} is damaged (manifest unreadable or an output missing or "
+                          "truncated); redoing it")
         if folder.exists():
             # Either a crash leftover (no manifest) or --force: move aside first so a kill during the
             # deletion cannot leave a half-deleted folder that still has its manifest.
@@ -236,7 +285,8 @@ class Workspace:
             raise MonodynError(f"stage {stage} did not write {missing} (bug)")
         _fsync_tree(folder)
         manifest = {"stage": stage, "version": version, "key": key, "inputs": input_keys, "config": config,
-                    "outputs": outputs, "seconds": round(seconds, 3), "created": time.time(), **ctx.extra}
+                    "outputs": outputs, "sizes": output_sizes(folder, outputs), "seconds": round(seconds, 3),
+                    "created": time.time(), **ctx.extra}
         write_json_atomic(folder / MANIFEST, manifest)
         self._set_current(stage, key)
         log(f"{stage}: done {key} in {seconds:.1f}s")

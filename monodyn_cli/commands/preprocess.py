@@ -103,6 +103,7 @@ preprocess.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str, ...], device: str,
          force: list[str], quiet: bool) -> None:
     import importlib
+    import shutil
 
     from models.fitting import resolve_device
     from monodyn_cli import pipeline
@@ -120,7 +121,7 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
         _require("av", "decoding a video needs PyAV: `pip install av` (or --decoder decord with decord installed)")
     ws = Workspace(workspace or Workspace.default_for(Path(input)))
     _refuse_inside_input(ws.root, source)
-    ws.ensure(source=str(Path(input).resolve()) if Path(input).exists() else input)
+    first_run = not ws.root.exists()
     dcfg = configs["decode"]
     decode_spec = pipeline.StageSpec(decode.NAME, decode.VERSION, (), run=lambda ctx, cfg: decode.run(ctx, source, cfg))
     requests = [pipeline.StageRequest(decode_spec, dcfg, decode.config_for(source, dcfg))]
@@ -129,12 +130,18 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
         spec = module.SPEC_WITH_SEGMENT if stage == "depth" else module.SPEC
         key = configs[stage].key() if hasattr(configs[stage], "key") else None
         requests.append(pipeline.StageRequest(spec, configs[stage], key))
-    with ws.lock():
-        log = RunLog(ws.root, "preprocess")
-        progress = RichProgress(quiet, log)
-        ws.clean_trash()
-        results = pipeline.run_chain(ws, requests, progress, force=force, log=log)
-        log.close()
+    ws.ensure(source=str(Path(input).resolve()) if Path(input).exists() else input)
+    try:
+        with ws.lock():
+            log = RunLog(ws.root, "preprocess")
+            progress = RichProgress(quiet, log)
+            ws.clean_trash()
+            results = pipeline.run_chain(ws, requests, progress, force=force, log=log)
+            log.close()
+    except BaseException:
+        if first_run and ws.current("decode") is None:  # nothing decoded: leave nothing beside the input
+            shutil.rmtree(ws.root, ignore_errors=True)
+        raise
     for name, res in results.items():
         state = "cached" if res.cached else f"{res.manifest['seconds']:.1f}s"
         stdout.print(f"[green]{name:>8}[/green] {res.manifest.get('summary', '')} ({state})")

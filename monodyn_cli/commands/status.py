@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from monodyn_cli.console import handle_errors, human_bytes, stdout
-from monodyn_cli.workspace import Workspace
+from monodyn_cli.workspace import Workspace, lock_holder
 
 
 def register(app: typer.Typer) -> None:
@@ -30,11 +30,14 @@ def status(
     cols = ["stage", "key", "state", "seconds", "size", "summary"] + (["config", "outputs"] if verbose else [])
     for col in cols:
         table.add_column(col, overflow="fold", no_wrap=col in {"stage", "key", "seconds", "size"})
+    running = lock_holder(ws.root)
     for row in ws.entries():
         m = row["manifest"]
-        if m is None:
+        if m is None and running is not None and row["mtime"] >= _newest_mtime(ws, row):
+            state = f"[yellow]running[/yellow] (pid {running} holds the lock)"
+        elif m is None:
             state = ("[red]incomplete[/red] (fit killed: `monodyn fit --resume` continues it)"
-                     if row["stage"].startswith("fit:") else "[red]crashed[/red] (no manifest; redone next run)")
+                     if row["stage"].startswith("fit:") else "[red]crashed or damaged[/red] (redone next run)")
         elif row["current"]:
             state = "[green]valid[/green]"
         elif not all_keys:
@@ -49,3 +52,8 @@ def status(
     stdout.print(table)
     info = json.loads((ws.root / "workspace.json").read_text())
     stdout.print(f"source: {info.get('source')}  created: {time.ctime(info.get('created', 0))}")
+
+
+def _newest_mtime(ws: Workspace, row: dict) -> float:
+    """The newest folder time among the results of `row`'s stage: a running job works in the newest one."""
+    return max(r["mtime"] for r in ws.entries() if r["stage"] == row["stage"])
