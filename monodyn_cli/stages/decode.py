@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -55,6 +56,13 @@ def resolve_source(spec: str | Path) -> Source:
         return Source("images", files, text)
     path = Path(text)
     if not path.exists():
+        if path.is_symlink():
+            try:
+                path.resolve(strict=True)
+            except (RuntimeError, OSError) as e:
+                if "loop" in str(e).lower() or getattr(e, "errno", None) == 40:
+                    raise InputError(f"{path} is a symlink loop (it points back to itself): pass the real file") from None
+            raise InputError(f"{path} is a broken symlink (its target {os.readlink(path)} does not exist)")
         raise InputError(f"no such file or folder: {path}")
     if path.is_dir():
         try:
@@ -68,7 +76,7 @@ def resolve_source(spec: str | Path) -> Source:
             raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
         return Source("images", _natsorted(files, key=lambda p: p.name), text)
     if path.stat().st_size == 0:
-        raise InputError(f"empty file: {path}")
+        raise InputError(f"not a video: {path} is an empty file (0 bytes)")
     return Source("video", [path], text)
 
 
