@@ -1,0 +1,81 @@
+"""kill -9 at any moment: a fit killed by SIGKILL resumes (`--resume`) to the same weights as the uninterrupted
+fit, a render killed mid-way leaves no file under the output name, and the workspace stays readable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from monodyn_cli.app import app
+from monodyn_cli.synth import SynthConfig, synthesize
+
+ROOT = Path(__file__).resolve().parents[1]
+FIT = ["--steps", "60", "--checkpoint-every", "10", "--static-points", "1500", "--dynamic-points", "300",
+       "--keyframes", "3", "--device", "cpu", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kill")
+    synthesize(SynthConfig(seed=4, frames=8, width=96, height=72, heldout_azimuths=(), fixed_cameras=0), root / "s")
+    ws = root / "ws"
+    res = CliRunner().invoke(app, ["preprocess", str(root / "s" / "input.mp4"), "-w", str(ws), "-q",
+                                   "--sfm-threads", "1", "--no-refine-masks"])
+    assert res.exit_code == 0, res.output
+    return ws
+
+
+def monodyn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "MONODYN_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "monodyn_cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    start = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, f"finished before the kill: {proc.stdout.read()}"
+        assert time.monotonic() - start < timeout
+        time.sleep(0.05)
+
+
+def test_fit_killed_by_sigkill_resumes_to_the_uninterrupted_weights(workspace, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(workspace, reference)
+    full = monodyn("fit", "-w", str(reference), "-q", *FIT)
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+
+    killed = monodyn("fit", "-w", str(workspace), "-q", *FIT)
+    state = lambda: any(workspace.glob("fit/dpdy/*/train_state.pt"))  # noqa: E731
+    wait_for(state, killed)
+    time.sleep(0.3)  # somewhere after a checkpoint, maybe during the next one
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    status = CliRunner().invoke(app, ["status", str(workspace)])
+    assert status.exit_code == 0 and "incomplete" in status.output
+    resumed = monodyn("fit", "-w", str(workspace), "-q", "--resume", *FIT)
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    a = next(reference.glob("fit/dpdy/*/model.safetensors")).read_bytes()
+    b = next(workspace.glob("fit/dpdy/*/model.safetensors")).read_bytes()
+    assert a == b
+    leftovers = [p.name for p in workspace.glob("fit/dpdy/*/.*")]
+    assert leftovers == []
+
+
+def test_render_killed_by_sigkill_leaves_no_file_under_its_name(workspace, tmp_path):
+    if not any(workspace.glob("fit/dpdy/*/manifest.json")):
+        pytest.skip("needs the fit of the test above")
+    out = tmp_path / "orbit.mp4"
+    proc = monodyn("render", "-w", str(workspace), "--orbit", "30", "--frames", "400", "-o", str(out))
+    time.sleep(4.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
