@@ -6,6 +6,7 @@ line on stderr and exit code 1 (the traceback only with --debug).
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import time
@@ -111,6 +112,17 @@ def handle_errors(fn: Callable) -> Callable:
             if debug:
                 traceback.print_exc()
             error(str(e))
+            raise typer.Exit(1)
+        except OSError as e:
+            if debug:
+                traceback.print_exc()
+            if e.errno == errno.ENOSPC:
+                where = f" while writing {e.filename}" if e.filename else ""
+                error(f"no space left on the device{where}: free some space and run the command again (what was "
+                      "cut short is redone; finished results are kept)")
+            else:
+                error(f"{e.strerror or type(e).__name__}{': ' + str(e.filename) if e.filename else ''} "
+                      "(run again with --debug for the traceback)")
             raise typer.Exit(1)
         except Exception as e:  # a bug or an environment problem: still one line unless --debug
             if debug:
