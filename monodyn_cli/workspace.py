@@ -159,10 +159,14 @@ class Workspace:
     def ensure(self, source: str | None = None) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise InputError(f"workspace path exists and is not a folder: {self.root}")
-        self.root.mkdir(parents=True, exist_ok=True)
         info = self.root / "workspace.json"
-        if not info.exists():
-            write_json_atomic(info, {"monodyn_workspace": 1, "source": source, "created": time.time()})
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not info.exists():
+                write_json_atomic(info, {"monodyn_workspace": 1, "source": source, "created": time.time()})
+        except OSError as e:
+            raise InputError(f"cannot create the workspace {self.root} ({e.strerror or e}): pass --workspace DIR in a "
+                             "writable place") from None
 
     def check_exists(self) -> None:
         if not (self.root / "workspace.json").exists():
