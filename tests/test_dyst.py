@@ -119,6 +119,21 @@ def test_synth_batch_pairs_and_moves():
     assert wrap_degrees(350.0) == -10.0 and wrap_degrees(-190.0) == 170.0
 
 
+def test_dynamic_rays_fall_on_changed_pixels():
+    ts = toy_set()
+    rng = np.random.default_rng(0)
+    b = synth_batch(rng, ts, 4, 40, swap=True, dynamic_fraction=0.5)
+    # the camera source is the same camera at another pose: the first half of the rays differ there
+    h, w = ts.height, ts.width
+    cols = ((b.xy[..., 0] + 1) / 2 * w - 0.5).round().long()
+    rows = ((b.xy[..., 1] + 1) / 2 * h - 0.5).round().long()
+    other = b.camera_source[torch.arange(4)[:, None], rows, cols]
+    changed = (b.rgb - other).abs().amax(-1) > 0.08
+    assert bool(changed[:, :20].all()) and float(changed[:, 20:].float().mean()) < 1.0
+    with pytest.raises(InputError, match="dynamic-fraction"):
+        TrainConfig(dynamic_fraction=1.5).validate()
+
+
 def test_real_frames_split():
     tr = train_frames(12)
     assert list(np.setdiff1d(np.arange(12), tr)) == [2, 6, 10]

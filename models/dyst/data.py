@@ -52,6 +52,7 @@ class SwapSample:
     camera_source: int  # same camera as the target, another pose (swap) / the target itself (no swap)
     dynamics_source: int  # same pose as the target, another camera (swap) / the target itself (no swap)
     reference: int  # same pose, another camera: the orbit head moves its camera latent onto the target's camera
+    same_camera: int  # same camera, another pose: where the target differs from it, the dynamics are (ray sampling)
 
 
 def sample_swap(rng: np.random.Generator, n_poses: int = 5, n_cams: int = 5, n_inputs: int = 3,
@@ -65,10 +66,10 @@ def sample_swap(rng: np.random.Generator, n_poses: int = 5, n_cams: int = 5, n_i
     pose, cam = grid_of(target, n_cams)
     other_pose = (pose + 1 + int(rng.integers(n_poses - 1))) % n_poses
     other_cam = (cam + 1 + int(rng.integers(n_cams - 1))) % n_cams
-    reference = view_index(pose, other_cam, n_cams)
+    reference, same_camera = view_index(pose, other_cam, n_cams), view_index(other_pose, cam, n_cams)
     if not swap:  # the same draws as with the swap, so both runs see the same inputs, targets and references
-        return SwapSample(inputs, target, target, target, reference)
-    return SwapSample(inputs, target, view_index(other_pose, cam, n_cams), reference, reference)
+        return SwapSample(inputs, target, target, target, reference, same_camera)
+    return SwapSample(inputs, target, same_camera, reference, reference, same_camera)
 
 
 def wrap_degrees(a):
@@ -162,10 +163,20 @@ class Batch:
     same_sources: bool = False  # both sources are the target itself (real batches, no-swap ablation)
 
 
-def _pixels(rng: np.random.Generator, images: Tensor, rays: int) -> tuple[Tensor, Tensor]:
-    """`rays` random pixels per image (B,h,w,3): normalised centres (B,R,2) and their colours (B,R,3)."""
+def _pixels(rng: np.random.Generator, images: Tensor, rays: int, focus: Tensor | None = None,
+            focus_fraction: float = 0.0) -> tuple[Tensor, Tensor]:
+    """`rays` random pixels per image (B,h,w,3): normalised centres (B,R,2) and their colours (B,R,3). With a
+    mask `focus` (B,h,w), `focus_fraction` of the rays are drawn among its pixels (where it has any)."""
     B, h, w, _ = images.shape
-    idx = torch.as_tensor(rng.integers(0, h * w, size=(B, rays)))
+    idx = rng.integers(0, h * w, size=(B, rays))
+    n_focus = int(round(rays * focus_fraction))
+    if focus is not None and n_focus > 0:
+        flat = focus.reshape(B, -1).numpy()
+        for b in range(B):
+            where = np.flatnonzero(flat[b])
+            if len(where):
+                idx[b, :n_focus] = where[rng.integers(0, len(where), size=n_focus)]
+    idx = torch.as_tensor(idx)
     rows, cols = idx // w, idx % w
     xy = torch.stack([(cols + 0.5) / w * 2 - 1, (rows + 0.5) / h * 2 - 1], -1).float()
     rgb = torch.gather(images.reshape(B, h * w, 3), 1, idx[..., None].expand(-1, -1, 3))
@@ -176,8 +187,13 @@ def _u8(a) -> Tensor:
     return torch.from_numpy(np.asarray(a, dtype=np.float32) / 255.0)
 
 
+DYNAMIC_THRESHOLD = 0.08  # a target pixel is "dynamic" where it differs from the same camera's other pose by more
+
+
 def synth_batch(rng: np.random.Generator, ts: TrainingSet, batch: int, rays: int, swap: bool,
-                n_inputs: int = 3) -> Batch:
+                n_inputs: int = 3, dynamic_fraction: float = 0.0) -> Batch:
+    """One synthetic batch; `dynamic_fraction` of each target's rays fall on its dynamic pixels (where it differs
+    from the same camera's view of another pose: the objects in either pose), the rest uniformly."""
     S, P, C = ts.synth_rgb.shape[:3]
     scenes = rng.integers(0, S, size=batch)
     picks = [sample_swap(rng, P, C, n_inputs, swap) for _ in range(batch)]
@@ -187,7 +203,11 @@ def synth_batch(rng: np.random.Generator, ts: TrainingSet, batch: int, rays: int
     cam_src = _u8(np.stack([take(s, p.camera_source) for s, p in zip(scenes, picks)]))
     dyn_src = _u8(np.stack([take(s, p.dynamics_source) for s, p in zip(scenes, picks)]))
     reference = dyn_src if swap else _u8(np.stack([take(s, p.reference) for s, p in zip(scenes, picks)]))
-    xy, rgb = _pixels(rng, target, rays)
+    focus = None
+    if dynamic_fraction > 0:
+        other = cam_src if swap else _u8(np.stack([take(s, p.same_camera) for s, p in zip(scenes, picks)]))
+        focus = (target - other).abs().amax(-1) > DYNAMIC_THRESHOLD
+    xy, rgb = _pixels(rng, target, rays, focus, dynamic_fraction)
     tgt_cam = np.array([p.target % C for p in picks])
     ref_cam = np.array([p.reference % C for p in picks])
     daz = wrap_degrees(ts.synth_azimuth[scenes, tgt_cam] - ts.synth_azimuth[scenes, ref_cam])

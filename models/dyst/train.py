@@ -40,12 +40,15 @@ class TrainConfig:
     real_every: int = 4  # every 4th batch is real (when clips are present); 0: synthetic only
     swap: bool = True
     head_weight: float = 1.0
+    dynamic_fraction: float = 0.5  # share of a synthetic target's rays drawn on its dynamic pixels
 
     def validate(self) -> None:
         if self.batch < 1 or self.rays < 1:
             raise InputError(f"--batch and --rays must be positive, got {self.batch} and {self.rays}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= self.dynamic_fraction <= 1.0:
+            raise InputError(f"--dynamic-fraction must be in [0, 1], got {self.dynamic_fraction}")
         if self.real_every < 0:
             raise InputError(f"--real-every must be >= 0, got {self.real_every}")
 
@@ -113,7 +116,7 @@ class DySTTask:
             b = real_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.model_cfg.input_views)
         else:
             b = synth_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.cfg.swap,
-                            self.model_cfg.input_views)
+                            self.model_cfg.input_views, self.cfg.dynamic_fraction)
         for name in ("inputs", "camera_source", "dynamics_source", "xy", "rgb", "reference", "d_azimuth",
                      "d_elevation"):
             v = getattr(b, name)

@@ -41,6 +41,9 @@ def train_dyst(
     rays: int = typer.Option(256, "--rays", help="Target pixels per scene per step."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate (AdamW; warm-up, then cosine decay)."),
     real_every: int = typer.Option(4, "--real-every", help="Every N-th batch is a real-clip batch (0: none)."),
+    dynamic_fraction: float = typer.Option(0.5, "--dynamic-fraction", help="Share of a synthetic target's rays "
+                                                                           "drawn where its objects are (in this or "
+                                                                           "another pose); the rest uniform."),
     no_swap: bool = typer.Option(False, "--no-swap", help="Ablation: estimate both latents from the target itself "
                                                           "on synthetic batches too (no latent control swap)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of every batch draw."),
@@ -61,7 +64,8 @@ def train_dyst(
 
     model_cfg = DySTConfig(width=width, height=height, dim=dim, mlp=2 * dim)
     model_cfg.validate()
-    cfg = TrainConfig(seed=seed, batch=batch, rays=rays, lr=lr, real_every=real_every, swap=not no_swap)
+    cfg = TrainConfig(seed=seed, batch=batch, rays=rays, lr=lr, real_every=real_every, swap=not no_swap,
+                      dynamic_fraction=dynamic_fraction)
     cfg.validate()
     budget = Budget(steps, minutes or None)
     clips = [] if no_real else find_clips(real if real else default_real_dirs())
