@@ -34,10 +34,10 @@ B = pipeline.StageSpec("b", 1, ("a",), _writer("b"))
 C = pipeline.StageSpec("c", 1, ("b",), _writer("c"))
 
 
-def _chain(ws, va=1, vb=10, vc=100, force=None):
+def _chain(ws, va=1, vb=10, vc=100, force=None, progress=None):
     reqs = [pipeline.StageRequest(A, {"value": va}), pipeline.StageRequest(B, {"value": vb}),
             pipeline.StageRequest(C, {"value": vc})]
-    return pipeline.run_chain(ws, reqs, Progress(), force=force)
+    return pipeline.run_chain(ws, reqs, progress or Progress(), force=force)
 
 
 def test_key_depends_on_everything_and_is_canonical():
@@ -78,6 +78,48 @@ def test_folder_without_manifest_is_redone(tmp_path):
     assert CALLS == ["b"]  # b redone; c's key is unchanged (same inputs) so it stays cached
     assert json.loads(res2["b"].file("out.json").read_text())["v"] == 11
     assert [r for r in ws.entries() if r["manifest"] is None] == []
+
+
+@pytest.mark.parametrize("damage", ["deleted output", "truncated output", "truncated manifest"])
+def test_damaged_results_are_not_served_from_cache(tmp_path, damage):
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure()
+    res = _chain(ws)
+    out, manifest = res["b"].file("out.json"), res["b"].file("manifest.json")
+    if damage == "deleted output":
+        out.unlink()
+    elif damage == "truncated output":
+        out.write_text(out.read_text()[:3])
+    else:
+        manifest.write_text(manifest.read_text()[:20])
+    assert ws.current("b") is None  # status and loaders see it as not done
+    warnings = []
+
+    class Warn(Progress):
+        def warn(self, message):
+            warnings.append(message)
+
+    CALLS.clear()
+    res2 = _chain(ws, progress=Warn())
+    assert CALLS == ["b"] and json.loads(res2["b"].file("out.json").read_text())["v"] == 11
+    assert len(warnings) == 1 and "damaged" in warnings[0] and str(res["b"].path) in warnings[0]
+
+
+def test_status_tells_a_running_stage_from_a_crashed_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from monodyn_cli.app import app
+
+    ws = Workspace(tmp_path / "ws")
+    ws.ensure()
+    (ws.root / "decode" / "0123456789abcdef").mkdir(parents=True)  # a result without manifest
+    crashed = CliRunner().invoke(app, ["status", str(ws.root)])
+    assert "crashed" in crashed.output and "running (pid" not in crashed.output
+    with ws.lock():
+        running = CliRunner().invoke(app, ["status", str(ws.root)])
+        assert f"running (pid {os.getpid()}" in running.output
+        with pytest.raises(Exception, match="a monodyn run .* is working in it"):
+            ws.require("sfm")
 
 
 def _slow_stage_process(root: str, started) -> None:
