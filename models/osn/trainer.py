@@ -8,7 +8,8 @@ own rays: the background on background pixels (colour, opacity -> 1, depth), obj
 Stage 2, in rounds of `round_steps`:
   - scale network: every object is rendered alone once at unit scale on a grid of pixels of all frames (the
     Z-buffer cache; mask-boundary pixels, which mix objects, are left out); then each step draws H scale
-    combinations (half uniform in the search box, half near the currently valid ones), labels them 0/1 by soft Z-buffer segmentation against the masks, and takes a BCE step;
+    combinations (half uniform in the search box, half near the currently valid ones), labels them 0/1 by
+    soft Z-buffer segmentation against the masks, and takes a BCE step;
   - objects: each step draws `composite_groups` valid combinations from the scale network (validity > 0.5),
     splits the batch of rays among them and renders the scaled composite of all objects; losses: colour, depth
     (rendered depth vs s_k * the SfM depth of the pixel's object), segmentation cross-entropy (per-object weights
