@@ -102,7 +102,8 @@ def parse_options(cls: type, args: list[str]):
         name = by_option.get(key[:2] + key[5:] if negated else key)
         if name is None:
             known = ", ".join(sorted(by_option))
-            raise InputError(f"unknown option {key} for this method (its options: {known})")
+            raise InputError(f"unknown option {key} for this method ("
+                             + (f"its options: {known})" if known else "it has no options of its own)"))
         if _base_type(hints[name]) is bool and not inline:
             values[name] = not negated
             i += 1
