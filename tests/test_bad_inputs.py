@@ -20,6 +20,7 @@ CASES = [
     ("empty mp4", ["preprocess", "{empty}"], "not a video"),
     ("symlink loop", ["preprocess", "{loop}"], "symlink loop"),
     ("folder without images", ["preprocess", "{emptydir}"], "no images"),
+    ("blank video", ["preprocess", "{clip}"], "is blank"),
     ("fps nan", ["preprocess", "{clip}", "--fps", "nan"], "--fps"),
     ("fps inf", ["preprocess", "{clip}", "--fps", "inf"], "--fps"),
     ("fps zero", ["preprocess", "{clip}", "--fps", "0"], "--fps"),

@@ -258,6 +258,9 @@ def run(ctx: StageContext, source: Source, cfg: DecodeConfig) -> list[str]:
         total = min(total, cfg.max_frames)
     with ctx.progress.task("decode", total) as advance:
         frames, times, meta = decode(source, cfg, advance)
+    if frames[:: max(1, len(frames) // 16)].std() < 1.0:  # within one grey level: nothing to reconstruct
+        raise InputError(f"{source.label} is blank: every frame is one flat colour ({int(frames[0, 0, 0, 0])}, "
+                         f"{int(frames[0, 0, 0, 1])}, {int(frames[0, 0, 0, 2])}); check the video")
     meta["source_sha256"] = ctx.config["source_sha256"]
     np.save(ctx.out / DECODE.frames, frames)
     np.save(ctx.out / DECODE.timestamps, times)
