@@ -51,6 +51,8 @@ class SynthReport:
     psnr_orbit: float  # camera latent from the orbit head (another camera of the same pose + the true move)
     psnr_still: float  # baseline for the head: that other camera's latent unchanged
     psnr_inputs: float  # the 3 input views themselves, latents from themselves
+    psnr_dynamic_own: float  # novel views, pixels where the objects are (this or another pose), own latents
+    psnr_dynamic_other: float  # the same pixels with the dynamics latent of another pose (same camera)
 
 
 def _scene_inputs(n_views: int, n_inputs: int, seed: int) -> list[int]:
@@ -66,7 +68,7 @@ def evaluate_synth(model: DyST, ts: TrainingSet, device: str | torch.device = "c
     S, P, C = ts.synth_rgb.shape[:3]
     S = S if max_scenes is None else min(S, max_scenes)
     h, w = ts.height, ts.width
-    rc, rd, ps, pw, po, pst, pin = [], [], [], [], [], [], []
+    rc, rd, ps, pw, po, pst, pin, pdo, pdw = [], [], [], [], [], [], [], [], []
     pose_of = torch.tensor([grid_of(i, C)[0] for i in range(P * C)])
     cam_of = torch.tensor([grid_of(i, C)[1] for i in range(P * C)])
     for s in range(S):
@@ -93,13 +95,21 @@ def evaluate_synth(model: DyST, ts: TrainingSet, device: str | torch.device = "c
             "orbit": model.render_image(z, orbit_cam, dyn[dyn_src], h, w),
             "still": model.render_image(z, cam[dyn_src], dyn[dyn_src], h, w),
         }
+        # does the decoder use the dynamics latent? pixels where the objects are, own vs another pose's latent
+        other_pose = ((pose + 2) % P) * C + cams
+        wrong = model.render_image(z, cam, dyn[other_pose], h, w)
+        mask = ((views - views[other_pose]).abs().amax(-1) > 0.08)[novel]
+        if bool(mask.any()):
+            pdo.append(psnr(imgs["self"][novel][mask], views[novel][mask]))
+            pdw.append(psnr(wrong[novel][mask], views[novel][mask]))
         ps.append(psnr(imgs["self"][novel], views[novel]))
         pw.append(psnr(imgs["swap"][novel], views[novel]))
         po.append(psnr(imgs["orbit"][novel], views[novel]))
         pst.append(psnr(imgs["still"][novel], views[novel]))
         pin.append(psnr(imgs["self"][inputs], views[inputs]))
     return SynthReport(S, float(np.mean(rc)), float(np.mean(rd)), float(np.mean(ps)), float(np.mean(pw)),
-                       float(np.mean(po)), float(np.mean(pst)), float(np.mean(pin)))
+                       float(np.mean(po)), float(np.mean(pst)), float(np.mean(pin)),
+                       float(np.mean(pdo)) if pdo else float("nan"), float(np.mean(pdw)) if pdw else float("nan"))
 
 
 @torch.no_grad()

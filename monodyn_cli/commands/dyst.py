@@ -188,6 +188,13 @@ def eval_(
         rows.append({"checkpoint": str(path), "swap": swap, "step": meta.get("step"), **asdict(rep),
                      "psnr_real": dict(zip(ts.real_names, real_psnr)), "psnr_real_mean": mean_real})
     stdout.print(table)
+    t3 = Table(title="Does the decoder use the dynamics latent? PSNR where the objects are (novel views)")
+    for col in ("model", "own dynamics latent", "another pose's dynamics latent", "input views (own latents)"):
+        t3.add_column(col, justify="right")
+    for r in rows:
+        t3.add_row(Path(r["checkpoint"]).name, f"{r['psnr_dynamic_own']:.2f}", f"{r['psnr_dynamic_other']:.2f}",
+                   f"{r['psnr_inputs']:.2f}")
+    stdout.print(t3)
     if any(r["psnr_real"] for r in rows):
         t2 = Table(title="PSNR on held-out frames of real clips (latents from the frame itself)")
         t2.add_column("clip")
