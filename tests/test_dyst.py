@@ -12,8 +12,7 @@ import torch
 
 from models.cameras import Cameras, intrinsics_from_fov, look_at
 from models.dyst.config import DySTConfig
-from models.dyst.data import (TrainingSet, grid_of, input_frames, sample_swap, squash, synth_batch, train_frames,
-                              wrap_degrees)
+from models.dyst.data import TrainingSet, grid_of, input_frames, sample_swap, squash, synth_batch, train_frames, wrap_degrees
 from models.dyst.evaluate import contrastiveness, evaluate_real, evaluate_synth
 from models.dyst.geometry import relative_move
 from models.dyst.model import pixel_queries

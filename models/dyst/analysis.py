@@ -14,11 +14,11 @@ from models.dyst.model import DyST
 
 @dataclass
 class PCA:
-    mean: Float[Tensor, "L"]
+    mean: Float[Tensor, " L"]
     components: Float[Tensor, "K L"]  # unit rows, by decreasing variance
     scores: Float[Tensor, "T K"]  # each frame's coordinates
-    std: Float[Tensor, "K"]  # standard deviation along each component
-    explained: Float[Tensor, "K"]  # share of the total variance
+    std: Float[Tensor, " K"]  # standard deviation along each component
+    explained: Float[Tensor, " K"]  # share of the total variance
 
 
 def pca(latents: Float[Tensor, "T L"], k: int | None = None) -> PCA:
@@ -37,7 +37,7 @@ def pca(latents: Float[Tensor, "T L"], k: int | None = None) -> PCA:
 
 
 @torch.no_grad()
-def sweep(model: DyST, z: Float[Tensor, "1 M D"], base_camera: Float[Tensor, "L"], base_dynamics: Float[Tensor, "L"],
+def sweep(model: DyST, z: Float[Tensor, "1 M D"], base_camera: Float[Tensor, " L"], base_dynamics: Float[Tensor, " L"],
           which: str, p: PCA, component: int, frames: int, height: int, width: int, amount: float = 2.0
           ) -> Float[Tensor, "F H W 3"]:
     """Images with the `which` ('camera' or 'dynamics') latent at its clip mean + s * std * component, s going

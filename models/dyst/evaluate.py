@@ -25,7 +25,7 @@ from models.dyst.data import TrainingSet, grid_of, input_frames, squash, train_f
 from models.dyst.model import DyST
 
 
-def contrastiveness(latents: Float[Tensor, "N L"], factor: Int[Tensor, "N"]) -> float:
+def contrastiveness(latents: Float[Tensor, "N L"], factor: Int[Tensor, " N"]) -> float:
     """Mean distance between latents of views sharing `factor` / mean distance between views that do not."""
     d = torch.cdist(latents.double(), latents.double())
     same = factor[:, None] == factor[None, :]

@@ -37,7 +37,7 @@ def scene_look_at(cams: Cameras, center: Tensor) -> Float[Tensor, "3"]:
 
 
 def azimuth_elevation(eyes: Float[Tensor, "N 3"], center: Float[Tensor, "3"], up: Float[Tensor, "3"]
-                      ) -> tuple[Float[Tensor, "N"], Float[Tensor, "N"]]:
+                      ) -> tuple[Float[Tensor, " N"], Float[Tensor, " N"]]:
     """Azimuth (about `up`, from an arbitrary fixed horizontal axis) and elevation of eyes, degrees."""
     up = up / up.norm()
     ref = torch.tensor([1.0, 0.0, 0.0]) if abs(float(up[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
@@ -50,7 +50,7 @@ def azimuth_elevation(eyes: Float[Tensor, "N 3"], center: Float[Tensor, "3"], up
 
 
 def relative_move(target_eyes: Float[Tensor, "N 3"], reference_eyes: Float[Tensor, "N 3"], center: Float[Tensor, "3"],
-                  up: Float[Tensor, "3"]) -> tuple[Float[Tensor, "N"], Float[Tensor, "N"]]:
+                  up: Float[Tensor, "3"]) -> tuple[Float[Tensor, " N"], Float[Tensor, " N"]]:
     """(d-azimuth wrapped to (-180, 180], d-elevation) in degrees from each reference eye to its target eye."""
     az_t, el_t = azimuth_elevation(target_eyes, center, up)
     az_r, el_r = azimuth_elevation(reference_eyes, center, up)

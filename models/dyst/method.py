@@ -92,7 +92,7 @@ class ClipLatents:
         self.camera, self.dynamics = torch.cat(cams), torch.cat(dyns)
 
 
-def interpolate(latents: Float[Tensor, "T L"], times: Float[Tensor, "T"], t: Float[Tensor, "N"]) -> Float[Tensor, "N L"]:
+def interpolate(latents: Float[Tensor, "T L"], times: Float[Tensor, " T"], t: Float[Tensor, " N"]) -> Float[Tensor, "N L"]:
     """Piecewise-linear latent at normalised times t (clamped to the clip's range)."""
     if len(latents) == 1:
         return latents.expand(len(t), -1)
@@ -142,7 +142,7 @@ class DySTRenderer:
         return seq, clip.times
 
     @torch.no_grad()
-    def latents(self, cameras: Cameras, times: Float[Tensor, "N"]) -> tuple[Float[Tensor, "N L"], Float[Tensor, "N L"]]:
+    def latents(self, cameras: Cameras, times: Float[Tensor, " N"]) -> tuple[Float[Tensor, "N L"], Float[Tensor, "N L"]]:
         """Camera and dynamics latents of each output frame (orbit head applied where the camera moved)."""
         times = times.to(self.device).float()
         cam = interpolate(self.camera_seq, self.camera_times, times)
@@ -156,7 +156,7 @@ class DySTRenderer:
         return cam, dyn
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+    def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
         if times.numel() == 1 and len(cameras) > 1:
             times = times.expand(len(cameras))

@@ -160,7 +160,7 @@ class DyST(nn.Module):
             x = blk(x, z)
         return torch.sigmoid(self.to_rgb(x))
 
-    def orbit(self, cam: Float[Tensor, "B L"], d_azimuth: Float[Tensor, "B"], d_elevation: Float[Tensor, "B"]
+    def orbit(self, cam: Float[Tensor, "B L"], d_azimuth: Float[Tensor, " B"], d_elevation: Float[Tensor, " B"]
               ) -> Float[Tensor, "B L"]:
         """Camera latent of the reference view's camera moved by (d-azimuth, d-elevation) degrees about the
         look-at point (azimuth counter-clockwise about up). Identity at zero motion."""
