@@ -6,7 +6,8 @@
     .venv/bin/python bench/bench_gcd.py --official-size           # SVD-size GCD, random weights, 384x256 (GPU)
 
 Held-out scenes: `monodyn synth` scenes with seeds 1..5 (training uses seeds >= 100000; the bundled sample
-is seed 0; seed 5 at 48 frames 256x192 is bench_pipeline.py's synth-moving scene), `--objects` objects, moving input camera, held-out cameras = the input trajectory rotated by
+is seed 0; seed 5 at 48 frames 256x192 is bench_pipeline.py's synth-moving scene), `--objects` objects,
+moving input camera, held-out cameras = the input trajectory rotated by
 30 / 90 / 180 degrees about the vertical axis through the scene centre (the same protocol as
 bench/bench_pipeline.py's synth cases). GCD gets the generator's input cameras (no SfM), renders every
 held-out view through `GCDRenderer` (direct mode: each frame conditioned on its own Δ), and is scored at
@@ -95,7 +96,8 @@ def heldout(args) -> None:
         table("Seed 5 alone (the scene of bench_pipeline.py synth-moving)", ["Δazimuth", "GCD PSNR", "floor PSNR"],
               [[f"{az:g}", v["gcd"][k], v["floor"][k]] for az, v in per_az.items()])
     table(f"GCD on held-out synth scenes (seeds {args.seeds}, {args.frames} frames {args.width}x{args.height}, "
-          f"{args.objects} objects, {args.steps} steps, {args.samples} sample(s), model {renderer.model.cfg.width}x{renderer.model.cfg.height})",
+          f"{args.objects} objects, {args.steps} steps, {args.samples} sample(s), "
+          f"model {renderer.model.cfg.width}x{renderer.model.cfg.height})",
           ["Δazimuth", "GCD PSNR", "floor PSNR", "GCD - floor"], rows)
     table("GCD sampling time on this CPU", ["threads", "seconds per 14-frame window (mean)", "windows"],
           [[torch.get_num_threads(), float(np.mean(window_seconds)), len(window_seconds)]])

@@ -61,7 +61,7 @@ def image_up(cams: Cameras) -> Float[Tensor, "3"]:
 
 
 def spherical(eyes: Float[Tensor, "N 3"], center: Float[Tensor, "3"], up: Float[Tensor, "3"],
-              ref: Float[Tensor, "3"]) -> tuple[Float[Tensor, "N"], Float[Tensor, "N"], Float[Tensor, "N"]]:
+              ref: Float[Tensor, "3"]) -> tuple[Float[Tensor, " N"], Float[Tensor, " N"], Float[Tensor, " N"]]:
     """(azimuth deg, elevation deg, radius) of `eyes` about `center`; azimuth 0 = the horizontal direction of
     `ref` from the centre, counter-clockwise about `up`."""
     up = up / up.norm()
@@ -129,7 +129,7 @@ def check_range(deltas: Float[Tensor, "N 3"], max_delta: tuple[float, float, flo
                              f"model's range of ±{max_delta[j]:g}{units[j]}; use a smaller move")
 
 
-def nearest_frames(times: Float[Tensor, "N"], scene_times: Float[Tensor, "T"]) -> Tensor:
+def nearest_frames(times: Float[Tensor, " N"], scene_times: Float[Tensor, " T"]) -> Tensor:
     """Index of the input frame nearest in normalised time to each target time."""
     return (times[:, None].float() - scene_times[None, :].float()).abs().argmin(dim=1)
 

@@ -166,7 +166,7 @@ class GCDRenderer:
                                                 align_corners=False, antialias=True)
         return x * 2 - 1
 
-    def deltas(self, cameras: Cameras, times: Float[Tensor, "N"]) -> tuple[Tensor, Float[Tensor, "N 3"]]:
+    def deltas(self, cameras: Cameras, times: Float[Tensor, " N"]) -> tuple[Tensor, Float[Tensor, "N 3"]]:
         """(input frame index per target, (Δaz deg, Δel deg, Δr/r) per target), checked against the model's range."""
         from models.gcd.geometry import camera_deltas, check_range, nearest_frames
 
@@ -179,7 +179,7 @@ class GCDRenderer:
         return idx, d
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, times: Float[Tensor, "N"]) -> RenderOutput:
+    def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """rgb (N,H,W,3) in [0,1] at the cameras' size; depth is zeros (GCD predicts no geometry); alpha ones."""
         from models.gcd.sampling import sample
 

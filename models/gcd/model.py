@@ -139,7 +139,7 @@ class GCDUNet(UNetSpatioTemporalConditionModel):
         self.camera_embedder = SphericalEmbedder(camera_embed_dim)
         self.aux_label_emb = nn.Sequential(nn.Linear(camera_embed_dim, width), nn.SiLU(), nn.Linear(width, width))
 
-    def forward(self, sample: Float[Tensor, "B T C h w"], c_noise: Float[Tensor, "B"],
+    def forward(self, sample: Float[Tensor, "B T C h w"], c_noise: Float[Tensor, " B"],
                 tokens: Float[Tensor, "B T 1 D"], added_time_ids: Float[Tensor, "B 3"],
                 deltas: Float[Tensor, "B T 3"]) -> Float[Tensor, "B T 4 h w"]:
         """One network evaluation: `c_noise` = the EDM noise input (0.25 ln σ), `deltas` = (Δaz rad, Δel rad,
@@ -337,7 +337,7 @@ class GCDModel(nn.Module):
         return torch.stack([torch.deg2rad(deltas_deg[..., 0]), torch.deg2rad(deltas_deg[..., 1]),
                             self.cfg.radius_scale * deltas_deg[..., 2]], dim=-1)
 
-    def denoise(self, x: Float[Tensor, "B T 4 h w"], sigma: Float[Tensor, "B"], tokens: Float[Tensor, "B T 1 D"],
+    def denoise(self, x: Float[Tensor, "B T 4 h w"], sigma: Float[Tensor, " B"], tokens: Float[Tensor, "B T 1 D"],
                 concat: Float[Tensor, "B T 4 h w"], micro: Float[Tensor, "B 3"], deltas_deg: Float[Tensor, "B T 3"]
                 ) -> Float[Tensor, "B T 4 h w"]:
         """EDM denoiser with v-parameterisation (σ_data = 1): D(x) = c_skip x + c_out F(c_in x, c_noise)."""

@@ -17,7 +17,7 @@ from models.gcd.model import GCDModel
 
 
 def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, rho: float = 7.0
-               ) -> Float[Tensor, "S1"]:
+               ) -> Float[Tensor, " S1"]:
     """`steps` noise levels from sigma_max down to sigma_min (Karras et al. 2022), then a final 0."""
     ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)

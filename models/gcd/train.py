@@ -37,7 +37,7 @@ def to_pixels(frames: UInt8[np.ndarray, "*B H W 3"]) -> Float[Tensor, "*B 3 H W"
     return x.movedim(-1, -3)
 
 
-def focal_loss(err: Float[Tensor, "BT K"], keep: float) -> Float[Tensor, "BT"]:
+def focal_loss(err: Float[Tensor, "BT K"], keep: float) -> Float[Tensor, " BT"]:
     """GCD's focal top-k: mean of the largest `keep` fraction of each row (0.9) + the row mean (0.1)."""
     if keep >= 1.0:
         return err.mean(dim=1)
