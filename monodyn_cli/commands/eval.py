@@ -35,7 +35,7 @@ def evaluate(
     lpips_weights: Optional[Path] = typer.Option(None, help="LPIPS linear-layer weights (alex.pth); LPIPS is skipped "
                                                             "without them."),
     lpips_backbone: Optional[Path] = typer.Option(None, help="AlexNet backbone weights for LPIPS (torchvision format)."),
-    every: int = typer.Option(1, "--every", min=1, help="Score every N-th test image only (rendering is the slow "
+    every: int = typer.Option(1, "--every", help="Score every N-th test image only (rendering is the slow "
                                                         "part on a CPU; the fit is the same)."),
     device: str = typer.Option("auto", help="Torch device for rendering: auto (CUDA when present), cpu, cuda, cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -43,13 +43,14 @@ def evaluate(
     help_: bool = typer.Option(False, "--help", "-h", help="Show this help, and the method's fit options."),
 ) -> None:
     from models.errors import InputError
-    from monodyn_cli.options import method_options_help, parse_method_options
+    from monodyn_cli.options import check_range, method_options_help, parse_method_options
 
     if help_:
         method_options_help(ctx, method, "Config", "eval")
         raise typer.Exit(0)
     if protocol not in PROTOCOLS:
         raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    check_range("--every", every, 1, 1_000_000)
     method, impl, cfg = parse_method_options(method, "Config", list(ctx.args))
     _evaluate(ctx, protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
               quiet)
