@@ -154,7 +154,8 @@ def check_range(option: str, value, lo: float, hi: float, inclusive: bool = True
     if not (low_ok and high_ok):
         left = "(" if (low_open or not inclusive) else "["
         right = "]" if inclusive else ")"
-        raise InputError(f"{option} must be in {left}{lo:g}, {hi:g}{right}, got {value}")
+        fmt = lambda v: str(int(v)) if float(v).is_integer() else f"{v:g}"  # noqa: E731
+        raise InputError(f"{option} must be in {left}{fmt(lo)}, {fmt(hi)}{right}, got {value}")
 
 
 # ---- method options (fit: Method.Config; render: Method.RenderOptions) -------------------------------------
