@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from models.errors import InputError
+
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
 
@@ -159,3 +161,40 @@ def opengl_c2w_to_opencv_w2c(c2w_gl: Float[Tensor, "*B 4 4"]) -> Float[Tensor, "
 def opencv_w2c_to_opengl_c2w(w2c: Float[Tensor, "*B 4 4"]) -> Float[Tensor, "*B 4 4"]:
     """Inverse of `opengl_c2w_to_opencv_w2c`."""
     return torch.linalg.inv(w2c) @ _FLIP_YZ.to(w2c)
+
+
+# ---- where a clip's cameras look (camera paths, GCD's and DyST's relative moves) ---------------------------
+def mean_image_up(cams: Cameras) -> Float[Tensor, "3"]:
+    """World direction that is 'up' in the images on average (mean of the cameras' -y axes), unit length."""
+    up = -cams.c2w[:, :3, 1].mean(0)
+    if float(up.norm()) < 1e-6:
+        raise InputError("cannot estimate an up direction: the input cameras' image-up axes cancel out")
+    return up / up.norm()
+
+
+def axes_meeting_point(cams: Cameras, fallback_distance: float | None = None) -> Float[Tensor, "3"]:
+    """The point nearest (least squares) to all optical axes: what a converging capture looks at.
+
+    When the axes are nearly parallel (a forward-facing clip) that point is ill-defined; then the point
+    `fallback_distance` in front of the mean camera is used (an InputError if it is not given)."""
+    c2w = cams.c2w
+    eye, fwd = c2w[:, :3, 3].double(), torch.nn.functional.normalize(c2w[:, :3, 2].double(), dim=-1)
+    proj = torch.eye(3, dtype=torch.float64) - fwd[:, :, None] * fwd[:, None, :]  # (I - d d^T) per axis
+    A, b = proj.sum(0), (proj @ eye[:, :, None]).sum(0)[:, 0]
+    eig = torch.linalg.eigvalsh(A)
+    if float(eig[0]) > 1e-3 * float(eig[-1]):
+        return torch.linalg.solve(A, b).float()
+    if fallback_distance is None:
+        raise InputError("the input cameras look in nearly parallel directions, so no common look-at point "
+                         "exists; give the scene centre (e.g. from the depth) explicitly")
+    mean_fwd = torch.nn.functional.normalize(fwd.mean(0), dim=0)
+    return (eye.mean(0) + fallback_distance * mean_fwd).float()
+
+
+def scene_look_at(cams: Cameras, center: Float[Tensor, "3"] | None = None) -> Float[Tensor, "3"]:
+    """A clip's look-at point: where its optical axes meet, or for a forward-facing clip the point at the scene
+    centre's median camera distance in front of the mean camera."""
+    if center is None:
+        return axes_meeting_point(cams)
+    distance = float((cams.centers - torch.as_tensor(center, dtype=torch.float32)).norm(dim=-1).median())
+    return axes_meeting_point(cams, fallback_distance=max(distance, 1e-3))

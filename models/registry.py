@@ -85,6 +85,18 @@ def get_method(name: str) -> Method:
     return getattr(importlib.import_module(module), cls)()
 
 
+def times_per_camera(times, n: int) -> Float[Tensor, " N"]:
+    """A renderer's `times` as one float32 normalised time per camera: (N,) as given, or one time for all."""
+    import torch
+
+    times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    if times.numel() == 1 and n > 1:
+        times = times.expand(n)
+    if times.numel() != n:
+        raise InputError(f"render: {n} cameras but {times.numel()} times")
+    return times
+
+
 def check_render_output(out: RenderOutput, n: int, height: int, width: int, method: str) -> RenderOutput:
     """The Method boundary's shape check: a renderer must return n images of height x width."""
     from models.errors import MethodContractError

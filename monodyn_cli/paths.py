@@ -21,41 +21,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from models.cameras import Cameras, look_at, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
+from models.cameras import (
+    Cameras,
+    look_at,
+    mean_image_up,
+    opencv_w2c_to_opengl_c2w,
+    opengl_c2w_to_opencv_w2c,
+    scene_look_at,
+)
 from models.errors import InputError
 
 
 class CameraPath(NamedTuple):
     cameras: Cameras
     times: Float[Tensor, " N"]  # normalised time in [0, 1] per output frame
-
-
-def estimate_up(cams: Cameras) -> Float[Tensor, "3"]:
-    """World direction that is 'up' in the input images on average (mean of -y camera axes)."""
-    up = -cams.c2w[:, :3, 1].mean(0)
-    if float(up.norm()) < 1e-6:
-        raise InputError("cannot estimate an up direction: the input cameras' image-up axes cancel out")
-    return up / up.norm()
-
-
-def estimate_center(cams: Cameras, fallback_distance: float | None = None) -> Float[Tensor, "3"]:
-    """The point nearest (least squares) to all optical axes: what a converging capture looks at.
-
-    When the axes are nearly parallel (a forward-facing clip) that point is ill-defined; then the point
-    `fallback_distance` in front of the mean camera is used (an error if it is not given).
-    """
-    c2w = cams.c2w
-    eye, fwd = c2w[:, :3, 3].double(), torch.nn.functional.normalize(c2w[:, :3, 2].double(), dim=-1)
-    proj = torch.eye(3, dtype=torch.float64) - fwd[:, :, None] * fwd[:, None, :]  # (I - d d^T) per axis
-    A, b = proj.sum(0), (proj @ eye[:, :, None]).sum(0)[:, 0]
-    eig = torch.linalg.eigvalsh(A)
-    if float(eig[0]) > 1e-3 * float(eig[-1]):
-        return torch.linalg.solve(A, b).float()
-    if fallback_distance is None:
-        raise InputError("the input cameras look in nearly parallel directions, so no common look-at point "
-                         "exists; give the scene centre (e.g. from the depth) explicitly")
-    mean_fwd = torch.nn.functional.normalize(fwd.mean(0), dim=0)
-    return (eye.mean(0) + fallback_distance * mean_fwd).float()
 
 
 def _basis(center: Tensor, up: Tensor, ref_eye: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -130,7 +109,7 @@ def orbit(input_cams: Cameras, center: Float[Tensor, "3"], degrees: float = 360.
     looking at the centre; distance and elevation stay those of the reference camera. Both ends are
     included (360 degrees ends where it started). Time plays across the input range unless `times` given."""
     center = _check(input_cams, ref, n_frames, center)
-    up = estimate_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
+    up = mean_image_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
     ref_eye = input_cams.centers[ref]
     _, el, r = to_spherical(ref_eye, center, up, ref_eye)
     az = torch.linspace(0.0, degrees, n_frames) if n_frames > 1 else torch.zeros(1)
@@ -158,7 +137,7 @@ def spiral(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, 
     distance) and whose elevation wobbles by +-`elevation_amplitude` degrees, `cycles` times over the path;
     it starts at the reference camera and always looks at the centre."""
     center = _check(input_cams, ref, n_frames, center)
-    up = estimate_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
+    up = mean_image_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
     ref_eye = input_cams.centers[ref]
     _, el0, r0 = to_spherical(ref_eye, center, up, ref_eye)
     s = torch.linspace(0.0, 1.0, n_frames) if n_frames > 1 else torch.zeros(1)
@@ -336,14 +315,6 @@ def read_transforms_json(path) -> tuple[Cameras, list[str], list[float] | None]:
     return Cameras(K.float(), w2c.float(), width, height), file_paths, times
 
 
-def look_at_point(scene) -> Float[Tensor, "3"]:
-    """Where the input cameras of `scene` converge; for a forward-facing clip, the scene centre's depth along
-    the view."""
-    center = torch.as_tensor(scene.center, dtype=torch.float32)
-    distance = float((scene.cameras.centers - center).norm(dim=-1).median())
-    return estimate_center(scene.cameras, fallback_distance=max(distance, 1e-3))
-
-
 def build_path(scene, kind: str, n: int, *, orbit_degrees=None, bullet_time_at=None, dolly_amount=None,
                stabilize=None, camera_path=None, degrees=90.0, hold_time=None) -> tuple[CameraPath, str]:
     """The camera path `monodyn render` asks for (n cameras + normalised times) and a short label for file
@@ -356,7 +327,7 @@ def build_path(scene, kind: str, n: int, *, orbit_degrees=None, bullet_time_at=N
         if hold_time is not None:
             path = CameraPath(path.cameras, torch.full((len(path.cameras),), float(hold_time)))
         return path, Path(camera_path).stem
-    center = look_at_point(scene)
+    center = scene_look_at(scene.cameras, torch.as_tensor(scene.center, dtype=torch.float32))
     hold = None if hold_time is None else torch.full((n,), float(hold_time))
     if kind == "orbit":
         return orbit(scene.cameras, center, orbit_degrees, n, times=hold), f"orbit{orbit_degrees:g}"

@@ -241,7 +241,8 @@ def orbit_cameras(azimuths, elevation=20.0, radius=5.0, center=(0.0, 0.0, 0.4), 
 
 
 def test_camera_deltas_analytic():
-    from models.gcd.geometry import camera_deltas, image_up, look_at_point
+    from models.cameras import scene_look_at as look_at_point
+    from models.gcd.geometry import camera_deltas, image_up
 
     inputs = orbit_cameras([0.0, 10.0, 20.0, 30.0])
     center = look_at_point(inputs)

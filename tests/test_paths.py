@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models.cameras import Cameras, intrinsics_from_fov, look_at, project
+from models.cameras import Cameras, axes_meeting_point, intrinsics_from_fov, look_at, mean_image_up, project
 from models.errors import InputError
 from monodyn_cli import paths
 
@@ -33,8 +33,8 @@ def assert_looks_at_center(cams: Cameras, center: torch.Tensor) -> None:
 
 def test_up_and_center_estimates():
     cams = ring_cameras()
-    torch.testing.assert_close(paths.estimate_up(cams), torch.tensor([0.0, 0.0, 1.0]), atol=1e-5, rtol=0)
-    torch.testing.assert_close(paths.estimate_center(cams), CENTER, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mean_image_up(cams), torch.tensor([0.0, 0.0, 1.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(axes_meeting_point(cams), CENTER, atol=1e-4, rtol=0)
 
 
 def test_center_of_parallel_cameras_needs_fallback():
@@ -42,8 +42,8 @@ def test_center_of_parallel_cameras_needs_fallback():
     w2c = look_at(eyes, eyes + torch.tensor([0.0, 1.0, 0.0]))
     cams = Cameras(intrinsics_from_fov(W, H, 60).expand(3, 3, 3).clone(), w2c, W, H)
     with pytest.raises(InputError, match="parallel"):
-        paths.estimate_center(cams)
-    torch.testing.assert_close(paths.estimate_center(cams, fallback_distance=5.0), torch.tensor([1.0, 5.0, 0.0]),
+        axes_meeting_point(cams)
+    torch.testing.assert_close(axes_meeting_point(cams, fallback_distance=5.0), torch.tensor([1.0, 5.0, 0.0]),
                                atol=1e-5, rtol=0)
 
 

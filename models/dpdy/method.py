@@ -26,7 +26,7 @@ from models.dpdy.task import CONFIG, VERSION, WEIGHTS, DpDyTask
 from models.errors import InputError
 from models.fitting import Budget, resolve_device, run_fit
 from models.gaussians.model import DynamicGaussians
-from models.registry import FitProgress, NoRenderOptions, RenderOutput
+from models.registry import FitProgress, NoRenderOptions, RenderOutput, times_per_camera
 from models.scene import Scene
 
 
@@ -70,11 +70,7 @@ class DpDyRenderer:
     @torch.no_grad()
     def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """rgb (N,H,W,3), depth (N,H,W) expected z, alpha (N,H,W); extras "dynamic": the dynamic Gaussians' share."""
-        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
-        if times.numel() == 1 and len(cameras) > 1:
-            times = times.expand(len(cameras))
-        if times.numel() != len(cameras):
-            raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
+        times = times_per_camera(times, len(cameras))
         out = self.model.render_cameras(cameras.to(self.device), times.to(self.device))
         out.rgb = out.rgb.clamp(0, 1)
         return out

@@ -10,31 +10,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from models.cameras import Cameras
-
-
-def mean_up(cams: Cameras) -> Float[Tensor, "3"]:
-    up = -cams.c2w[:, :3, 1].mean(0)
-    return up / up.norm().clamp_min(1e-12)
-
-
-def look_at_point(cams: Cameras, fallback_distance: float) -> Float[Tensor, "3"]:
-    c2w = cams.c2w.double()
-    eye = c2w[:, :3, 3]
-    fwd = torch.nn.functional.normalize(c2w[:, :3, 2], dim=-1)
-    proj = torch.eye(3, dtype=torch.float64) - fwd[:, :, None] * fwd[:, None, :]
-    A, b = proj.sum(0), (proj @ eye[:, :, None]).sum(0)[:, 0]
-    eig = torch.linalg.eigvalsh(A)
-    if float(eig[0]) > 1e-3 * float(eig[-1]):
-        return torch.linalg.solve(A, b).float()
-    return (eye.mean(0) + fallback_distance * torch.nn.functional.normalize(fwd.mean(0), dim=0)).float()
-
-
-def scene_look_at(cams: Cameras, center: Tensor) -> Float[Tensor, "3"]:
-    """The clip's look-at point, with the scene centre's median camera distance as the fallback distance."""
-    distance = float((cams.centers - torch.as_tensor(center, dtype=torch.float32)).norm(dim=-1).median())
-    return look_at_point(cams, max(distance, 1e-3))
-
 
 def azimuth_elevation(eyes: Float[Tensor, "N 3"], center: Float[Tensor, "3"], up: Float[Tensor, "3"]
                       ) -> tuple[Float[Tensor, " N"], Float[Tensor, " N"]]:

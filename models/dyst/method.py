@@ -22,14 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.cameras import Cameras
+from models.cameras import Cameras, mean_image_up, scene_look_at
 from models.dyst.config import RETRAIN, VERSION, WEIGHTS, DySTConfig, read_meta
 from models.dyst.data import input_frames, squash
-from models.dyst.geometry import mean_up, relative_move, scene_look_at
+from models.dyst.geometry import relative_move
 from models.dyst.model import DyST
 from models.dyst.options import DySTRenderOptions, load_other_scene, parse_clip_ref
 from models.errors import InputError
-from models.registry import RenderOutput
+from models.registry import RenderOutput, times_per_camera
 from models.scene import Scene
 
 BUNDLED = Path(__file__).resolve().parent / "pretrained"
@@ -119,7 +119,7 @@ class DySTRenderer:
                                                               options.freeze_dynamics, "--freeze-dynamics")
         cams = scene.cameras
         self.center = scene_look_at(cams, torch.as_tensor(scene.center, dtype=torch.float32))
-        self.up = mean_up(cams)
+        self.up = mean_image_up(cams)
         self.input_eyes = cams.centers
         self.input_times = scene.times
 
@@ -157,11 +157,7 @@ class DySTRenderer:
 
     @torch.no_grad()
     def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
-        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
-        if times.numel() == 1 and len(cameras) > 1:
-            times = times.expand(len(cameras))
-        if times.numel() != len(cameras):
-            raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
+        times = times_per_camera(times, len(cameras))
         cam, dyn = self.latents(cameras, times)
         cfg, H, W = self.model.cfg, cameras.height, cameras.width
         s = self.options.dyst_decode_scale

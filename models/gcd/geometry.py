@@ -6,8 +6,7 @@ arbitrary frame, so here: the look-at point is where the input cameras' optical 
 for nearly parallel axes, the scene centre's distance in front of the mean camera), "up" is the input
 cameras' mean image-up, azimuth is counter-clockwise about up seen from above, elevation is above the
 horizontal plane through the look-at point, and Δr is relative (r_target / r_input - 1) because SfM scale is
-arbitrary. (`look_at_point` mirrors the one `monodyn render` uses, `monodyn_cli.paths.estimate_center`,
-kept here because models/ does not import the CLI.)
+arbitrary. The look-at point is `models.cameras.scene_look_at`, the one `monodyn render`'s paths use.
 """
 
 from __future__ import annotations
@@ -20,24 +19,6 @@ from models.cameras import Cameras
 from models.errors import InputError
 
 MAX_LOOK_AWAY_DEG = 20.0  # a target camera's optical axis may miss the look-at point by at most this
-
-
-def look_at_point(cams: Cameras, center: Float[Tensor, "3"] | None = None) -> Float[Tensor, "3"]:
-    """The point nearest (least squares) to the cameras' optical axes; for nearly parallel axes the point at the
-    median distance of `center` (the scene centre) in front of the mean camera."""
-    c2w = torch.linalg.inv(cams.w2c.double())
-    eye, fwd = c2w[:, :3, 3], torch.nn.functional.normalize(c2w[:, :3, 2], dim=-1)
-    proj = torch.eye(3, dtype=torch.float64) - fwd[:, :, None] * fwd[:, None, :]
-    A, b = proj.sum(0), (proj @ eye[:, :, None]).sum(0)[:, 0]
-    eig = torch.linalg.eigvalsh(A)
-    if float(eig[0]) > 1e-3 * float(eig[-1]):
-        return torch.linalg.solve(A, b).float()
-    if center is None:
-        raise InputError("the input cameras look in nearly parallel directions and no scene centre was given: "
-                         "GCD needs a point to orbit about")
-    dist = float((eye - torch.as_tensor(center, dtype=torch.float64)).norm(dim=-1).median())
-    mean_fwd = torch.nn.functional.normalize(fwd.mean(0), dim=0)
-    return (eye.mean(0) + max(dist, 1e-3) * mean_fwd).float()
 
 
 def image_up(cams: Cameras) -> Float[Tensor, "3"]:

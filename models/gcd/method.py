@@ -149,11 +149,12 @@ class GCDRenderer:
     """Holds a GCD model and the clip; renders one window of up to 14 target cameras per call."""
 
     def __init__(self, model: GCDModel, scene: Scene, options: GCDRenderOptions, device: torch.device):
-        from models.gcd.geometry import image_up, look_at_point
+        from models.cameras import scene_look_at
+        from models.gcd.geometry import image_up
 
         self.model, self.scene, self.options, self.device = model.to(device), scene, options, device
         self.chunk = model.cfg.num_frames
-        self.center = look_at_point(scene.cameras, torch.as_tensor(scene.center, dtype=torch.float32))
+        self.center = scene_look_at(scene.cameras, torch.as_tensor(scene.center, dtype=torch.float32))
         self.up = image_up(scene.cameras)
 
     def input_frames(self, idx: Tensor) -> Float[Tensor, "N 3 h w"]:
