@@ -103,6 +103,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise InputError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
 
 
+def read_checkpoint_config(ckpt: Path, method: str, version: int, fix: str, version_key: str = "version",
+                           files: tuple[str, str] = ("config.json", "model.safetensors")) -> dict:
+    """The `config.json` of checkpoint folder `ckpt`, checked: both `files` exist, it reads, it is `method`'s
+    and of format `version` (under `version_key`). Every failure is one InputError ending with `fix`."""
+    ckpt = Path(ckpt)
+    config = ckpt / files[0]
+    if not all((ckpt / f).exists() for f in files):
+        raise InputError(f"{ckpt} is not a {method} checkpoint (needs {' and '.join(files)}); {fix}")
+    try:
+        doc = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{config} is corrupt ({e}); {fix}") from None
+    if not isinstance(doc, dict) or doc.get("method") != method:
+        raise InputError(f"{ckpt} holds a {doc.get('method') if isinstance(doc, dict) else None!r} checkpoint, "
+                         f"not {method}")
+    if doc.get(version_key) != version:
+        raise InputError(f"{ckpt} is a {method} checkpoint of format {doc.get(version_key)} (this monodyn reads "
+                         f"{version}); {fix}")
+    return doc
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` writes the file at a temp name in the same folder; it is fsynced and renamed onto `path`, so
     readers see the old file or the new one, never a part. The temp file is removed if anything fails."""

@@ -10,7 +10,6 @@ Checkpoint directory (`out`):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance
 from models.dpdy.task import CONFIG, VERSION, WEIGHTS, DpDyTask
 from models.errors import InputError
-from models.fitting import Budget, resolve_device, run_fit
+from models.fitting import Budget, read_checkpoint_config, resolve_device, run_fit
 from models.gaussians.model import DynamicGaussians
 from models.registry import FitProgress, NoRenderOptions, RenderOutput, times_per_camera
 from models.scene import Scene
@@ -33,18 +32,8 @@ from models.scene import Scene
 def load_model(ckpt: Path, device: str | torch.device = "cpu") -> tuple[DynamicGaussians, dict]:
     """The fitted Gaussians and the checkpoint's config.json content."""
     ckpt = Path(ckpt)
-    if not (ckpt / CONFIG).exists() or not (ckpt / WEIGHTS).exists():
-        raise InputError(f"{ckpt} is not a dpdy checkpoint (needs {CONFIG} and {WEIGHTS}); run "
-                         "`monodyn fit --method dpdy`")
-    try:
-        meta = json.loads((ckpt / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{ckpt / CONFIG} is corrupt ({e}); refit with `monodyn fit --method dpdy --force`")
-    if meta.get("method") != "dpdy":
-        raise InputError(f"{ckpt} holds a {meta.get('method')!r} checkpoint, not dpdy")
-    if meta.get("version") != VERSION:
-        raise InputError(f"{ckpt} is a dpdy checkpoint of format {meta.get('version')} (this monodyn reads "
-                         f"{VERSION}); refit with `monodyn fit --method dpdy --force`")
+    meta = read_checkpoint_config(ckpt, "dpdy", VERSION, "refit with `monodyn fit --method dpdy --force`",
+                                  files=(CONFIG, WEIGHTS))
     try:
         tensors = load_file(str(ckpt / WEIGHTS))
     except (SafetensorError, OSError) as e:

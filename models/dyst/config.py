@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -68,16 +67,7 @@ class DySTConfig:
 
 def read_meta(ckpt: Path) -> dict:
     """config.json of a checkpoint folder, checked: method dyst, this format version."""
-    ckpt = Path(ckpt)
-    if not (ckpt / CONFIG).exists() or not (ckpt / WEIGHTS).exists():
-        raise InputError(f"{ckpt} is not a dyst checkpoint (needs {CONFIG} and {WEIGHTS}); {RETRAIN}")
-    try:
-        meta = json.loads((ckpt / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{ckpt / CONFIG} is corrupt ({e}); {RETRAIN}") from None
-    if meta.get("method") != "dyst":
-        raise InputError(f"{ckpt} holds a {meta.get('method')!r} checkpoint, not dyst")
-    if meta.get("version") != VERSION:
-        raise InputError(f"{ckpt} is a dyst checkpoint of format {meta.get('version')} (this monodyn reads "
-                         f"{VERSION}); {RETRAIN}")
+    from models.fitting import read_checkpoint_config
+
+    meta = read_checkpoint_config(ckpt, "dyst", VERSION, RETRAIN, files=(CONFIG, WEIGHTS))
     return meta

@@ -24,7 +24,7 @@ from torch import Tensor
 from models.cameras import Cameras
 from models.errors import InputError, WeightsNotFoundError
 from models.gcd.model import FORMAT_VERSION, GCDModel
-from models.registry import RenderOutput
+from models.registry import RenderOutput, times_per_camera
 from models.scene import Scene
 
 ENV = "MONODYN_GCD"
@@ -184,11 +184,7 @@ class GCDRenderer:
         """rgb (N,H,W,3) in [0,1] at the cameras' size; depth is zeros (GCD predicts no geometry); alpha ones."""
         from models.gcd.sampling import sample
 
-        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1).cpu()
-        if times.numel() == 1 and len(cameras) > 1:
-            times = times.expand(len(cameras))
-        if times.numel() != len(cameras):
-            raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
+        times = times_per_camera(times, len(cameras)).cpu()
         T = self.model.cfg.num_frames
         rgb = []
         for s in range(0, len(cameras), T):  # windows of T (the CLI already hands over one window per call)

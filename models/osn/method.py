@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,11 +11,11 @@ from torch import Tensor
 
 from models.cameras import Cameras
 from models.errors import InputError
-from models.fitting import Budget, resolve_device, run_fit
+from models.fitting import Budget, read_checkpoint_config, resolve_device, run_fit
 from models.osn.config import OSNConfig, OSNRenderOptions
 from models.osn.model import FORMAT, N_CANDIDATES, OSNModel
 from models.osn.trainer import OSNTask
-from models.registry import FitProgress, RenderOutput
+from models.registry import FitProgress, RenderOutput, times_per_camera
 from models.scene import Scene
 
 
@@ -25,19 +24,8 @@ def load_model(ckpt: Path, device: str | torch.device = "cpu") -> OSNModel:
     one-line InputError that says to refit."""
     ckpt = Path(ckpt)
     refit = "refit with `monodyn fit --method osn --force`"
-    weights, config = ckpt / "model.safetensors", ckpt / "config.json"
-    if not weights.exists() or not config.exists():
-        raise InputError(f"not an OSN checkpoint: {ckpt} (no config.json / model.safetensors); run "
-                         "`monodyn fit --method osn`")
-    try:
-        doc = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{config} is corrupt ({e}); {refit}") from None
-    if doc.get("method") != "osn":
-        raise InputError(f"{ckpt} is a {doc.get('method')!r} checkpoint, not an OSN one")
-    if doc.get("format") != FORMAT:
-        raise InputError(f"{ckpt} is an OSN checkpoint of format {doc.get('format')} (this monodyn reads {FORMAT}); "
-                         f"{refit}")
+    weights = ckpt / "model.safetensors"
+    read_checkpoint_config(ckpt, "osn", FORMAT, refit, version_key="format")
     try:
         model, doc = OSNModel.load(ckpt, device)
     except (SafetensorError, OSError, KeyError, RuntimeError) as e:
@@ -87,9 +75,7 @@ class OSNRenderer:
         """One image per camera at its normalised time. Several scale combinations are tiled side by side:
         rgb (N, H, S*W, 3). extras: object_weights (N,H,S*W,O), instance (N,H,S*W) object index of the largest
         weight (-1 where empty), scales (S, K) the combinations used (objects 1..K)."""
-        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1).cpu()
-        if times.numel() not in (1, len(cameras)):
-            raise InputError(f"render: {len(cameras)} cameras but {times.numel()} times")
+        times = times_per_camera(times, len(cameras)).cpu()
         outs = [self.model.render_cameras(cameras.to(self.device), times, s) for s in self.scales]
         cat = {k: torch.cat([o[k] for o in outs], dim=2) for k in outs[0]}
         weights = cat["object_weights"]
