@@ -48,16 +48,16 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _base_type(tp):
+def base_type(tp):
     """int for `int`, `int | None`, `Optional[int]`; the type of the first non-None member of a union."""
     if typing.get_origin(tp) not in (typing.Union, types.UnionType):
         return tp  # Literal[...], tuple[...] are types of their own, not unions to unwrap
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return _base_type(args[0]) if args else tp
+    return base_type(args[0]) if args else tp
 
 
 def _convert(value: str, tp, option: str):
-    base = _base_type(tp)
+    base = base_type(tp)
     if typing.get_origin(base) is typing.Literal:
         choices = typing.get_args(base)
         if value not in choices:
@@ -104,7 +104,7 @@ def parse_options(cls: type, args: list[str]):
             known = ", ".join(sorted(by_option))
             raise InputError(f"unknown option {key} for this method ("
                              + (f"its options: {known})" if known else "it has no options of its own)"))
-        if _base_type(hints[name]) is bool and not inline:
+        if base_type(hints[name]) is bool and not inline:
             values[name] = not negated
             i += 1
             continue
@@ -128,7 +128,7 @@ def options_table(cls: type) -> list[tuple[str, str, str, str]]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        base = _base_type(hints[f.name])
+        base = base_type(hints[f.name])
         tname = "/".join(map(str, typing.get_args(base))) if typing.get_origin(base) is typing.Literal \
             else getattr(base, "__name__", str(base))
         opt = f"{_option(f.name)}/--no-{f.name.replace('_', '-')}" if base is bool else _option(f.name)

@@ -19,7 +19,7 @@ from models.errors import InputError
 from models.methods import METHODS, options_class
 from models.registry import NoRenderOptions, check_render_output, get_method
 from models.scene import Scene
-from monodyn_cli.options import _base_type, parse_options
+from monodyn_cli.options import base_type, parse_options
 from monodyn_cli.synth import SynthConfig, generate_scene
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -87,7 +87,7 @@ def test_bad_options_are_input_errors(name):
             parse_options(cls, ["--no-such-option", "1"])
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            base = _base_type(hints[f.name])
+            base = base_type(hints[f.name])
             if base in (int, float):
                 for bad in ("nan", "abc") if base is float else ("1.5", "abc"):
                     with pytest.raises(InputError, match=f"--{f.name.replace('_', '-')}"):

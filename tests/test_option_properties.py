@@ -17,7 +17,7 @@ from models.errors import InputError
 from models.methods import METHODS, options_class
 from monodyn_cli.app import app
 from monodyn_cli.commands.preprocess import stage_configs
-from monodyn_cli.options import _base_type, parse_options
+from monodyn_cli.options import base_type, parse_options
 from monodyn_cli.stages.configs import STAGE_CONFIGS
 
 ALWAYS_BAD = ["nan", "NaN", "inf", "-inf", "abc", "1e", ""]
@@ -26,8 +26,8 @@ MAYBE_BAD = ["0", "-1", "-5.5", "1e308", "99999999999", "0.0001"]
 
 def numeric_fields(cls) -> list[tuple[str, type]]:
     hints = typing.get_type_hints(cls)
-    return [(f.name, _base_type(hints[f.name])) for f in dataclasses.fields(cls)
-            if _base_type(hints[f.name]) in (int, float) and f.metadata.get("cli", True)]
+    return [(f.name, base_type(hints[f.name])) for f in dataclasses.fields(cls)
+            if base_type(hints[f.name]) in (int, float) and f.metadata.get("cli", True)]
 
 
 METHOD_OPTIONS = [(name, kind, field) for name in sorted(METHODS) for kind in ("Config", "RenderOptions")

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from monodyn_cli.console import handle_errors
-from monodyn_cli.options import _base_type, field_docs
+from monodyn_cli.options import base_type, field_docs
 from monodyn_cli.stages.configs import STAGE_CONFIGS
 
 STAGES = tuple(STAGE_CONFIGS)
@@ -35,7 +35,7 @@ def _stage_parameters() -> list[inspect.Parameter]:
             if not f.metadata.get("cli", True):
                 continue
             flag = f.metadata.get("option") or "--" + f.name.replace("_", "-")
-            base = _base_type(hints[f.name])
+            base = base_type(hints[f.name])
             default = f.default
             if f.metadata.get("parse"):
                 annotation, default, decls = list[str], [], [flag]

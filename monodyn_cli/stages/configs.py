@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from models.errors import InputError
+from monodyn_cli.options import check_range
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL")
 _NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
@@ -26,14 +27,6 @@ def opt(default, option: str | None = None, cli: bool = True, parse=None, **kw):
 def _choice(option: str, value, choices) -> None:
     if value not in choices:
         raise InputError(f"{option} must be one of {', '.join(map(str, choices))}, not {value!r}")
-
-
-def _number(option: str, value, lo: float, hi: float, integer: bool = False) -> None:
-    """`value` (None allowed) is a finite number in [lo, hi]."""
-    if value is None:
-        return
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise InputError(f"{option} must be {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}], got {value}")
 
 
 @dataclass
@@ -52,12 +45,12 @@ class DecodeConfig:
     """Video decoder: pyav, or decord (faster, same frames)."""
 
     def validate(self) -> None:
-        _number("--fps", self.fps, 1e-3, 1000)
-        _number("--max-frames", self.max_frames, 1, 1_000_000, integer=True)
+        check_range("--fps", self.fps, 1e-3, 1000)
+        check_range("--max-frames", self.max_frames, 1, 1_000_000)
         if self.max_side != 0:
-            _number("--max-side", self.max_side, 16, 16384, integer=True)
-        _number("--start", self.start, 0, 1e7)
-        _number("--end", self.end, 0, 1e7)
+            check_range("--max-side", self.max_side, 16, 16384)
+        check_range("--start", self.start, 0, 1e7)
+        check_range("--end", self.end, 0, 1e7)
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise InputError(f"--end ({self.end}) must be after --start ({self.start})")
         _choice("--decoder", self.backend, ("pyav", "decord"))
@@ -79,7 +72,7 @@ class FlowConfig:
     def validate(self) -> None:
         _choice("--flow", self.backend, ("dis", "raft"))
         _choice("--dis-preset", self.dis_preset, ("ultrafast", "fast", "medium"))
-        _number("--raft-iters", self.iters, 1, 100, integer=True)
+        check_range("--raft-iters", self.iters, 1, 100)
 
     def key(self) -> dict:
         """The cache config: what changes the output (not the device)."""
@@ -131,8 +124,8 @@ class SegmentConfig:
     def validate(self) -> None:
         _choice("--segment", self.backend, ("motion", "sam", "sam2"))
         _choice("--sam-model", self.sam_model, ("vit_b", "vit_l", "vit_h"))
-        _number("--min-object-area", self.min_area, 0, 1)
-        _number("--max-objects", self.max_objects, 1, 255, integer=True)
+        check_range("--min-object-area", self.min_area, 0, 1)
+        check_range("--max-objects", self.max_objects, 1, 255)
         if self.backend != "motion" and not (self.points or self.boxes):
             raise InputError(f"--segment {self.backend} needs prompts: --point X,Y[@FRAME] or --box "
                              "X0,Y0,X1,Y1[@FRAME]")
@@ -183,14 +176,14 @@ class SfmConfig:
         _choice("--sfm-camera-model", self.camera_model, CAMERA_MODELS)
         if self.focal is not None and not (math.isfinite(self.focal) and self.focal > 0):
             raise InputError(f"--focal must be a positive number of pixels, got {self.focal}")
-        _number("--fov", self.fov, 1, 170)
-        _number("--sfm-max-frames", self.max_frames, 2, 100_000, integer=True)
-        _number("--sfm-max-features", self.max_features, 64, 1_000_000, integer=True)
-        _number("--sfm-overlap", self.overlap, 1, 1000, integer=True)
-        _number("--sfm-mask-dilate", self.mask_dilate, 0, 256, integer=True)
-        _number("--sfm-min-registered", self.min_registered, 0, 1)
-        _number("--sfm-min-baseline", self.min_baseline, 0, 10)
-        _number("--sfm-threads", self.threads, 1, 256, integer=True)
+        check_range("--fov", self.fov, 1, 170)
+        check_range("--sfm-max-frames", self.max_frames, 2, 100_000)
+        check_range("--sfm-max-features", self.max_features, 64, 1_000_000)
+        check_range("--sfm-overlap", self.overlap, 1, 1000)
+        check_range("--sfm-mask-dilate", self.mask_dilate, 0, 256)
+        check_range("--sfm-min-registered", self.min_registered, 0, 1)
+        check_range("--sfm-min-baseline", self.min_baseline, 0, 10)
+        check_range("--sfm-threads", self.threads, 1, 256)
 
 
 @dataclass
@@ -216,10 +209,10 @@ class DepthConfig:
 
     def validate(self) -> None:
         _choice("--depth", self.backend, ("auto", "depth-anything", "sfm", "none"))
-        _number("--depth-input-size", self.input_size, 14, 4096, integer=True)
-        _number("--depth-batch-size", self.batch_size, 1, 1024, integer=True)
-        _number("--depth-min-points", self.min_points, 1, 1_000_000, integer=True)
-        _number("--max-depth-factor", self.max_depth_factor, 1, 1e6)
+        check_range("--depth-input-size", self.input_size, 14, 4096)
+        check_range("--depth-batch-size", self.batch_size, 1, 1024)
+        check_range("--depth-min-points", self.min_points, 1, 1_000_000)
+        check_range("--max-depth-factor", self.max_depth_factor, 1, 1e6)
 
     def key(self) -> dict:
         """The cache config: options that change the outputs (device and batch size do not)."""
