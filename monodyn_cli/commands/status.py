@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import typer
 from rich.table import Table
 
 from monodyn_cli.console import handle_errors, human_bytes, stdout
-from monodyn_cli.workspace import Workspace, lock_holder
+from monodyn_cli.workspace import Workspace, lock_holder, read_json
 
 
 def register(app: typer.Typer) -> None:
@@ -31,9 +30,13 @@ def status(
     for col in cols:
         table.add_column(col, overflow="fold", no_wrap=col in {"stage", "key", "seconds", "size"})
     running = lock_holder(ws.root)
-    for row in ws.entries():
+    rows = ws.entries()
+    newest: dict[str, float] = {}  # a running job works in the newest result folder of its stage
+    for row in rows:
+        newest[row["stage"]] = max(newest.get(row["stage"], row["mtime"]), row["mtime"])
+    for row in rows:
         m = row["manifest"]
-        if m is None and running is not None and row["mtime"] >= _newest_mtime(ws, row):
+        if m is None and running is not None and row["mtime"] >= newest[row["stage"]]:
             state = f"[yellow]running[/yellow] (pid {running} holds the lock)"
         elif m is None:
             state = ("[red]incomplete[/red] (fit killed: `monodyn fit --resume` continues it)"
@@ -50,10 +53,5 @@ def status(
         cells = [row["stage"], row["key"][:8], state, seconds, human_bytes(row["bytes"]), str((m or {}).get("summary", ""))]
         table.add_row(*cells, *([cfg, outputs] if verbose else []))
     stdout.print(table)
-    info = json.loads((ws.root / "workspace.json").read_text())
+    info = read_json(ws.root / "workspace.json")
     stdout.print(f"source: {info.get('source')}  created: {time.ctime(info.get('created', 0))}")
-
-
-def _newest_mtime(ws: Workspace, row: dict) -> float:
-    """The newest folder time among the results of `row`'s stage: a running job works in the newest one."""
-    return max(r["mtime"] for r in ws.entries() if r["stage"] == row["stage"])
