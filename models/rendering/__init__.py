@@ -18,13 +18,13 @@ One static field along N rays (what `models.osn.composite.render_composite` does
 
 from models.rendering.occupancy import OccupancyGrid
 from models.rendering.volume import (
-                                     PackedSamples,
-                                     RenderConfig,
-                                     accumulate,
-                                     composite_packed,
-                                     composite_reference,
-                                     ray_aabb,
-                                     sample_along_rays,
+    PackedSamples,
+    RenderConfig,
+    accumulate,
+    composite_packed,
+    composite_reference,
+    ray_aabb,
+    sample_along_rays,
 )
 
 __all__ = ["OccupancyGrid", "PackedSamples", "RenderConfig", "accumulate", "composite_packed", "composite_reference",
