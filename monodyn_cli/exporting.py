@@ -15,7 +15,6 @@ final name.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -35,7 +34,7 @@ from monodyn_cli.console import RichProgress, human_bytes, stdout
 from monodyn_cli.fits import current_checkpoint
 from monodyn_cli.outputs import check_writable
 from monodyn_cli.scene_loader import load_scene, resolve_workspace
-from monodyn_cli.workspace import MANIFEST, write_json_atomic
+from monodyn_cli.workspace import load_manifest, write_json_atomic
 
 TABLE_ROWS = 12  # longer summaries show the first and last rows
 
@@ -54,7 +53,7 @@ def run(workspace, method, output, frames, every, static_only, dynamic_only, qui
     method, ckpt = current_checkpoint(ws, method)
     scene, input_keys = load_scene(ws)
     progress = RichProgress(quiet)
-    fit_sfm = _read_json(ckpt / MANIFEST).get("inputs", {}).get("sfm")
+    fit_sfm = (load_manifest(ckpt) or {}).get("inputs", {}).get("sfm")
     if fit_sfm and fit_sfm != input_keys.get("sfm"):
         progress.warn(f"the {method} fit {ckpt.name} was made with sfm result {fit_sfm}, but the workspace's current "
                       f"one is {input_keys.get('sfm')}: the exported cameras may not match the Gaussians (refit, "
@@ -132,13 +131,6 @@ def parse_frames(text: str | None, every: int | None, T: int) -> list[int]:
             raise InputError(f"--frames: range {part} runs backwards; write {b}-{a}")
         out.update(range(a, b + 1))
     return sorted(out)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def _write_gaussians(path: Path, g: dict, keep) -> str:

@@ -52,11 +52,11 @@ def evaluate(
         raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     check_range("--every", every, 1, 1_000_000)
     method, impl, cfg = parse_method_options(method, "Config", list(ctx.args))
-    _evaluate(ctx, protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
+    _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
               quiet)
 
 
-def _evaluate(ctx, protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
+def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
               quiet) -> None:
     import json
     import time
