@@ -55,6 +55,11 @@ class Renderer(Protocol):
     """How many cameras one `render` call should get: 1 for per-frame methods (a progress bar per frame),
     a window length for video models (gcd: 14), None for the whole path at once."""
 
+    cache_key: str | None
+    """Everything besides the clip and the asked cameras and times that the output depends on (weights and
+    options, see `weights_key`): `monodyn render` then stores the frames and serves a repeated request from
+    disk. None: not cached (cheap to render, or depends on more than that)."""
+
     def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """One image per camera at the matching normalised time in [0, 1]; shapes as in `RenderOutput`."""
 
@@ -107,3 +112,20 @@ def check_render_output(out: RenderOutput, n: int, height: int, width: int, meth
         if got != shape:
             raise MethodContractError(f"{method} returned {name} of shape {got}, expected {shape}")
     return out
+
+
+def weights_key(method: str, weights: Path, options) -> str:
+    """A renderer's `cache_key`: sha256 over the method, every file under `weights` (name, size, modification
+    time) and the render options."""
+    import dataclasses
+    import hashlib
+
+    h = hashlib.sha256(method.encode())
+    weights = Path(weights)
+    files = sorted(p for p in weights.rglob("*") if p.is_file()) if weights.is_dir() else [weights]
+    for p in files:
+        st = p.stat()
+        name = p.relative_to(weights) if weights.is_dir() else p.name
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(repr(dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options).encode())
+    return h.hexdigest()

@@ -52,6 +52,7 @@ class DpDyRenderer:
     """Holds one fitted model on one device; renders any cameras at any normalised times."""
 
     chunk = 1
+    cache_key = None  # renders in seconds from a checkpoint; not worth disk space
 
     def __init__(self, model: DynamicGaussians, meta: dict, device: torch.device):
         self.model, self.meta, self.device = model, meta, device

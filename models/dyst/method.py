@@ -109,6 +109,7 @@ class DySTRenderer:
     """Holds the model and the encoded clip; renders any cameras at any normalised times."""
 
     chunk = 8
+    cache_key = None  # fast, and --camera-from / --dynamics-from read other workspaces the key would not cover
 
     def __init__(self, model: DyST, scene: Scene, options: DySTRenderOptions, device: torch.device):
         self.model, self.scene, self.options, self.device = model, scene, options, device

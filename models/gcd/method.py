@@ -24,7 +24,7 @@ from torch import Tensor
 from models.cameras import Cameras
 from models.errors import InputError, WeightsNotFoundError
 from models.gcd.model import FORMAT_VERSION, GCDModel
-from models.registry import RenderOutput, times_per_camera
+from models.registry import RenderOutput, times_per_camera, weights_key
 from models.scene import Scene
 
 ENV = "MONODYN_GCD"
@@ -148,12 +148,14 @@ def load_model(path: Path) -> GCDModel:
 class GCDRenderer:
     """Holds a GCD model and the clip; renders one window of up to 14 target cameras per call."""
 
-    def __init__(self, model: GCDModel, scene: Scene, options: GCDRenderOptions, device: torch.device):
+    def __init__(self, model: GCDModel, scene: Scene, options: GCDRenderOptions, device: torch.device,
+                 cache_key: str | None = None):
         from models.cameras import scene_look_at
         from models.gcd.geometry import image_up
 
         self.model, self.scene, self.options, self.device = model.to(device), scene, options, device
         self.chunk = model.cfg.num_frames
+        self.cache_key = cache_key  # sampling is deterministic for a seed: the CLI caches the frames
         self.center = scene_look_at(scene.cameras, torch.as_tensor(scene.center, dtype=torch.float32))
         self.up = image_up(scene.cameras)
 
@@ -231,4 +233,4 @@ class GCDMethod:
         if model.cfg.version != self.version:
             raise InputError(f"{path}: GCD model format {model.cfg.version}, expected {self.version}: retrain with "
                              f"`monodyn train gcd` or re-download the weights")
-        return GCDRenderer(model, scene, options, resolve_device(device))
+        return GCDRenderer(model, scene, options, resolve_device(device), weights_key(self.name, path, options))

@@ -193,14 +193,27 @@ class FrameEncoder(ModelMixin, ConfigMixin):
 
 # ---- configs ---------------------------------------------------------------------------------------------
 
-def small_configs(height: int = 48, width: int = 64, channels: tuple[int, int] = (64, 128),
-                  vae_channels: tuple[int, ...] = (32, 64, 64), token_dim: int = 64) -> dict:
-    """Configs of the small model trained here (the same classes as the official one)."""
+def small_configs(height: int = 48, width: int = 64, channels: tuple[int, ...] = (32, 64, 64),
+                  vae_channels: tuple[int, ...] = (32, 64), token_dim: int = 64) -> dict:
+    """Configs of the small model trained here (the same classes as the official one).
+
+    The VAE downsamples 2^(len(vae_channels) - 1) times: 2x by default, because at 64x48 a 4x VAE of this class
+    trained for minutes on a CPU keeps almost no colour (docs/gcd.md). The UNet's first level then runs at the
+    full latent size, so it has no transformer there (spatial self-attention over every latent pixel is the
+    cost); the inner levels have them, as SVD's do.
+    """
+    n = len(channels)
+    if n < 2:
+        raise ValueError(f"the small GCD UNet needs at least 2 levels, got channels {channels}")
+    if n == 2:
+        down = ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal")
+    else:
+        down = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * (n - 2) + ("DownBlockSpatioTemporal",)
+    up = tuple("CrossAttnUpBlockSpatioTemporal" if "CrossAttn" in b else "UpBlockSpatioTemporal" for b in reversed(down))
     return {
         "gcd": GCDConfig(height=height, width=width),
         "unet": dict(in_channels=8, out_channels=4, block_out_channels=channels,
-                     down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-                     up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+                     down_block_types=down, up_block_types=up,
                      addition_time_embed_dim=32, projection_class_embeddings_input_dim=96, layers_per_block=1,
                      cross_attention_dim=token_dim, num_attention_heads=tuple(max(1, c // 32) for c in channels),
                      num_frames=14, camera_embed_dim=128),

@@ -33,7 +33,7 @@ from models.gcd.model import GCDModel
 
 def to_pixels(frames: UInt8[np.ndarray, "*B H W 3"]) -> Float[Tensor, "*B 3 H W"]:
     """uint8 frames (channels last) -> float in [-1, 1], channels first."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1
+    x = torch.from_numpy(np.array(frames)).float() / 127.5 - 1  # a copy: memory-mapped sets are read-only
     return x.movedim(-1, -3)
 
 

@@ -65,6 +65,7 @@ class OSNRenderer:
     """One fitted OSN model and the scale combinations chosen for this render."""
 
     chunk = 1
+    cache_key = None  # renders in seconds from a checkpoint; not worth disk space
 
     def __init__(self, model: OSNModel, options: OSNRenderOptions, device: torch.device):
         self.model, self.device = model, device
