@@ -1,4 +1,5 @@
-"""Cached render frames: `monodyn render` asked twice for the same frames samples them once.
+"""Rendering a camera path in a renderer's chunks, with cached frames: asked twice for the same frames, `monodyn
+render` and `monodyn eval` sample them once.
 
 A renderer whose output is a pure function of its weights, its options, the clip and the asked cameras and
 times sets `Renderer.cache_key` (gcd: diffusion sampling is the slow part of its render). The frames are stored
@@ -63,3 +64,32 @@ def save(workspace: Path, key: str, rgb: UInt8[np.ndarray, "N H W 3"], depth: Fl
         if now - stale.stat().st_mtime > 3600:
             stale.unlink(missing_ok=True)
 
+
+
+def render_frames(renderer, method: str, scene, cameras, times, device: str, progress, label: str,
+                  workspace: Path | None = None, keep_depth: bool = False
+                  ) -> tuple[UInt8[np.ndarray, "N H W 3"], Float[np.ndarray, "N H W"] | None, bool]:
+    """(rgb, depth or None, served from the cache) for `cameras` (N) at `times` (N), in `renderer.chunk`s, every
+    output checked against the method contract. With a `workspace` and a renderer `cache_key`, the frames are
+    looked up in and stored to the workspace's cache (depth is then always kept, for a later --depth)."""
+    from models.registry import check_render_output
+
+    key = frames_key(renderer.cache_key, scene, cameras, times) if workspace is not None and renderer.cache_key else None
+    if key and (hit := load(workspace, key)) is not None:
+        return hit[0], hit[1], True
+    rgb, depth = [], []
+    chunk = renderer.chunk or len(cameras)
+    with progress.task(label, len(cameras)) as advance:
+        for i in range(0, len(cameras), chunk):
+            j = min(i + chunk, len(cameras))
+            result = renderer.render(cameras[i:j].to(device), times[i:j].to(device))
+            width = result.rgb.shape[2]  # a method may tile several variants side by side (osn --scale-samples)
+            check_render_output(result, j - i, cameras.height, width, method)
+            rgb += list((result.rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
+            if keep_depth or key:
+                depth += list(result.depth.float().cpu().numpy())
+            advance(j - i)
+    rgb_all, depth_all = np.stack(rgb), (np.stack(depth) if depth else None)
+    if key:
+        save(workspace, key, rgb_all, depth_all)
+    return rgb_all, depth_all, False

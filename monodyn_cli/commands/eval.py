@@ -61,9 +61,11 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
     import json
     import time
 
+    import torch
+
     from models.errors import InputError
     from models.fitting import resolve_device
-    from monodyn_cli import evaluation, metrics
+    from monodyn_cli import evaluation, metrics, render_cache
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.fits import fit_cached
     from monodyn_cli.scene_loader import load_scene, resolve_workspace
@@ -104,7 +106,9 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
         all_rows, summaries = [], {}
         for views in views_list:
             views = views.every(every)
-            pred = render_views(renderer, method, views, device, progress)
+            rgb, _, _ = render_cache.render_frames(renderer, method, train_scene, views.cameras, views.times, device,
+                                                   progress, f"render {views.name}", ws.root)
+            pred = torch.from_numpy(rgb).float() / 255  # scored as delivered: 8-bit frames
             rows = metrics.evaluate(pred, views.images, views.mask, lpips_model)
             for r in rows:
                 r["view"] = views.name
@@ -124,24 +128,6 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
     if lpips_note:
         stdout.print(lpips_note)
     stdout.print(f"per-frame CSV and summary: {out_dir}")
-
-
-def render_views(renderer, method: str, views, device: str, progress):
-    """(N,H,W,3) renders of the evaluation views, in the renderer's chunks."""
-    import torch
-
-    from models.registry import check_render_output
-
-    out, n = [], len(views.cameras)
-    chunk = renderer.chunk or n
-    with progress.task(f"render {views.name}", n) as advance:
-        for i in range(0, n, chunk):
-            j = min(i + chunk, n)
-            res = renderer.render(views.cameras[i:j].to(device), views.times[i:j].to(device))
-            check_render_output(res, j - i, views.cameras.height, views.cameras.width, method)
-            out.append(res.rgb.clamp(0, 1).float().cpu())
-            advance(j - i)
-    return torch.cat(out)
 
 
 def floor_prediction(scene, times):

@@ -95,11 +95,8 @@ def _render(*, workspace, method, impl, options, kind, orbit, bullet_time, dolly
             hold_time, frames, fps, scale, depth, side_by_side, png, output, device, quiet) -> None:
     import time
 
-    import numpy as np
-
     from models.errors import InputError
     from models.fitting import resolve_device
-    from models.registry import check_render_output
     from monodyn_cli import paths, render_cache
     from monodyn_cli.console import RichProgress, stdout
     from monodyn_cli.fits import current_checkpoint
@@ -122,28 +119,11 @@ def _render(*, workspace, method, impl, options, kind, orbit, bullet_time, dolly
     check_writable(out)
     dev = str(resolve_device(device))
     renderer = impl.load(ckpt, scene, options, dev)
-    key = render_cache.frames_key(renderer.cache_key, scene, cams, times) if renderer.cache_key else None
-    cached = render_cache.load(ws.root, key) if key else None
     start = time.perf_counter()
-    if cached is not None:
-        rgb, depth_all = cached
-        stdout.print(f"reusing the frames of an identical earlier render ({render_cache.FOLDER}/{key}.npz)")
-    else:
-        rgb_frames, depth_frames = [], []
-        chunk = renderer.chunk or len(cams)
-        with RichProgress(quiet).task(f"render {method} {label}", len(cams)) as advance:
-            for i in range(0, len(cams), chunk):
-                j = min(i + chunk, len(cams))
-                result = renderer.render(cams[i:j].to(dev), times[i:j].to(dev))
-                width = result.rgb.shape[2]  # a method may tile several variants side by side (osn --scale-samples)
-                check_render_output(result, j - i, cams.height, width, method)
-                rgb_frames += list((result.rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
-                if depth or key:  # a cache entry keeps depth for a later --depth
-                    depth_frames += list(result.depth.float().cpu().numpy())
-                advance(j - i)
-        rgb, depth_all = np.stack(rgb_frames), (np.stack(depth_frames) if depth_frames else None)
-        if key:
-            render_cache.save(ws.root, key, rgb, depth_all)
+    rgb, depth_all, cached = render_cache.render_frames(renderer, method, scene, cams, times, dev, RichProgress(quiet),
+                                                        f"render {method} {label}", ws.root, keep_depth=depth)
+    if cached:
+        stdout.print(f"reusing the frames of an identical earlier render (in {ws.root / render_cache.FOLDER})")
     seconds = max(time.perf_counter() - start, 1e-9)
     out_fps = fps or scene.fps
     write_mp4(out, rgb, out_fps)
@@ -161,7 +141,7 @@ def _render(*, workspace, method, impl, options, kind, orbit, bullet_time, dolly
             cv2.imwrite(str(folder / f"{i:05d}.png"), img[..., ::-1])
         written.append(folder)
     paths.save_camera_path(out.with_name(out.stem + "-camera_path.json"), paths.CameraPath(cams, times), out_fps)
-    if cached is None:
+    if not cached:
         stdout.print(f"rendered {len(rgb)} frames {rgb.shape[2]}x{rgb.shape[1]} at {len(rgb) / seconds:.2f} frames/s")
     for p in written:
         stdout.print(f"wrote {p}")
