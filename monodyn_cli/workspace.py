@@ -233,7 +233,7 @@ class Workspace:
         fits_path = self.root / "fit" / "current.json"
         fits = read_json(fits_path) if fits_path.exists() else {}
         order = ["decode", "flow", "segment", "sfm", "depth"]
-        not_stages = {"logs", "fit", "eval", "renders", "export", "report", "osn"}
+        not_stages = {"logs", "fit", "eval", "renders", "export", "report", "osn", "render_cache"}
         stage_dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name not in not_stages]
         stage_dirs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
         groups = [(p.name, p, state.get(p.name)) for p in stage_dirs]
