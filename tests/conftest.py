@@ -86,3 +86,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def preprocessed_synth(root: Path, seed: int, frames: int, width: int = 96, height: int = 72) -> Path:
+    """A small synthetic clip (`monodyn synth` scene `seed`) preprocessed into `root/ws` through the CLI."""
+    from typer.testing import CliRunner
+
+    from monodyn_cli.app import app
+    from monodyn_cli.synth import SynthConfig, synthesize
+
+    synthesize(SynthConfig(seed=seed, frames=frames, width=width, height=height, heldout_azimuths=(),
+                           fixed_cameras=0), root / "s")
+    ws = root / "ws"
+    res = CliRunner().invoke(app, ["preprocess", str(root / "s" / "input.mp4"), "-w", str(ws), "-q",
+                                   "--sfm-threads", "1", "--no-refine-masks"])
+    assert res.exit_code == 0, res.output
+    return ws

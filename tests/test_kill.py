@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import preprocessed_synth
 from typer.testing import CliRunner
 
 from monodyn_cli.app import app
-from monodyn_cli.synth import SynthConfig, synthesize
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = ["--steps", "60", "--checkpoint-every", "10", "--static-points", "1500", "--dynamic-points", "300",
@@ -24,13 +24,7 @@ FIT = ["--steps", "60", "--checkpoint-every", "10", "--static-points", "1500", "
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kill")
-    synthesize(SynthConfig(seed=4, frames=8, width=96, height=72, heldout_azimuths=(), fixed_cameras=0), root / "s")
-    ws = root / "ws"
-    res = CliRunner().invoke(app, ["preprocess", str(root / "s" / "input.mp4"), "-w", str(ws), "-q",
-                                   "--sfm-threads", "1", "--no-refine-masks"])
-    assert res.exit_code == 0, res.output
-    return ws
+    return preprocessed_synth(tmp_path_factory.mktemp("kill"), seed=4, frames=8)
 
 
 def monodyn(*args: str) -> subprocess.Popen:

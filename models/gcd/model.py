@@ -65,10 +65,6 @@ class GCDConfig:
     rho: float = 7.0
     p_mean: float = 1.0
     p_std: float = 1.6
-    input_prior: bool = False
-    """Small models trained from scratch: the denoiser's prediction starts from the latents of the input frame
-    of the same time, D = c_skip x + c_out F + (1 - c_skip) * scale * input latents, so a new network renders the
-    input view and learns how the camera move changes it (SVD-initialised official weights: False)."""
     max_delta: tuple[float, float, float] = (180.0, 45.0, 0.3)
     """The largest |Δazimuth| (deg), |Δelevation| (deg) and |Δr / r| the model was trained for; beyond is an error."""
     notes: dict = field(default_factory=dict)
@@ -355,19 +351,14 @@ class GCDModel(nn.Module):
                             self.cfg.radius_scale * deltas_deg[..., 2]], dim=-1)
 
     def denoise(self, x: Float[Tensor, "B T 4 h w"], sigma: Float[Tensor, " B"], tokens: Float[Tensor, "B T 1 D"],
-                concat: Float[Tensor, "B T 4 h w"], micro: Float[Tensor, "B 3"], deltas_deg: Float[Tensor, "B T 3"],
-                prior: Float[Tensor, "B T 4 h w"] | None = None) -> Float[Tensor, "B T 4 h w"]:
-        """EDM denoiser with v-parameterisation (σ_data = 1): D(x) = c_skip x + c_out F(c_in x, c_noise), plus
-        (1 - c_skip) * latent_scale * prior with `cfg.input_prior` (prior: the unscaled input-frame latents,
-        never dropped for guidance; default `concat`)."""
+                concat: Float[Tensor, "B T 4 h w"], micro: Float[Tensor, "B 3"], deltas_deg: Float[Tensor, "B T 3"]
+                ) -> Float[Tensor, "B T 4 h w"]:
+        """EDM denoiser with v-parameterisation (σ_data = 1): D(x) = c_skip x + c_out F(c_in x, c_noise)."""
         s = sigma.reshape(-1, 1, 1, 1, 1)
         c_skip, c_out, c_in = 1 / (s ** 2 + 1), -s / (s ** 2 + 1).sqrt(), 1 / (s ** 2 + 1).sqrt()
         c_noise = 0.25 * sigma.log()
         out = self.unet(torch.cat([c_in * x, concat], dim=2), c_noise, tokens, micro, self.embed_deltas(deltas_deg))
-        denoised = c_skip * x + c_out * out
-        if self.cfg.input_prior:
-            denoised = denoised + (1 - c_skip) * self.latent_scale * (concat if prior is None else prior)
-        return denoised
+        return c_skip * x + c_out * out
 
 
 def _copy_as(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -47,12 +47,10 @@ def sample(model: GCDModel, frames: Float[Tensor, "B T 3 H W"], deltas_deg: Floa
         tokens2 = torch.cat([torch.zeros_like(tokens), tokens])
         concat2 = torch.cat([torch.zeros_like(concat), concat])
         micro2, deltas2 = torch.cat([micro, micro]), torch.cat([deltas_deg, deltas_deg])
-        prior2 = torch.cat([concat, concat])  # the input prior (cfg.input_prior) is not a guided conditioning
     for i in range(steps):
         s, s_next = sigmas[i], sigmas[i + 1]
         if guided:
-            d_u, d_c = model.denoise(torch.cat([x, x]), s.expand(2 * B), tokens2, concat2, micro2, deltas2,
-                                    prior2).chunk(2)
+            d_u, d_c = model.denoise(torch.cat([x, x]), s.expand(2 * B), tokens2, concat2, micro2, deltas2).chunk(2)
             denoised = d_u + scale * (d_c - d_u)
         else:
             denoised = model.denoise(x, s.expand(B), tokens, concat, micro, deltas_deg)

@@ -133,7 +133,6 @@ class DiffusionTask:
     def loss(self, idx: Tensor, progress: float) -> tuple[Tensor, dict]:
         m, cfg, g = self.model, self.model.cfg, self.gen
         z0, concat, d = self.z[idx], self.c[idx], self.deltas[idx]
-        prior = concat  # the input latents before conditioning dropout (used with cfg.input_prior)
         B, T = z0.shape[:2]
         tokens = m.image_tokens(to_pixels(self.inputs[idx.numpy()]))
         keep = (torch.rand(B, T, generator=g) >= self.dropout).float()
@@ -142,7 +141,7 @@ class DiffusionTask:
         concat = concat * keep[..., None, None, None]
         sigma = (cfg.p_mean + cfg.p_std * torch.randn(B, generator=g)).exp()
         noised = z0 + sigma.view(B, 1, 1, 1, 1) * torch.randn(z0.shape, generator=g)
-        pred = m.denoise(noised, sigma, tokens, concat, m.micro_conditioning(d), d, prior=prior)
+        pred = m.denoise(noised, sigma, tokens, concat, m.micro_conditioning(d), d)
         w = ((sigma ** 2 + 1) / sigma ** 2).view(B, 1)
         err = ((pred - z0) ** 2).reshape(B * T, -1)
         frac = min(1.0, progress / self.focus_share) if self.focus_share > 0 else 1.0

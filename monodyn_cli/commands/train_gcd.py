@@ -125,9 +125,6 @@ def train_gcd(
     minutes: float = typer.Option(38.0, help="Diffusion time budget in minutes (0 = none)."),
     lr: float = typer.Option(4e-4, help="Adam learning rate of the diffusion model (cosine decay, 100 warm-up steps)."),
     batch: int = typer.Option(1, help="Clips per diffusion step."),
-    input_prior: bool = typer.Option(True, "--input-prior/--no-input-prior",
-                                     help="Start the denoiser's prediction from the input frame's latents (see "
-                                          "GCDConfig.input_prior); --no-input-prior trains plain GCD."),
     seed: int = typer.Option(0, help="Seed of the weights and of the training order (and of the data set)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     checkpoint_every: int = typer.Option(200, help="Steps between resume states."),
@@ -167,7 +164,6 @@ def train_gcd(
 
     configs = small_configs(height=height, width=width, channels=ch, vae_channels=vch)
     configs["gcd"].num_frames = frames
-    configs["gcd"].input_prior = input_prior
     configs["unet"]["num_frames"] = frames
     configs["gcd"].notes = {"data": dcfg, "channels": list(ch), "vae_channels": list(vch)}
     model = GCDModel.from_configs(configs, seed=seed)
