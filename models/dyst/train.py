@@ -105,13 +105,17 @@ class DySTTask:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      betas=(0.9, 0.99))
         self.rng = np.random.default_rng([cfg.seed, 1])
+        self.running: dict[str, float] = {}  # running mean PSNR of synthetic and of real batches
 
     def _lr(self, step: int, progress: float) -> float:
         warm = min(1.0, (step + 1) / max(self.cfg.warmup, 1))
         return self.cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
+    def is_real(self, step: int) -> bool:
+        return bool(self.cfg.real_every > 0 and self.data.real and step % self.cfg.real_every == self.cfg.real_every - 1)
+
     def next_batch(self, step: int) -> Batch:
-        real = self.cfg.real_every > 0 and self.data.real and step % self.cfg.real_every == self.cfg.real_every - 1
+        real = self.is_real(step)
         if real:
             b = real_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.model_cfg.input_views)
         else:
@@ -134,15 +138,22 @@ class DySTTask:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        return metrics
+        # the log samples every 20th step, which with real_every=4 is always a real batch: keep running means
+        # of each kind so the curves show both
+        kind = "psnr_real" if self.is_real(step) else "psnr_synth"
+        old = self.running.get(kind)
+        self.running[kind] = metrics["psnr"] if old is None else 0.95 * old + 0.05 * metrics["psnr"]
+        return {**metrics, **self.running}
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "rng": self.rng.bit_generator.state}
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "rng": self.rng.bit_generator.state,
+                "running": dict(self.running)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.rng.bit_generator.state = state["rng"]
+        self.running = dict(state.get("running", {}))
 
     def save(self, out: Path, step: int, seconds: float) -> None:
         save_checkpoint(Path(out), self.model, {"train": asdict(self.cfg), "step": step,

@@ -82,7 +82,7 @@ def train_dyst(
         last = [0]
 
         def report(step: int, total: int | None = None, **metrics) -> None:
-            advance(step - last[0], **{k: v for k, v in metrics.items() if k in ("loss", "psnr")})
+            advance(step - last[0], **{k: v for k, v in metrics.items() if k in ("loss", "psnr_synth", "psnr_real")})
             last[0] = step
 
         run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=20)
