@@ -28,7 +28,7 @@ def train_dyst(
     steps: int = typer.Option(20000, "--steps", help="Training steps (the schedule's length)."),
     minutes: float = typer.Option(0.0, "--minutes", help="Stop after this many minutes (0: no time limit); the "
                                                          "learning-rate schedule follows whichever budget ends first."),
-    scenes: int = typer.Option(600, "--scenes", help="Synthetic training scenes (25 views each)."),
+    scenes: int = typer.Option(2400, "--scenes", help="Synthetic training scenes (25 views each)."),
     real: Optional[list[Path]] = typer.Option(None, "--real", help="Folder of real clips (videos or image folders), "
                                                                    "repeatable. Default: ../shared/data/clips when present."),
     no_real: bool = typer.Option(False, "--no-real", help="Synthetic scenes only."),
