@@ -65,7 +65,6 @@ def save(workspace: Path, key: str, rgb: UInt8[np.ndarray, "N H W 3"], depth: Fl
             stale.unlink(missing_ok=True)
 
 
-
 def render_frames(renderer, method: str, scene, cameras, times, device: str, progress, label: str,
                   workspace: Path | None = None, keep_depth: bool = False
                   ) -> tuple[UInt8[np.ndarray, "N H W 3"], Float[np.ndarray, "N H W"] | None, bool]:

@@ -69,5 +69,4 @@ def read_meta(ckpt: Path) -> dict:
     """config.json of a checkpoint folder, checked: method dyst, this format version."""
     from models.fitting import read_checkpoint_config
 
-    meta = read_checkpoint_config(ckpt, "dyst", VERSION, RETRAIN, files=(CONFIG, WEIGHTS))
-    return meta
+    return read_checkpoint_config(ckpt, "dyst", VERSION, RETRAIN, files=(CONFIG, WEIGHTS))
