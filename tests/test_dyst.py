@@ -12,7 +12,17 @@ import torch
 
 from models.cameras import Cameras, intrinsics_from_fov, look_at
 from models.dyst.config import DySTConfig
-from models.dyst.data import TrainingSet, grid_of, input_frames, sample_swap, squash, synth_batch, train_frames, wrap_degrees
+from models.dyst.data import (
+    TrainingSet,
+    grid_of,
+    input_frames,
+    nearest_cameras,
+    sample_swap,
+    squash,
+    synth_batch,
+    train_frames,
+    wrap_degrees,
+)
 from models.dyst.evaluate import contrastiveness, evaluate_real, evaluate_synth
 from models.dyst.geometry import relative_move
 from models.dyst.model import pixel_queries
@@ -105,6 +115,15 @@ def test_swap_pairing_on_5x5_grid():
     for _ in range(50):  # without the swap: the same draws, both latents from the target itself
         a, b = sample_swap(rng_a), sample_swap(rng_b, swap=False)
         assert b.camera_source == b.dynamics_source == b.target == a.target and b.reference == a.reference
+    near = nearest_cameras(np.array([0.0, 10.0, 180.0, 200.0, 90.0]), np.zeros(5))
+    assert near.tolist() == [1, 0, 3, 2, 1]
+    assert nearest_cameras(np.array([0.0, 0.0, 45.0]), np.array([0.0, 60.0, 0.0])).tolist() == [2, 0, 0]
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(50):  # the closest camera as dynamics source: same pose, otherwise the same draws
+        a, b = sample_swap(rng_a), sample_swap(rng_b, nearest=near)
+        p, c = grid_of(b.target)
+        assert b.dynamics_source == b.reference == p * 5 + near[c]
+        assert (a.inputs, a.target, a.camera_source) == (b.inputs, b.target, b.camera_source)
     with pytest.raises(InputError):
         sample_swap(rng, 1, 5)
 

@@ -56,8 +56,10 @@ class SwapSample:
 
 
 def sample_swap(rng: np.random.Generator, n_poses: int = 5, n_cams: int = 5, n_inputs: int = 3,
-                swap: bool = True) -> SwapSample:
-    """Inputs: n_inputs distinct views; target: another view; latent sources by the control swap."""
+                swap: bool = True, nearest: np.ndarray | None = None) -> SwapSample:
+    """Inputs: n_inputs distinct views; target: another view; latent sources by the control swap.
+    nearest: (n_cams,) the closest other camera of each camera; when given, the dynamics source is the target's
+    pose seen from its closest other camera instead of a random other one (the same draws either way)."""
     n = n_poses * n_cams
     if n_inputs >= n or n_poses < 2 or n_cams < 2:
         raise InputError(f"a {n_poses}x{n_cams} grid cannot give {n_inputs} inputs, a target and swap partners")
@@ -66,10 +68,22 @@ def sample_swap(rng: np.random.Generator, n_poses: int = 5, n_cams: int = 5, n_i
     pose, cam = grid_of(target, n_cams)
     other_pose = (pose + 1 + int(rng.integers(n_poses - 1))) % n_poses
     other_cam = (cam + 1 + int(rng.integers(n_cams - 1))) % n_cams
+    if nearest is not None:
+        other_cam = int(nearest[cam])
     reference, same_camera = view_index(pose, other_cam, n_cams), view_index(other_pose, cam, n_cams)
     if not swap:  # the same draws as with the swap, so both runs see the same inputs, targets and references
         return SwapSample(inputs, target, target, target, reference, same_camera)
     return SwapSample(inputs, target, same_camera, reference, reference, same_camera)
+
+
+def nearest_cameras(azimuth: np.ndarray, elevation: np.ndarray) -> np.ndarray:
+    """(C,) for each of C cameras on a sphere about the scene centre (degrees, (C,) each) the index of the
+    camera with the smallest angle between their viewing directions (never itself)."""
+    a, e = np.radians(np.asarray(azimuth, np.float64)), np.radians(np.asarray(elevation, np.float64))
+    d = np.stack([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)], -1)
+    cos = d @ d.T
+    np.fill_diagonal(cos, -np.inf)
+    return cos.argmax(1)
 
 
 def wrap_degrees(a):
@@ -191,12 +205,13 @@ DYNAMIC_THRESHOLD = 0.08  # a target pixel is "dynamic" where it differs from th
 
 
 def synth_batch(rng: np.random.Generator, ts: TrainingSet, batch: int, rays: int, swap: bool,
-                n_inputs: int = 3, dynamic_fraction: float = 0.0) -> Batch:
+                n_inputs: int = 3, dynamic_fraction: float = 0.0, nearest: bool = False) -> Batch:
     """One synthetic batch; `dynamic_fraction` of each target's rays fall on its dynamic pixels (where it differs
     from the same camera's view of another pose: the objects in either pose), the rest uniformly."""
     S, P, C = ts.synth_rgb.shape[:3]
     scenes = rng.integers(0, S, size=batch)
-    picks = [sample_swap(rng, P, C, n_inputs, swap) for _ in range(batch)]
+    picks = [sample_swap(rng, P, C, n_inputs, swap, nearest_cameras(ts.synth_azimuth[s], ts.synth_elevation[s])
+                         if nearest else None) for s in scenes]
     take = lambda s, i: ts.synth_rgb[s, i // C, i % C]  # noqa: E731 (a one-line index helper)
     inputs = _u8(np.stack([np.stack([take(s, i) for i in p.inputs]) for s, p in zip(scenes, picks)]))
     target = _u8(np.stack([take(s, p.target) for s, p in zip(scenes, picks)]))

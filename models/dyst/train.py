@@ -41,6 +41,7 @@ class TrainConfig:
     swap: bool = True
     head_weight: float = 1.0
     dynamic_fraction: float = 0.5  # share of a synthetic target's rays drawn on its dynamic pixels
+    nearest: bool = False  # swap: the dynamics latent from the target pose's closest other camera (else a random one)
 
     def validate(self) -> None:
         if self.batch < 1 or self.rays < 1:
@@ -120,7 +121,7 @@ class DySTTask:
             b = real_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.model_cfg.input_views)
         else:
             b = synth_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.cfg.swap,
-                            self.model_cfg.input_views, self.cfg.dynamic_fraction)
+                            self.model_cfg.input_views, self.cfg.dynamic_fraction, self.cfg.nearest)
         for name in ("inputs", "camera_source", "dynamics_source", "xy", "rgb", "reference", "d_azimuth",
                      "d_elevation"):
             v = getattr(b, name)

@@ -44,6 +44,10 @@ def train_dyst(
     dynamic_fraction: float = typer.Option(0.5, "--dynamic-fraction", help="Share of a synthetic target's rays "
                                                                            "drawn where its objects are (in this or "
                                                                            "another pose); the rest uniform."),
+    nearest: bool = typer.Option(False, "--nearest-dynamics-source/--random-dynamics-source",
+                                 help="Swap: estimate the dynamics latent from the target pose's closest other "
+                                      "camera, or from a random other camera (the default, the shipped model's "
+                                      "recipe). See docs/dyst.md for what the closest camera changes."),
     no_swap: bool = typer.Option(False, "--no-swap", help="Ablation: estimate both latents from the target itself "
                                                           "on synthetic batches too (no latent control swap)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of every batch draw."),
@@ -65,7 +69,7 @@ def train_dyst(
     model_cfg = DySTConfig(width=width, height=height, dim=dim, mlp=2 * dim)
     model_cfg.validate()
     cfg = TrainConfig(seed=seed, batch=batch, rays=rays, lr=lr, real_every=real_every, swap=not no_swap,
-                      dynamic_fraction=dynamic_fraction)
+                      dynamic_fraction=dynamic_fraction, nearest=nearest)
     cfg.validate()
     budget = Budget(steps, minutes or None)
     clips = [] if no_real else find_clips(real if real else default_real_dirs())
