@@ -116,8 +116,7 @@ class DySTTask:
         return bool(self.cfg.real_every > 0 and self.data.real and step % self.cfg.real_every == self.cfg.real_every - 1)
 
     def next_batch(self, step: int) -> Batch:
-        real = self.is_real(step)
-        if real:
+        if self.is_real(step):
             b = real_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.model_cfg.input_views)
         else:
             b = synth_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.cfg.swap,
