@@ -73,6 +73,7 @@ def tiny_scene(frames: int = 6) -> Scene:
 # ---- model -------------------------------------------------------------------------------------------------
 
 def test_shapes_and_orbit_identity():
+    torch.manual_seed(0)
     model = build_model(TINY, 0)
     B = 2
     views = torch.rand(B, 3, 12, 16, 3)

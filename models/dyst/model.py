@@ -169,7 +169,8 @@ class DyST(nn.Module):
             return self.head(torch.cat([cam, torch.stack([torch.sin(a), torch.cos(a) - 1.0, e], -1)], -1))
 
         zero = torch.zeros_like(d_azimuth)
-        return cam + g(d_azimuth, d_elevation) - g(zero, zero)
+        # The bracket makes zero motion exact: (cam + x) - x would round.
+        return cam + (g(d_azimuth, d_elevation) - g(zero, zero))
 
     def render_image(self, z: Float[Tensor, "B M D"], cam: Float[Tensor, "B L"], dyn: Float[Tensor, "B L"],
                      height: int, width: int, max_queries: int = 1 << 15) -> Float[Tensor, "B H W 3"]:
