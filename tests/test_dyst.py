@@ -345,3 +345,20 @@ def test_cli_train_and_eval(tmp_path):
     assert "R_cam" in res.output and json.loads((tmp_path / "e.json").read_text())[0]["scenes"] == 1
     res = runner.invoke(app, ["train", "dyst", "--out", str(tmp_path / "x"), "--batch", "0", "--no-real"])
     assert res.exit_code == 1 and "--batch" in res.output
+
+
+def test_decoder_contrastiveness_ignores_unused_directions():
+    from models.dyst.evaluate import decoder_contrastiveness, decoder_gram
+
+    # 4 poses x 3 cameras; latent dims 0-1 carry the pose, dims 2-3 (large) the camera
+    pose = torch.arange(4).repeat_interleave(3)
+    cam = torch.arange(3).repeat(4)
+    lat = torch.stack([pose.float(), pose.float() ** 2 / 3, 10 * cam.float(), -7 * cam.float()], 1)
+    reads_pose = lambda d: torch.stack([2 * d[:, 0], d[:, 1] - d[:, 0]], 1)  # noqa: E731 (linear: J exact)
+    G = decoder_gram(reads_pose, lat)
+    assert torch.allclose(G, torch.tensor([[5.0, -1, 0, 0], [-1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                          dtype=torch.float64), atol=1e-6)
+    assert contrastiveness(lat, pose) > 0.5  # raw distances are dominated by the camera dims
+    assert decoder_contrastiveness(reads_pose, lat, pose) == pytest.approx(0.0, abs=1e-6)
+    reads_all = lambda d: 3 * d  # noqa: E731 (an isotropic decoder changes nothing)
+    assert decoder_contrastiveness(reads_all, lat, pose) == pytest.approx(contrastiveness(lat, pose), rel=1e-5)

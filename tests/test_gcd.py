@@ -420,3 +420,25 @@ def test_small_configs_three_levels_skip_the_full_size_transformer():
     assert out.shape == concat.shape == (1, 2, 4, 8, 8)
     with pytest.raises(ValueError, match="2 levels"):
         small_configs(channels=(32,))
+
+
+def test_opponent_colour_space_analytic_and_round_trip(tiny):
+    from models.gcd.model import official_configs, opponent_to_rgb, rgb_to_opponent
+
+    grey = torch.full((1, 3, 2, 2), 0.3)
+    y = rgb_to_opponent(grey, 2.0)
+    assert torch.allclose(y[:, 0], torch.full((1, 2, 2), 0.3)) and float(y[:, 1:].abs().max()) < 1e-7
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)  # pure red in [-1, 1]
+    assert torch.allclose(rgb_to_opponent(red, 3.0).flatten(), torch.tensor([-1 / 3, 3.0, 1.5]))
+    x = torch.rand(2, 4, 3, 5, 6) * 2 - 1
+    assert torch.allclose(opponent_to_rgb(rgb_to_opponent(x, 2.0), 2.0), x, atol=1e-6)
+    # the small models code the opponent space, the official weights RGB; encode/decode convert both ways
+    assert tiny.cfg.vae_space == "opponent" and official_configs()["gcd"].vae_space == "rgb"
+    frames, _ = clip_inputs(T=2, H=16, W=16)
+    with torch.no_grad():
+        z = tiny.encode_latents(frames)
+        direct = tiny.vae.encode(rgb_to_opponent(frames.flatten(0, 1), tiny.cfg.chroma_gain)).latent_dist.mode()
+        assert torch.allclose(z.flatten(0, 1), direct)
+        out = tiny.decode_latents(z)
+        raw = tiny.vae.decode(z.flatten(0, 1), num_frames=2).sample
+        assert torch.allclose(out.flatten(0, 1), opponent_to_rgb(raw, tiny.cfg.chroma_gain), atol=1e-6)

@@ -14,6 +14,7 @@ scenes. Lower is better: 0 when a latent ignores everything but its own factor, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,33 @@ def contrastiveness(latents: Float[Tensor, "N L"], factor: Int[Tensor, " N"]) ->
     if match.numel() == 0 or other.numel() == 0:
         raise ValueError("contrastiveness needs pairs that share the factor and pairs that do not")
     return float(match.mean() / other.mean().clamp_min(1e-12))
+
+
+def decoder_gram(decode: Callable[[Tensor], Tensor], latents: Float[Tensor, "N L"], rel_step: float = 0.02
+                 ) -> Float[Tensor, "L L"]:
+    """G = mean over the N views of J^T J, J = d decode(latents)[n] / d latents[n] (central differences, step
+    `rel_step` x the latents' std). `decode` maps (N, L) latents to (N, ...) outputs, row n from latent n alone.
+    |G^(1/2) (a - b)| is how far apart two latents are *for the decoder*: directions it ignores count zero."""
+    N, L = latents.shape
+    eps = rel_step * float(latents.std().clamp_min(1e-6))
+    cols = []
+    for k in range(L):
+        step = torch.zeros_like(latents)
+        step[:, k] = eps
+        cols.append(((decode(latents + step) - decode(latents - step)) / (2 * eps)).reshape(N, -1))
+    J = torch.stack(cols, -1).double()  # (N, outputs, L)
+    return torch.einsum("npl,npm->lm", J, J) / N
+
+
+def decoder_contrastiveness(decode: Callable[[Tensor], Tensor], latents: Float[Tensor, "N L"],
+                            factor: Int[Tensor, " N"]) -> float:
+    """`contrastiveness` with distances measured through the decoder (`decoder_gram`): is the part of a latent
+    that the decoder reads invariant to the other factor? (It rules out unused latent directions as the cause
+    of a high ratio.)"""
+    G = decoder_gram(decode, latents)
+    vals, vecs = torch.linalg.eigh(G)
+    root = vecs @ torch.diag(vals.clamp_min(0).sqrt()) @ vecs.T
+    return contrastiveness(latents.double() @ root, factor)
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

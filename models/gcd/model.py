@@ -67,6 +67,10 @@ class GCDConfig:
     p_std: float = 1.6
     max_delta: tuple[float, float, float] = (180.0, 45.0, 0.3)
     """The largest |Δazimuth| (deg), |Δelevation| (deg) and |Δr / r| the model was trained for; beyond is an error."""
+    vae_space: str = "rgb"
+    """What the VAE codes: "rgb" (SVD, the official weights) or "opponent" (luma + `chroma_gain` x two chroma
+    channels: a small 4x VAE trained for minutes drops chroma in RGB but keeps it here, docs/gcd.md)."""
+    chroma_gain: float = 3.0
     notes: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -80,6 +84,26 @@ class GCDConfig:
                 d[key] = tuple(d[key])
         known = {f for f in GCDConfig.__dataclass_fields__}
         return GCDConfig(**{k: v for k, v in d.items() if k in known})
+
+
+# ---- the VAE's colour space ------------------------------------------------------------------------------
+
+# luma and two opponent chroma axes (red-green, yellow-blue) of RGB in [-1, 1]; invertible
+OPPONENT = ((1 / 3, 1 / 3, 1 / 3), (0.5, -0.5, 0.0), (0.25, 0.25, -0.5))
+
+
+def rgb_to_opponent(x: Float[Tensor, "*B 3 H W"], chroma_gain: float) -> Float[Tensor, "*B 3 H W"]:
+    """RGB -> (luma, gain x red-green, gain x yellow-blue), channels at dim -3. A grey pixel has zero chroma."""
+    m = torch.tensor(OPPONENT, dtype=x.dtype, device=x.device)
+    m[1:] *= chroma_gain
+    return torch.einsum("ij,...jhw->...ihw", m, x)
+
+
+def opponent_to_rgb(y: Float[Tensor, "*B 3 H W"], chroma_gain: float) -> Float[Tensor, "*B 3 H W"]:
+    """The inverse of `rgb_to_opponent`."""
+    m = torch.tensor(OPPONENT, dtype=torch.float64)
+    m[1:] *= chroma_gain
+    return torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(m).to(y.dtype).to(y.device), y)
 
 
 # ---- camera embedding ------------------------------------------------------------------------------------
@@ -193,14 +217,14 @@ class FrameEncoder(ModelMixin, ConfigMixin):
 
 # ---- configs ---------------------------------------------------------------------------------------------
 
-def small_configs(height: int = 48, width: int = 64, channels: tuple[int, ...] = (32, 64, 64),
-                  vae_channels: tuple[int, ...] = (32, 64), token_dim: int = 64) -> dict:
+def small_configs(height: int = 48, width: int = 64, channels: tuple[int, ...] = (32, 64),
+                  vae_channels: tuple[int, ...] = (32, 64, 64), token_dim: int = 64) -> dict:
     """Configs of the small model trained here (the same classes as the official one).
 
-    The VAE downsamples 2^(len(vae_channels) - 1) times: 2x by default, because at 64x48 a 4x VAE of this class
-    trained for minutes on a CPU keeps almost no colour (docs/gcd.md). The UNet's first level then runs at the
-    full latent size, so it has no transformer there (spatial self-attention over every latent pixel is the
-    cost); the inner levels have them, as SVD's do.
+    The VAE downsamples 2^(len(vae_channels) - 1) times (4x by default, as SVD's 8x is at 8x the size) and codes
+    the opponent colour space: in RGB a 4x VAE of this class trained for minutes on a CPU keeps almost no
+    colour (docs/gcd.md). With 3+ UNet levels the first one has no transformer (spatial self-attention over
+    every latent pixel is the cost); the inner levels have them, as SVD's do.
     """
     n = len(channels)
     if n < 2:
@@ -211,7 +235,7 @@ def small_configs(height: int = 48, width: int = 64, channels: tuple[int, ...] =
         down = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * (n - 2) + ("DownBlockSpatioTemporal",)
     up = tuple("CrossAttnUpBlockSpatioTemporal" if "CrossAttn" in b else "UpBlockSpatioTemporal" for b in reversed(down))
     return {
-        "gcd": GCDConfig(height=height, width=width),
+        "gcd": GCDConfig(height=height, width=width, vae_space="opponent"),
         "unet": dict(in_channels=8, out_channels=4, block_out_channels=channels,
                      down_block_types=down, up_block_types=up,
                      addition_time_embed_dim=32, projection_class_embeddings_input_dim=96, layers_per_block=1,
@@ -286,6 +310,8 @@ class GCDModel(nn.Module):
         if cfg.version != FORMAT_VERSION:
             raise InputError(f"{folder} is GCD model format {cfg.version}, this monodyn reads format "
                              f"{FORMAT_VERSION}: retrain with `monodyn train gcd` or re-download the model")
+        if cfg.vae_space not in ("rgb", "opponent"):
+            raise InputError(f"{path}: vae_space must be \"rgb\" or \"opponent\", got {cfg.vae_space!r}")
         unet = GCDUNet.from_pretrained(folder / "unet", torch_dtype=torch.float32, low_cpu_mem_usage=False)
         vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", torch_dtype=torch.float32, low_cpu_mem_usage=False)
         if cfg.image_encoder == "clip":
@@ -315,18 +341,25 @@ class GCDModel(nn.Module):
             out = self.image_encoder(x)
         return out.reshape(B, T, 1, -1)
 
+    def to_vae_space(self, pixels: Float[Tensor, "*B 3 H W"]) -> Float[Tensor, "*B 3 H W"]:
+        """RGB in [-1, 1] -> what the VAE codes (`GCDConfig.vae_space`)."""
+        return rgb_to_opponent(pixels, self.cfg.chroma_gain) if self.cfg.vae_space == "opponent" else pixels
+
+    def from_vae_space(self, x: Float[Tensor, "*B 3 H W"]) -> Float[Tensor, "*B 3 H W"]:
+        return opponent_to_rgb(x, self.cfg.chroma_gain) if self.cfg.vae_space == "opponent" else x
+
     def encode_latents(self, frames: Float[Tensor, "B T 3 H W"], sample: bool = False,
                        generator: torch.Generator | None = None) -> Float[Tensor, "B T 4 h w"]:
-        """VAE latents (posterior mode, or a sample), unscaled."""
+        """VAE latents (posterior mode, or a sample), unscaled, of RGB frames in [-1, 1]."""
         B, T = frames.shape[:2]
-        dist = self.vae.encode(frames.flatten(0, 1)).latent_dist
+        dist = self.vae.encode(self.to_vae_space(frames.flatten(0, 1))).latent_dist
         z = dist.sample(generator) if sample else dist.mode()
         return z.reshape(B, T, *z.shape[1:])
 
     def decode_latents(self, z: Float[Tensor, "B T 4 h w"]) -> Float[Tensor, "B T 3 H W"]:
         """Unscaled latents -> pixels in [-1, 1] (the temporal decoder sees each clip's frames together)."""
         B, T = z.shape[:2]
-        x = self.vae.decode(z.flatten(0, 1), num_frames=T).sample
+        x = self.from_vae_space(self.vae.decode(z.flatten(0, 1), num_frames=T).sample)
         return x.reshape(B, T, *x.shape[1:])
 
     def conditioning(self, frames: Float[Tensor, "B T 3 H W"], generator: torch.Generator | None = None

@@ -4,8 +4,8 @@ Data: paired clips in memory (the CLI makes them from `monodyn synth` scenes): `
 (P,T,H,W,3) uint8 (the same T times seen from the input and from the output camera) and `deltas` (P,T,3):
 (Δazimuth deg, Δelevation deg, Δr / r) per frame.
 
-1. `VAETask`: the small AutoencoderKLTemporalDecoder on short snippets of all frames (MSE + L1 + a tiny KL);
-   at the end its latent scaling factor is set to 1 / std of the latents.
+1. `VAETask`: the small AutoencoderKLTemporalDecoder on short snippets of all frames (MSE + L1 + a tiny KL,
+   in the model's VAE colour space); at the end its latent scaling factor is set to 1 / std of the latents.
 2. `DiffusionTask`: the UNet (+ the small image encoder) with GCD's loss: one σ per video with
    log σ ~ N(p_mean, p_std²), EDM v-parameterisation weighting (σ² + 1) / σ², and the focal top-k loss
    (per frame, the kept fraction ramps 1.0 -> 0.1 over the first half of the run; loss = 0.9 top-k mean +
@@ -64,15 +64,17 @@ class VAETask:
         x = torch.stack([to_pixels(self.frames[int(c), int(s):int(s) + self.snippet]) for c, s in zip(clips, starts, strict=True)])
         for g in self.opt.param_groups:
             g["lr"] = self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        x = self.model.to_vae_space(x)  # the loss is taken there: in the opponent space chroma weighs more
         dist = vae.encode(x.flatten(0, 1)).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=self.gen)
         rec = vae.decode(z, num_frames=self.snippet).sample.reshape(x.shape)
-        mse = F.mse_loss(rec, x)
-        loss = mse + 0.1 * (rec - x).abs().mean() + self.kl * dist.kl().mean()
+        loss = F.mse_loss(rec, x) + 0.1 * (rec - x).abs().mean() + self.kl * dist.kl().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-10))  # pixels span 2
+        with torch.no_grad():
+            mse = F.mse_loss(self.model.from_vae_space(rec), self.model.from_vae_space(x))
+        psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))  # RGB pixels span 2
         return {"loss": float(loss.detach()), "psnr": psnr}
 
     def state_dict(self) -> dict:
