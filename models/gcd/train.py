@@ -124,7 +124,7 @@ class DiffusionTask:
                  cond_latents: Tensor, *, lr: float = 4e-4, batch: int = 1, dropout: float = 0.1,
                  focus_top: float = 0.1, focus_share: float = 0.5, seed: int = 0, warmup: int = 100):
         self.model, self.inputs = model, inputs
-        self.deltas = torch.as_tensor(deltas, dtype=torch.float32)
+        self.deltas = torch.as_tensor(np.array(deltas), dtype=torch.float32)  # a copy: the set is memory-mapped
         self.z, self.c = target_latents, cond_latents
         self.batch, self.dropout, self.focus_top, self.focus_share = batch, dropout, focus_top, focus_share
         self.params = list(model.unet.parameters()) + list(model.image_encoder.parameters())
