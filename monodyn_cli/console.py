@@ -31,7 +31,9 @@ from models.errors import MonodynError
 from monodyn_cli.workspace import Progress
 
 console = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+# Results (tables) go to stdout. Piped into a file or a CI log, rich would assume 80 columns and cut the
+# headers and names of wide tables ("floor_m…"): there nobody resizes the window, so print them whole.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class RichProgress(Progress):
