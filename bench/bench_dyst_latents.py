@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.tables import table  # noqa: E402
-from models.dyst.data import grid_of, load_training_set  # noqa: E402
-from models.dyst.evaluate import _scene_inputs, contrastiveness, decoder_contrastiveness  # noqa: E402
+from models.dyst.data import load_training_set  # noqa: E402
+from models.dyst.evaluate import contrastiveness, decoder_contrastiveness, grid_factors, scene_latents  # noqa: E402
 from models.dyst.method import find_checkpoint, load_model  # noqa: E402
 from models.dyst.model import pixel_queries  # noqa: E402
 from models.weights import cache_dir  # noqa: E402
@@ -33,15 +33,11 @@ from monodyn_cli.dyst_data import EVAL_SEED0, build_set  # noqa: E402
 def ratios(model, ts, scenes: int) -> dict[str, float]:
     model.eval()
     S, P, C = ts.synth_rgb.shape[:3]
-    h, w = ts.height, ts.width
-    pose_of = torch.tensor([grid_of(i, C)[0] for i in range(P * C)])
-    cam_of = torch.tensor([grid_of(i, C)[1] for i in range(P * C)])
-    xy = pixel_queries(h, w)[None].expand(P * C, -1, -1)
+    pose_of, cam_of = grid_factors(P, C)
+    xy = pixel_queries(ts.height, ts.width)[None].expand(P * C, -1, -1)
     out = {"R_cam": [], "R_cam decoder": [], "R_dyn": [], "R_dyn decoder": []}
     for s in range(min(S, scenes)):
-        views = torch.from_numpy(np.asarray(ts.synth_rgb[s], dtype=np.float32) / 255.0).reshape(P * C, h, w, 3)
-        z = model.encode(views[_scene_inputs(P * C, model.cfg.input_views, s)][None]).expand(P * C, -1, -1)
-        cam, dyn = model.estimate(z, views)
+        _, z, cam, dyn = scene_latents(model, ts, s)
         out["R_cam"].append(contrastiveness(cam, cam_of))
         out["R_dyn"].append(contrastiveness(dyn, pose_of))
         out["R_cam decoder"].append(decoder_contrastiveness(lambda c: model.decode(z, xy, c, dyn), cam, cam_of))

@@ -23,7 +23,13 @@ from models.dyst.data import (
     train_frames,
     wrap_degrees,
 )
-from models.dyst.evaluate import contrastiveness, evaluate_real, evaluate_synth
+from models.dyst.evaluate import (
+    contrastiveness,
+    decoder_contrastiveness,
+    decoder_gram,
+    evaluate_real,
+    evaluate_synth,
+)
 from models.dyst.geometry import relative_move
 from models.dyst.model import pixel_queries
 from models.dyst.options import DySTRenderOptions, set_scene_loader
@@ -348,8 +354,6 @@ def test_cli_train_and_eval(tmp_path):
 
 
 def test_decoder_contrastiveness_ignores_unused_directions():
-    from models.dyst.evaluate import decoder_contrastiveness, decoder_gram
-
     # 4 poses x 3 cameras; latent dims 0-1 carry the pose, dims 2-3 (large) the camera
     pose = torch.arange(4).repeat_interleave(3)
     cam = torch.arange(3).repeat(4)

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.dyst.data import TrainingSet, grid_of, input_frames, squash, train_frames, wrap_degrees
+from models.dyst.data import TrainingSet, input_frames, squash, train_frames, wrap_degrees
 from models.dyst.model import DyST
 
 
@@ -88,6 +88,24 @@ def _scene_inputs(n_views: int, n_inputs: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n_views, n_inputs, replace=False))
 
 
+def grid_factors(n_poses: int, n_cams: int) -> tuple[Int[Tensor, " N"], Int[Tensor, " N"]]:
+    """(pose, camera) of each of the grid's N = n_poses x n_cams views."""
+    index = torch.arange(n_poses * n_cams)
+    return index // n_cams, index % n_cams
+
+
+def scene_latents(model: DyST, ts: TrainingSet, scene: int, device: str | torch.device = "cpu"
+                  ) -> tuple[Float[Tensor, "N h w 3"], Float[Tensor, "N M D"], Float[Tensor, "N L"], Float[Tensor, "N L"]]:
+    """One held-out scene as evaluated: its N views, Z from its 3 fixed input views (expanded to N), and the
+    camera and dynamics latents estimated from each view itself."""
+    P, C = ts.synth_rgb.shape[1:3]
+    views = torch.from_numpy(np.asarray(ts.synth_rgb[scene], dtype=np.float32) / 255.0)
+    views = views.reshape(P * C, ts.height, ts.width, 3).to(device)
+    z = model.encode(views[_scene_inputs(P * C, model.cfg.input_views, scene)][None]).expand(P * C, -1, -1)
+    cam, dyn = model.estimate(z, views)
+    return views, z, cam, dyn
+
+
 @torch.no_grad()
 def evaluate_synth(model: DyST, ts: TrainingSet, device: str | torch.device = "cpu", max_scenes: int | None = None
                    ) -> SynthReport:
@@ -97,15 +115,10 @@ def evaluate_synth(model: DyST, ts: TrainingSet, device: str | torch.device = "c
     S = S if max_scenes is None else min(S, max_scenes)
     h, w = ts.height, ts.width
     rc, rd, ps, pw, po, pst, pin, pdo, pdw = [], [], [], [], [], [], [], [], []
-    pose_of = torch.tensor([grid_of(i, C)[0] for i in range(P * C)])
-    cam_of = torch.tensor([grid_of(i, C)[1] for i in range(P * C)])
+    pose_of, cam_of = grid_factors(P, C)
     for s in range(S):
-        views = torch.from_numpy(np.asarray(ts.synth_rgb[s], dtype=np.float32) / 255.0).reshape(P * C, h, w, 3)
-        views = views.to(device)
+        views, z, cam, dyn = scene_latents(model, ts, s, device)
         inputs = _scene_inputs(P * C, model.cfg.input_views, s)
-        z1 = model.encode(views[inputs][None])
-        z = z1.expand(P * C, -1, -1)
-        cam, dyn = model.estimate(z, views)
         rc.append(contrastiveness(cam.cpu(), cam_of))
         rd.append(contrastiveness(dyn.cpu(), pose_of))
         novel = [i for i in range(P * C) if i not in inputs]

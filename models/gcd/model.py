@@ -92,18 +92,20 @@ class GCDConfig:
 OPPONENT = ((1 / 3, 1 / 3, 1 / 3), (0.5, -0.5, 0.0), (0.25, 0.25, -0.5))
 
 
+def _opponent_matrix(chroma_gain: float) -> Float[Tensor, "3 3"]:
+    m = torch.tensor(OPPONENT, dtype=torch.float64)
+    m[1:] *= chroma_gain
+    return m
+
+
 def rgb_to_opponent(x: Float[Tensor, "*B 3 H W"], chroma_gain: float) -> Float[Tensor, "*B 3 H W"]:
     """RGB -> (luma, gain x red-green, gain x yellow-blue), channels at dim -3. A grey pixel has zero chroma."""
-    m = torch.tensor(OPPONENT, dtype=x.dtype, device=x.device)
-    m[1:] *= chroma_gain
-    return torch.einsum("ij,...jhw->...ihw", m, x)
+    return torch.einsum("ij,...jhw->...ihw", _opponent_matrix(chroma_gain).to(x), x)
 
 
 def opponent_to_rgb(y: Float[Tensor, "*B 3 H W"], chroma_gain: float) -> Float[Tensor, "*B 3 H W"]:
     """The inverse of `rgb_to_opponent`."""
-    m = torch.tensor(OPPONENT, dtype=torch.float64)
-    m[1:] *= chroma_gain
-    return torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(m).to(y.dtype).to(y.device), y)
+    return torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(_opponent_matrix(chroma_gain)).to(y), y)
 
 
 # ---- camera embedding ------------------------------------------------------------------------------------

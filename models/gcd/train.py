@@ -64,16 +64,16 @@ class VAETask:
         x = torch.stack([to_pixels(self.frames[int(c), int(s):int(s) + self.snippet]) for c, s in zip(clips, starts, strict=True)])
         for g in self.opt.param_groups:
             g["lr"] = self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        x = self.model.to_vae_space(x)  # the loss is taken there: in the opponent space chroma weighs more
-        dist = vae.encode(x.flatten(0, 1)).latent_dist
+        coded = self.model.to_vae_space(x)  # the loss is taken there: in the opponent space chroma weighs more
+        dist = vae.encode(coded.flatten(0, 1)).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=self.gen)
         rec = vae.decode(z, num_frames=self.snippet).sample.reshape(x.shape)
-        loss = F.mse_loss(rec, x) + 0.1 * (rec - x).abs().mean() + self.kl * dist.kl().mean()
+        loss = F.mse_loss(rec, coded) + 0.1 * (rec - coded).abs().mean() + self.kl * dist.kl().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         with torch.no_grad():
-            mse = F.mse_loss(self.model.from_vae_space(rec), self.model.from_vae_space(x))
+            mse = F.mse_loss(self.model.from_vae_space(rec), x)
         psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))  # RGB pixels span 2
         return {"loss": float(loss.detach()), "psnr": psnr}
 
