@@ -11,7 +11,8 @@ from monodyn_cli.console import handle_errors, stdout
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Check the installation: torch and device, video codecs, decord, pycolmap, weights found.")(doctor)
+    app.command(help="Check the installation: versions against requirements.lock, torch and device, video codecs, "
+                     "decord, pycolmap, weights found.")(doctor)
 
 
 def _version(module: str) -> tuple[bool, str]:
@@ -37,6 +38,23 @@ def _codecs() -> list[tuple[str, bool, str]]:
     return rows
 
 
+def _lock_rows(row) -> None:
+    """One row on whether the installed versions are the locked ones, and one per package that differs."""
+    from monodyn_cli import lockfile
+
+    if not lockfile.LOCK.is_file():
+        row("lock", True, "no requirements.lock beside this installation: installed from pyproject.toml's ranges")
+        return
+    differ = lockfile.drift()
+    if not differ:
+        row("lock", True, f"every package is at its version in {lockfile.LOCK.name}")
+        return
+    row("lock", False, f"{len(differ)} package(s) differ from {lockfile.LOCK.name}: run `make install` to return to it, "
+                       "or `make lock` to move the lock deliberately")
+    for d in differ:
+        row(f"  {d.name}", False, f"locked {d.locked}, installed {d.installed or 'nothing'}")
+
+
 @handle_errors
 def doctor(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
     import torch
@@ -51,6 +69,7 @@ def doctor(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on
     def row(name: str, ok: bool, detail: str) -> None:
         table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", detail)
 
+    _lock_rows(row)
     cuda = torch.cuda.is_available()
     row("torch", True, f"{torch.__version__}, {torch.get_num_threads()} CPU threads")
     row("CUDA", cuda, torch.cuda.get_device_name(0) if cuda else "not available: methods run on the CPU")

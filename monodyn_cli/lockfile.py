@@ -1,0 +1,57 @@
+"""requirements.lock: the exact environment `make` installs, and how the running one differs from it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"  # beside pyproject.toml in a checkout
+
+
+@dataclass(frozen=True)
+class Drift:
+    name: str
+    locked: str
+    installed: str | None  # None: not installed
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _applies(marker: str) -> bool:
+    if not marker:
+        return True
+    from packaging.markers import Marker  # packaging comes with pip and setuptools; only markers need it
+
+    return Marker(marker).evaluate()
+
+
+def read_lock(path: Path | None = None) -> dict[str, str]:
+    """{normalised name: pinned version} for every `name==version[ ; marker]` line whose marker holds here."""
+    pins = {}
+    for line in (path or LOCK).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        spec, _, marker = line.partition(";")
+        name, sep, version = spec.partition("==")
+        if sep and _applies(marker.strip()):
+            pins[_normalise(name.strip())] = version.strip()
+    return pins
+
+
+def drift(path: Path | None = None) -> list[Drift]:
+    """Locked packages whose installed version differs (a local label such as +cpu is ignored) or is missing."""
+    out = []
+    for name, locked in sorted(read_lock(path).items()):
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out.append(Drift(name, locked, None))
+            continue
+        if installed.split("+", 1)[0] != locked:
+            out.append(Drift(name, locked, installed))
+    return out
