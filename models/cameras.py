@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from models.errors import InputError
@@ -191,10 +191,45 @@ def axes_meeting_point(cams: Cameras, fallback_distance: float | None = None) ->
     return (eye.mean(0) + fallback_distance * mean_fwd).float()
 
 
-def scene_look_at(cams: Cameras, center: Float[Tensor, "3"] | None = None) -> Float[Tensor, "3"]:
-    """A clip's look-at point: where its optical axes meet, or for a forward-facing clip the point at the scene
-    centre's median camera distance in front of the mean camera."""
-    if center is None:
+def visible_points(points: Float[Tensor, "P 3"], cams: Cameras) -> tuple[Float[Tensor, "N P"], Bool[Tensor, "N P"]]:
+    """Camera-space z of every point in every camera, and whether the point lies in front of that camera and
+    inside its image."""
+    xy, z = project(points[None].to(cams.w2c), cams.K[:, None], cams.w2c[:, None])
+    inside = (z > 0) & (xy >= 0).all(-1) & (xy[..., 0] <= cams.width) & (xy[..., 1] <= cams.height)
+    return z, inside
+
+
+def scene_look_at(cams: Cameras, center: Float[Tensor, "3"] | None = None,
+                  content: Float[Tensor, "P 3"] | None = None) -> Float[Tensor, "3"]:
+    """A clip's look-at point, in front of its cameras at the depth of what they film.
+
+    `content`: world points on the scene (SfM points, lifted depth, Gaussian means); without any the scene
+    `center` stands for it. Where the optical axes meet is what a converging capture looks at, and is used when
+    it lies in front of (nearly) all cameras at a depth the content spans. A pan or a turning camera has axes
+    that diverge or meet at the camera itself: then the point at the median content depth along the mean
+    viewing direction, from the mean camera centre."""
+    center = None if center is None else torch.as_tensor(center, dtype=torch.float32)
+    depths = None
+    if content is not None and len(content):
+        z, inside = visible_points(content.float(), cams)
+        depths = z[inside] if bool(inside.any()) else None
+    if depths is None and center is not None:
+        z = project(center.expand(len(cams), 3), cams.K, cams.w2c)[1]
+        depths = z if float(z.median()) > 0 else (cams.centers - center).norm(dim=-1)
+    if depths is None:  # nothing known about the content: trust the axes
         return axes_meeting_point(cams)
-    distance = float((cams.centers - torch.as_tensor(center, dtype=torch.float32)).norm(dim=-1).median())
-    return axes_meeting_point(cams, fallback_distance=max(distance, 1e-3))
+    lo, mid, hi = (float(q) for q in torch.quantile(depths.float(), torch.tensor([0.05, 0.5, 0.95])))
+    mid = max(mid, 1e-3)
+    try:
+        meet = axes_meeting_point(cams)
+    except InputError:  # parallel axes
+        meet = None
+    if meet is not None:
+        z_meet = project(meet.expand(len(cams), 3), cams.K, cams.w2c)[1]
+        consistent = (z_meet >= 0.5 * lo) & (z_meet <= 2.0 * hi) & (z_meet > 0)
+        if float(consistent.float().mean()) >= 0.9:
+            return meet
+    fwd = cams.c2w[:, :3, 2].mean(0)
+    if float(fwd.norm()) < 0.3 and content is not None and len(content):  # cameras all around: the content's centre
+        return content.float().median(0).values
+    return cams.centers.mean(0) + mid * fwd / fwd.norm().clamp(min=1e-12)

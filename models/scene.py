@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from models.cameras import Cameras
+from models.cameras import Cameras, pixel_grid, scene_look_at, unproject
 
 
 @dataclass
@@ -85,6 +85,25 @@ class Scene:
         """Frames as float32 in [0, 1] (all, or those at `idx`)."""
         frames = self.frames if idx is None else self.frames[idx]
         return torch.from_numpy(np.asarray(frames, dtype=np.float32) / 255.0)
+
+    def content_points(self, max_points: int = 4096) -> Float[Tensor, "P 3"] | None:
+        """World points on what the clip filmed, for placing cameras: the SfM points and the depth maps of up to 8
+        frames lifted to 3D (moving things included), evenly thinned to `max_points`; None when neither exists."""
+        parts = [] if self.points is None else [torch.as_tensor(np.asarray(self.points), dtype=torch.float32)]
+        if self.depth is not None:
+            xy = pixel_grid(self.width, self.height)
+            for t in np.linspace(0, self.num_frames - 1, min(8, self.num_frames)).round().astype(int):
+                z = torch.as_tensor(np.asarray(self.depth[t], np.float32))
+                ok = z > 0
+                parts.append(unproject(xy[ok], z[ok], self.cameras.K[t], self.cameras.w2c[t]))
+        pts = torch.cat(parts) if parts else torch.zeros(0, 3)
+        if not len(pts):
+            return None
+        return pts[torch.linspace(0, len(pts) - 1, min(max_points, len(pts))).long()]
+
+    def look_at_point(self) -> Float[Tensor, "3"]:
+        """The point camera paths turn around and look at (`models.cameras.scene_look_at` on this scene's content)."""
+        return scene_look_at(self.cameras, torch.as_tensor(self.center, dtype=torch.float32), self.content_points())
 
     def subset(self, idx: np.ndarray) -> "Scene":
         """The scene restricted to frames `idx` (e.g. every other frame for held-out evaluation).

@@ -27,7 +27,8 @@ from models.cameras import (
     mean_image_up,
     opencv_w2c_to_opengl_c2w,
     opengl_c2w_to_opencv_w2c,
-    scene_look_at,
+    project,
+    visible_points,
 )
 from models.errors import InputError
 
@@ -129,22 +130,25 @@ def bullet_time(input_cams: Cameras, center: Float[Tensor, "3"], degrees: float 
     return CameraPath(path.cameras, torch.full((n_frames,), float(time)))
 
 
-def spiral(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, degrees: float = 360.0,
+def spiral(input_cams: Cameras, center: Float[Tensor, "3"], n_frames: int = 60, degrees: float = 30.0,
            radius_amplitude: float = 0.1, elevation_amplitude: float = 10.0, cycles: float = 2.0,
            times: Float[Tensor, " N"] | None = None, ref: int = 0, up: Float[Tensor, "3"] | None = None
            ) -> CameraPath:
-    """An orbit of `degrees` whose radius oscillates by +-`radius_amplitude` (fraction of the reference
-    distance) and whose elevation wobbles by +-`elevation_amplitude` degrees, `cycles` times over the path;
-    it starts at the reference camera and always looks at the centre."""
+    """A spiral out of the reference camera's viewpoint, always looking at the centre: over `cycles` turns the
+    eye circles the reference viewpoint on the sphere about the centre, the circle growing from nothing to
+    +-`degrees` of azimuth and +-`elevation_amplitude` degrees of elevation, while the distance swings by
+    +-`radius_amplitude` (fraction of the reference distance) with the azimuth. Staying near the input view keeps
+    it inside what a forward-facing clip reconstructs (an orbit is `orbit`)."""
     center = _check(input_cams, ref, n_frames, center)
     up = mean_image_up(input_cams) if up is None else torch.as_tensor(up, dtype=torch.float32)
     ref_eye = input_cams.centers[ref]
     _, el0, r0 = to_spherical(ref_eye, center, up, ref_eye)
     s = torch.linspace(0.0, 1.0, n_frames) if n_frames > 1 else torch.zeros(1)
-    wave = torch.sin(2 * torch.pi * cycles * s)
-    r = r0 * (1 + radius_amplitude * wave)
-    el = (el0 + elevation_amplitude * wave).clamp(-89.0, 89.0)  # never straight above: look_at needs a horizon
-    eyes = from_spherical(center, up, ref_eye, degrees * s, el, r)
+    phase = 2 * torch.pi * cycles * s
+    az = degrees * s * torch.sin(phase)
+    el = (el0 + elevation_amplitude * s * torch.cos(phase)).clamp(-89.0, 89.0)  # look_at needs a horizon
+    r = r0 * (1 + radius_amplitude * s * torch.sin(phase))
+    eyes = from_spherical(center, up, ref_eye, az, el, r)
     return CameraPath(_looking_at(eyes, center, up, input_cams.K[ref], input_cams), _times(times, n_frames))
 
 
@@ -186,8 +190,15 @@ def stabilized(input_cams: Cameras, frame: int, times: Float[Tensor, " N"] | Non
 # nerfstudio camera_path.json: camera_to_world is a row-major 4x4 in OpenGL axes, fov is vertical (degrees),
 # intrinsics are square pixels with a centred principal point, render_time (optional) is normalised time.
 
+MAX_PATH_ENTRIES = 100_000  # as render --frames
+MIN_RENDER_SIDE, MAX_RENDER_SIDE = 8, 16384  # pixels; what fits in memory is checked by render itself
+MAX_POSITION = 1e6  # scene units: cameras farther out see nothing and overflow float32 projections
+
+
 def load_camera_path(path) -> CameraPath:
-    """Read a nerfstudio camera_path.json (as the nerfstudio viewer exports it)."""
+    """Read a nerfstudio camera_path.json (as the nerfstudio viewer exports it), checked before any work: at most
+    MAX_PATH_ENTRIES entries, sizes in [MIN_RENDER_SIDE, MAX_RENDER_SIDE], finite rigid camera_to_world matrices (a rotation and
+    a position within MAX_POSITION), fov in (0, 180) degrees, render_time in [0, 1]."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -196,30 +207,69 @@ def load_camera_path(path) -> CameraPath:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"not a JSON camera path: {path} ({e})") from None
     entries = data.get("camera_path") if isinstance(data, dict) else None
-    if not entries:
+    if not entries or not isinstance(entries, list):
         raise InputError(f"{path} has no 'camera_path' list (expected a nerfstudio camera_path.json)")
+    if len(entries) > MAX_PATH_ENTRIES:
+        raise InputError(f"{path} has {len(entries)} camera_path entries; at most {MAX_PATH_ENTRIES} are rendered")
     if data.get("camera_type", "perspective") != "perspective":
         raise InputError(f"{path}: camera_type {data['camera_type']!r} is not supported (only perspective)")
     try:
-        height = int(data["render_height"])
-        width = int(data.get("render_width") or round(height * float(entries[0]["aspect"])))
+        height = _size(data["render_height"], "render_height", path)
+        width = data["render_width"] if data.get("render_width") is not None else height * float(entries[0]["aspect"])
+        width = _size(width, "render_width", path)
         c2w_gl = torch.tensor([e["camera_to_world"] for e in entries], dtype=torch.float64).reshape(-1, 4, 4)
         fov = torch.tensor([float(e["fov"]) for e in entries], dtype=torch.float64)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise InputError(f"{path}: malformed camera path entry ({type(e).__name__}: {e}); each entry needs "
-                         "camera_to_world (16 numbers) and fov, and the file render_height/render_width") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError):
+        raise InputError(f"{path}: malformed camera path entry; each entry needs camera_to_world (16 numbers) and fov, "
+                         "and the file render_height and render_width (or aspect)") from None
+    if len(c2w_gl) != len(entries):
+        raise InputError(f"{path}: each camera_to_world must hold 16 numbers (a 4x4 matrix)")
+    _check_poses(c2w_gl, fov, path)
     f = 0.5 * height / torch.tan(torch.deg2rad(fov) / 2)
     K = torch.zeros(len(entries), 3, 3, dtype=torch.float64)
     K[:, 0, 0], K[:, 1, 1] = f, f
     K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = width / 2, height / 2, 1.0
     w2c = opengl_c2w_to_opencv_w2c(c2w_gl)
-    if all("render_time" in e for e in entries):
-        times = torch.tensor([float(e["render_time"]) for e in entries])
+    if all(isinstance(e, dict) and "render_time" in e for e in entries):
+        try:
+            times = torch.tensor([float(e["render_time"]) for e in entries])
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{path}: render_time values must be numbers in [0, 1]") from None
         if bool(((times < 0) | (times > 1)).any()) or not math.isfinite(float(times.sum())):
             raise InputError(f"{path}: render_time values must lie in [0, 1]")
     else:
         times = _times(None, len(entries))
     return CameraPath(Cameras(K.float(), w2c.float(), width, height), times)
+
+
+def _size(value, name: str, path: Path) -> int:
+    size = float(value)  # TypeError / ValueError for what is no number: reported as malformed
+    if not (math.isfinite(size) and MIN_RENDER_SIDE <= round(size) <= MAX_RENDER_SIDE):
+        raise InputError(f"{path}: {name} must be within {MIN_RENDER_SIDE}..{MAX_RENDER_SIDE} pixels, got {value}")
+    return round(size)
+
+
+def _check_poses(c2w: Tensor, fov: Tensor, path: Path) -> None:
+    """One line naming the first entry whose pose or fov cannot be a camera."""
+    def first(bad: Tensor) -> int:
+        return int(bad.nonzero()[0, 0])
+
+    if not bool(torch.isfinite(c2w).all()):
+        raise InputError(f"{path}: entry {first(~torch.isfinite(c2w).flatten(1).all(1))}: camera_to_world holds "
+                         "a non-finite number (nan or inf)")
+    bad_fov = ~((fov > 0) & (fov < 180))
+    if bool(bad_fov.any()):
+        raise InputError(f"{path}: entry {first(bad_fov)}: fov must be in (0, 180) degrees, got {float(fov[first(bad_fov)]):g}")
+    R = c2w[:, :3, :3]
+    eye = torch.eye(3, dtype=c2w.dtype)
+    rotation = ((R.transpose(1, 2) @ R - eye).abs().amax((1, 2)) < 1e-2) & ((torch.linalg.det(R) - 1).abs() < 1e-2)
+    bottom = (c2w[:, 3] - torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype)).abs().amax(1) < 1e-6
+    if not bool((rotation & bottom).all()):
+        raise InputError(f"{path}: entry {first(~(rotation & bottom))}: camera_to_world is not a rigid pose (its 3x3 "
+                         "part must be a rotation and its last row 0 0 0 1)")
+    far = c2w[:, :3, 3].abs().amax(1) > MAX_POSITION
+    if bool(far.any()):
+        raise InputError(f"{path}: entry {first(far)}: camera position beyond {MAX_POSITION:g} scene units")
 
 
 def save_camera_path(path, camera_path: CameraPath, fps: float = 24.0) -> None:
@@ -327,7 +377,7 @@ def build_path(scene, kind: str, n: int, *, orbit_degrees=None, bullet_time_at=N
         if hold_time is not None:
             path = CameraPath(path.cameras, torch.full((len(path.cameras),), float(hold_time)))
         return path, Path(camera_path).stem
-    center = scene_look_at(scene.cameras, torch.as_tensor(scene.center, dtype=torch.float32))
+    center = scene.look_at_point()
     hold = None if hold_time is None else torch.full((n,), float(hold_time))
     if kind == "orbit":
         return orbit(scene.cameras, center, orbit_degrees, n, times=hold), f"orbit{orbit_degrees:g}"
@@ -341,3 +391,67 @@ def build_path(scene, kind: str, n: int, *, orbit_degrees=None, bullet_time_at=N
         times = hold if hold is not None else torch.linspace(0.0, 1.0, n)  # --frames resamples time
         return stabilized(scene.cameras, stabilize, times=times), f"stabilized{stabilize}"
     raise InputError(f"unknown camera path {kind!r}")
+
+
+# ---- does a path stay inside the reconstructed scene?
+# A fit only knows the scene as the clip filmed it. Two ways a path leaves it: its view holds little of the
+# content (looking past it, or a camera_path.json from another workspace's coordinates), or it looks from a
+# side the clip never saw (an orbit beyond the filmed arc), where the far side is holes and smears.
+MIN_COVERAGE = 0.5  # a path frame's content coverage, relative to the input frames' (median)
+MAX_AWAY_DEG = 45.0  # how far around the look-at point a path camera may go from the nearest input view
+GRID = 4  # coverage: the image as GRID x GRID cells
+
+
+def coverage(cams: Cameras, points: Float[Tensor, "P 3"], grid: int = GRID) -> Float[Tensor, " N"]:
+    """Share of each camera's image, as grid x grid cells, in which some of `points` lie in front of it."""
+    z, inside = visible_points(points, cams)
+    xy = project(points[None], cams.K[:, None], cams.w2c[:, None])[0]
+    cell = (xy[..., 0] / cams.width * grid).long().clamp(0, grid - 1) * grid \
+        + (xy[..., 1] / cams.height * grid).long().clamp(0, grid - 1)
+    hit = torch.zeros(len(cams), grid * grid, dtype=torch.bool)
+    rows = torch.arange(len(cams))[:, None].expand_as(cell)
+    hit[rows[inside], cell[inside]] = True
+    return hit.float().mean(1)
+
+
+def angle_from_inputs(path_cams: Cameras, input_cams: Cameras, center: Float[Tensor, "3"]) -> Float[Tensor, " N"]:
+    """Degrees between each path camera's direction from `center` and the nearest input camera's."""
+    unit = lambda c: torch.nn.functional.normalize(c.centers - center, dim=-1)  # noqa: E731
+    cos = (unit(path_cams) @ unit(input_cams).T).max(1).values
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+
+
+def path_warning(scene, path: CameraPath, kind: str) -> str | None:
+    """One line saying why and where `path` (a `build_path` of `kind`) leaves the reconstructed scene and what to
+    try, or None when it stays inside."""
+    if kind in ("input", "stabilize"):
+        return None  # the clip's own cameras
+    content = scene.content_points()
+    # without points or depth the scene centre stands for the content: it must at least be in view
+    points, grid = (content, GRID) if content is not None else (torch.as_tensor(scene.center).float()[None], 1)
+    cams, center = path.cameras, scene.look_at_point()
+    wanted = MIN_COVERAGE * float(coverage(scene.cameras, points, grid).median())
+    low = coverage(cams, points, grid) < wanted
+    away = angle_from_inputs(cams, scene.cameras, center)
+    far = away > MAX_AWAY_DEG
+    if not (low.any() or far.any()):
+        return None
+    bad = (low | far).nonzero()[:, 0]
+    where = f"in frames {int(bad[0])}-{int(bad[-1])} of {len(cams)}"
+    if far.any():
+        why = (f"views the scene from up to {float(away.max()):.0f} degrees beyond the nearest input view {where} "
+               "(the clip never filmed it from there: expect holes and smears)")
+    else:
+        why = f"looks past the reconstructed scene {where} (under half the view holds scene content)"
+    # the arc the path had turned by its last good frame, rounded down to 5 degrees, keeping its sign
+    az = to_spherical(cams.centers, center, mean_image_up(scene.cameras), cams.centers[0])[0]
+    turned = float(az[int(bad[0]) - 1]) if int(bad[0]) > 0 else 0.0
+    safe = f"{math.copysign(max(5, 5 * int(abs(turned) // 5)), turned):g}"
+    hint = {"orbit": f"a smaller arc, e.g. --orbit {safe}",
+            "bullet-time": f"a smaller arc, e.g. --degrees {safe}",
+            "dolly": "a smaller --dolly",
+            "spiral": "--orbit 30 or --stabilize 0",
+            "camera-path": "a path made in this workspace's coordinates (each render writes its "
+                           "*-camera_path.json beside the video: start from one of those)"}.get(kind, "another path")
+    name = {"bullet-time": "the bullet-time arc", "camera-path": "the camera path"}.get(kind, f"the {kind}")
+    return f"{name} {why}; try {hint}"

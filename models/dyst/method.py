@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.cameras import Cameras, mean_image_up, scene_look_at
+from models.cameras import Cameras, mean_image_up
 from models.dyst.config import RETRAIN, VERSION, WEIGHTS, DySTConfig, read_meta
 from models.dyst.data import input_frames, squash
 from models.dyst.geometry import relative_move
@@ -119,7 +119,7 @@ class DySTRenderer:
         self.dynamics_seq, self.dynamics_times = self._source(options.dynamics_from, "--dynamics-from", "dynamics",
                                                               options.freeze_dynamics, "--freeze-dynamics")
         cams = scene.cameras
-        self.center = scene_look_at(cams, torch.as_tensor(scene.center, dtype=torch.float32))
+        self.center = scene.look_at_point()
         self.up = mean_image_up(cams)
         self.input_eyes = cams.centers
         self.input_times = scene.times

@@ -2,11 +2,11 @@
 
 GCD conditions on (Δazimuth, Δelevation, Δradius) of the output camera relative to the input camera, both
 on a sphere about the point they look at (Kubric: (0, 0, 1), z up). A monodyn scene has SfM cameras in an
-arbitrary frame, so here: the look-at point is where the input cameras' optical axes meet (least squares;
-for nearly parallel axes, the scene centre's distance in front of the mean camera), "up" is the input
+arbitrary frame, so here: the look-at point is where the input cameras' optical axes meet when that lies in
+front of them at the content's depth (else the median content depth along the mean view), "up" is the input
 cameras' mean image-up, azimuth is counter-clockwise about up seen from above, elevation is above the
 horizontal plane through the look-at point, and Δr is relative (r_target / r_input - 1) because SfM scale is
-arbitrary. The look-at point is `models.cameras.scene_look_at`, the one `monodyn render`'s paths use.
+arbitrary. The look-at point is `Scene.look_at_point`, the one `monodyn render`'s paths use.
 """
 
 from __future__ import annotations

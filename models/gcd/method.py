@@ -150,13 +150,12 @@ class GCDRenderer:
 
     def __init__(self, model: GCDModel, scene: Scene, options: GCDRenderOptions, device: torch.device,
                  cache_key: str | None = None):
-        from models.cameras import scene_look_at
         from models.gcd.geometry import image_up
 
         self.model, self.scene, self.options, self.device = model.to(device), scene, options, device
         self.chunk = model.cfg.num_frames
         self.cache_key = cache_key  # sampling is deterministic for a seed: the CLI caches the frames
-        self.center = scene_look_at(scene.cameras, torch.as_tensor(scene.center, dtype=torch.float32))
+        self.center = scene.look_at_point()
         self.up = image_up(scene.cameras)
 
     def input_frames(self, idx: Tensor) -> Float[Tensor, "N 3 h w"]:
