@@ -443,9 +443,13 @@ def path_warning(scene, path: CameraPath, kind: str) -> str | None:
                "(the clip never filmed it from there: expect holes and smears)")
     else:
         why = f"looks past the reconstructed scene {where} (under half the view holds scene content)"
-    # the arc the path had turned by its last good frame, rounded down to 5 degrees, keeping its sign
+    # the arc the path can turn before it goes too far (between its last good and first bad frame, where the
+    # angle crosses MAX_AWAY_DEG), rounded down to 5 degrees, keeping its sign
     az = to_spherical(cams.centers, center, mean_image_up(scene.cameras), cams.centers[0])[0]
-    turned = float(az[int(bad[0]) - 1]) if int(bad[0]) > 0 else 0.0
+    i = int(bad[0])
+    turned = float(az[i - 1]) if i > 0 else 0.0
+    if i > 0 and far[i] and not low[i]:
+        turned += float((az[i] - az[i - 1]) * (MAX_AWAY_DEG - away[i - 1]) / (away[i] - away[i - 1]).clamp(min=1e-6))
     safe = f"{math.copysign(max(5, 5 * int(abs(turned) // 5)), turned):g}"
     hint = {"orbit": f"a smaller arc, e.g. --orbit {safe}",
             "bullet-time": f"a smaller arc, e.g. --degrees {safe}",

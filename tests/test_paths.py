@@ -142,11 +142,13 @@ def test_warning_for_an_orbit_beyond_the_filmed_arc():
         path, _ = paths.build_path(scene, kind, 13, **kw)
         assert paths.path_warning(scene, path, kind) is None, kind
     # 10 degrees a frame from the first input camera; the inputs span 0..30 degrees, so azimuth 70 is 40 degrees
-    # from the nearest input view and 80 is 50: frame 8 is the first too far
+    # from the nearest input view and 80 is 50: frame 8 is the first too far, and 75 the widest arc that is not
     path, _ = paths.build_path(scene, "orbit", 19, orbit_degrees=180)
     warning = paths.path_warning(scene, path, "orbit")
     assert warning.startswith("the orbit views the scene from up to 150 degrees beyond the nearest input view in "
-                              "frames 8-18 of 19") and warning.endswith("try a smaller arc, e.g. --orbit 70")
+                              "frames 8-18 of 19") and warning.endswith("try a smaller arc, e.g. --orbit 75")
+    path, _ = paths.build_path(scene, "bullet-time", 4, bullet_time_at=0.0, degrees=-180)  # the other way: 60 a frame
+    assert paths.path_warning(scene, path, "bullet-time").endswith("try a smaller arc, e.g. --degrees -45")
 
 
 def test_warning_for_a_camera_path_looking_away(tmp_path):

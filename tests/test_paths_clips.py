@@ -76,3 +76,20 @@ def test_every_path_keeps_the_scene_in_view(scene, tmp_path):
         assert float(front.min()) > 0.9, f"{label}: content behind the camera ({front.tolist()})"
         if kind != "dolly":  # moving in crops the view by design; coverage (in path_warning) is its check
             assert float(seen.min()) > 0.5, f"{label}: most content outside the image ({seen.tolist()})"
+
+
+def test_render_warns_when_the_path_leaves_the_scene(tmp_path):
+    """`monodyn render` prints path_warning's line in the warning style and still renders (GCD, tiny and
+    untrained: the cheapest renderer that needs no fit)."""
+    from conftest import preprocessed_synth
+
+    ws = preprocessed_synth(tmp_path, seed=2, frames=4)
+
+    def render(*path: str) -> str:
+        res = CliRunner().invoke(app, ["render", "-w", str(ws), "-q", *path, "--frames", "2", "-m", "gcd",
+                                       "--steps", "1", "-o", str(tmp_path / "out.mp4")])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    assert "warning: the orbit views the scene from up to" in render("--orbit", "180")
+    assert "warning" not in render("--orbit", "30")

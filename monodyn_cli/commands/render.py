@@ -112,6 +112,8 @@ def _render(*, workspace, method, impl, options, kind, orbit, bullet_time, dolly
     n = frames or (max(60, scene.num_frames) if bullet_time is not None else scene.num_frames)
     path, label = paths.build_path(scene, kind, n, orbit_degrees=orbit, bullet_time_at=bullet_time,
                                    dolly_amount=dolly, stabilize=stabilize, camera_path=camera_path, degrees=degrees, hold_time=hold_time)
+    if (warning := paths.path_warning(scene, path, kind)) is not None:
+        RichProgress(quiet).warn(warning)
     cams, times = path
     if scale != 1.0:
         cams = cams.scaled(scale)
