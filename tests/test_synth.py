@@ -338,3 +338,151 @@ def test_write_mp4_pads_odd_sizes_and_replaces_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
     with pytest.raises(ValueError):
         write_mp4(path, frames.astype(np.float32), fps=10)
+
+
+# ---- the NVIDIA rig protocol and articulated figures ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def figure_scene():
+    """A rigid object and an articulated figure (mixed movers), seen by a 4-camera rig."""
+    return generate_scene(SynthConfig(seed=1, objects=2, movers="mixed", camera="rig", rig_cameras=4,
+                                      heldout_azimuths=(30.0,), fixed_cameras=0, frames=8, width=96, height=72))
+
+
+def test_rig_frame_t_is_taken_by_rig_camera_t_mod_r(figure_scene):
+    inp, rig0 = figure_scene.view("input"), figure_scene.view("rig0")
+    w2c = inp.cameras.w2c
+    for t in range(len(w2c)):
+        torch.testing.assert_close(w2c[t], w2c[t % 4], atol=0, rtol=0)
+        torch.testing.assert_close(rig0.cameras.w2c[t], w2c[0], atol=0, rtol=0)
+    # the same camera at the same time: the same picture (rig camera 0 at t = 0 and 4 is an input frame)
+    np.testing.assert_array_equal(rig0.rgb[[0, 4]], inp.rgb[[0, 4]])
+    assert np.abs(rig0.rgb[1].astype(int) - inp.rgb[1]).mean() > 1  # other rig cameras see it from elsewhere
+    # a short horizontal arc facing the scene: one height, baseline a modest fraction of the distance
+    C = inp.cameras.centers[:4]
+    centre = torch.tensor(figure_scene.meta["scene_centre"], dtype=torch.float32)
+    assert float((C[:, 2] - C[0, 2]).abs().max()) < 1e-5
+    baseline = float((C[3] - C[0]).norm()) / float((C[0] - centre).norm())
+    assert 0.1 < baseline < 0.35
+    steps = (C[1:] - C[:-1]).norm(dim=-1)
+    torch.testing.assert_close(steps, steps.mean().expand(3), atol=1e-4, rtol=0)  # evenly spread
+    assert figure_scene.meta["camera_motion"] == "rig" and figure_scene.meta["rig_cameras"] == 4
+    roles = {c["name"]: c["role"] for c in figure_scene.meta["cameras"]}
+    assert roles["rig0"] == "fixed"  # what `monodyn eval --protocol synth` scores beside the held-out cameras
+
+
+def test_figure_parts_move_relative_to_each_other():
+    spec = build_scene(SynthConfig(seed=2, objects=1, movers="articulated", frames=12, width=32, height=24))
+    fig = spec.objects[0]
+    assert fig.shape == "figure" and [p.name for p in fig.parts][:2] == ["torso", "head"]
+    P = spec.parts()[1].object_to_world().astype(np.float64)  # (parts, T, 4, 4)
+    relative = np.linalg.inv(P[0])[None] @ P  # every part in the torso's frame
+    np.testing.assert_allclose(relative[0], np.broadcast_to(np.eye(4), relative[0].shape), atol=1e-5)
+    np.testing.assert_allclose(relative[1], relative[1][:1].repeat(12, 0), atol=1e-5)  # the head is fixed
+    names = [p.name for p in fig.parts]
+    swing = {}
+    for i, name in enumerate(names[2:], 2):
+        R = relative[i, :, :3, :3]
+        angle = np.degrees(np.arccos(np.clip((np.trace(R[0].T @ R, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+        assert angle.max() > 10, f"{name} barely moves relative to the torso"
+        swing[name] = R[:, 0, 2]  # forward component of the limb's axis
+    # legs swing against each other, each arm against the leg on its side
+    assert np.corrcoef(swing["leg_left"], swing["leg_right"])[0, 1] < -0.9
+    assert np.corrcoef(swing["leg_left"], swing["arm_left"])[0, 1] < -0.9
+    # the written object pose is the torso's
+    np.testing.assert_allclose(spec.poses.object_to_world()[0], P[0], atol=1e-6)
+
+
+def test_figures_never_touch_anything():
+    from monodyn_cli.synth.scene import geometry_checks
+
+    for seed in range(3):
+        spec = build_scene(SynthConfig(seed=seed, objects=3, movers="articulated", frames=24, width=32, height=24))
+        c = geometry_checks(spec, spec.poses)
+        assert c["penetration_objects"] == 0 and c["penetration_background"] == 0 and not c["camera_inside_object"]
+        z = spec.parts()[1].t[..., 2]
+        assert z.min() > 0  # standing on the ground, not in it
+
+
+def _figure_parts_at(scene, view, t):
+    """World points (H,W,3) of frame t and, per pixel, the part it lies on (-1 for the background): among its
+    instance's parts, the one whose surface it is nearest to."""
+    H, W = view.depth.shape[1:]
+    X = unproject(pixel_grid(W, H), torch.tensor(np.asarray(view.depth[t])), view.cameras.K[t], view.cameras.w2c[t])
+    X = X.double().numpy()
+    P = scene.part_poses().astype(np.float64)
+    part = np.full((H, W), -1)
+    first = 0
+    sds = []
+    for k, o in enumerate(scene.meta["objects"]):
+        parts = o.get("parts") or [o]
+        mine = view.instances[t] == k + 1
+        dist = []
+        for i, p in enumerate(parts):
+            M = P[first + i, t]
+            local = (X - M[:3, 3]) @ np.linalg.inv(M[:3, :3]).T
+            sd = signed_distance(p["shape"], tuple(p["size"]), local) * np.cbrt(np.linalg.det(M[:3, :3]))
+            sds.append(sd)
+            dist.append(np.abs(sd))
+        part[mine] = first + np.argmin(np.stack(dist), 0)[mine]
+        first += len(parts)
+    return X, part, np.stack(sds)
+
+
+def test_figure_flow_is_its_parts_moved_and_reprojected(figure_scene):
+    P = figure_scene.part_poses().astype(np.float64)
+    figure = 2  # instance id of the figure (object 1 of a mixed scene)
+    n_checked = rigid_off = 0
+    for camera in figure_scene.camera_names:
+        view = figure_scene.view(camera)
+        tol_view = 1e-4 * view.depth
+        for i in range(view.depth.shape[0] - 1):
+            for src, dst, flow, valid in ((i, i + 1, view.flow_fw[i], view.valid_fw[i]),
+                                          (i + 1, i, view.flow_bw[i], view.valid_bw[i])):
+                X, part, sds = _figure_parts_at(figure_scene, view, src)
+                tol = tol_view[src] + 1e-5
+                on = np.take_along_axis(np.abs(sds), np.clip(part, 0, None)[None], 0)[0]
+                assert (on[part >= 0] < tol[part >= 0]).all(), "an object pixel lies on none of its parts"
+                assert (sds > -tol[None]).all(), "a pixel shows a point inside a part"
+                Xh = np.concatenate([X, np.ones_like(X[..., :1])], -1)
+                moved = X.copy()
+                for p in np.unique(part[part >= 0]):
+                    m = part == p
+                    moved[m] = (Xh[m] @ (P[p, dst] @ np.linalg.inv(P[p, src])).T)[:, :3]
+                H, W = part.shape
+                xy2, _ = project(torch.tensor(moved, dtype=torch.float32), view.cameras.K[dst], view.cameras.w2c[dst])
+                xy = pixel_grid(W, H)
+                ok = torch.tensor(valid & (view.instances[src] == figure))
+                err = (xy2 - xy - torch.tensor(flow))[ok].abs().max().item() if ok.any() else 0.0
+                assert err < 1e-3, f"{camera} {src}->{dst}: figure flow off by {err} px"
+                n_checked += int(ok.sum())
+                # moving every figure pixel with the torso alone would not do: the figure is not rigid
+                Mt = P[1, dst] @ np.linalg.inv(P[1, src])  # part 1 is the figure's torso
+                rigid = torch.tensor((Xh @ Mt.T)[..., :3], dtype=torch.float32)
+                xy3, _ = project(rigid, view.cameras.K[dst], view.cameras.w2c[dst])
+                rigid_off = max(rigid_off, (xy3 - xy2)[ok].norm(dim=-1).max().item() if ok.any() else 0.0)
+    assert n_checked > 200
+    assert rigid_off > 1.0
+
+
+def test_cli_rig_and_figures(tmp_path):
+    out = tmp_path / "nv"
+    res = CliRunner().invoke(_cli(), ["synth", str(out), "--frames", "5", "--width", "32", "--height", "24",
+                                      "--camera", "rig", "--rig-cameras", "3", "--movers", "articulated",
+                                      "--heldout-azimuths", "", "--fixed-cameras", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    gt = load_gt(out)
+    assert gt.camera_names == ["input", "rig0"] and gt.meta["movers"] == "articulated"
+    assert gt.part_poses().shape == (2 * 6, 5, 4, 4) and gt.object_poses().shape == (2, 5, 4, 4)
+    np.testing.assert_array_equal(gt.view("rig0").rgb[[0, 3]], gt.view("input").rgb[[0, 3]])
+    for bad in (["--camera", "rig", "--rig-cameras", "1"], ["--movers", "jelly"]):
+        res = CliRunner().invoke(_cli(), ["synth", str(tmp_path / "bad"), *bad, "--quiet"])
+        assert res.exit_code == 1 and res.output.startswith("error:"), res.output
+
+
+def test_rigid_scenes_have_no_part_files(tmp_path):
+    out = synthesize(SynthConfig(seed=0, frames=3, width=16, height=12, heldout_azimuths=(), fixed_cameras=0),
+                     tmp_path / "s")
+    gt = load_gt(out)
+    assert not (out / "gt" / "parts.npy").exists() and "movers" not in gt.meta and "rig_cameras" not in gt.meta
+    np.testing.assert_array_equal(gt.part_poses(), gt.object_poses())

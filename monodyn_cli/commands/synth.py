@@ -11,7 +11,7 @@ from monodyn_cli.console import RichProgress, handle_errors, stdout
 
 
 def register(app: typer.Typer) -> None:
-    app.command(help="Generate a synthetic dynamic scene: input.mp4 from a moving (or static) camera plus exact "
+    app.command(help="Generate a synthetic dynamic scene: input.mp4 from a moving (static, or rig) camera plus exact "
                      "ground truth (rgb, depth, instances, flow, visibility, cameras, object poses) for the input, "
                      "held-out and fixed cameras, and optional object-scale variants (OSN).")(synth)
 
@@ -42,7 +42,14 @@ def synth(
     width: int = typer.Option(256, help="Image width in pixels."),
     height: int = typer.Option(192, help="Image height in pixels."),
     objects: int = typer.Option(2, help="Number of moving objects (0..8)."),
-    camera: str = typer.Option("moving", help="Input camera: moving (a ~35 degree arc around the scene) or static."),
+    camera: str = typer.Option("moving", help="Input camera: moving (a ~35 degree arc around the scene), static, or rig "
+                                              "(the NVIDIA Dynamic Scenes protocol: frame t is taken by camera t mod "
+                                              "--rig-cameras of a fixed rig on a short arc; ground truth 'rig0' is rig "
+                                              "camera 0 while time plays)."),
+    rig_cameras: int = typer.Option(12, help="Cameras of the --camera rig (NVIDIA's rig has 12)."),
+    movers: str = typer.Option("rigid", help="Moving objects: rigid (spheres, boxes, cylinders), articulated (walking "
+                                             "figures: torso, head, swinging arms and legs) or mixed (every other one "
+                                             "a figure)."),
     heldout_azimuths: str = typer.Option("30,90,180", help="Held-out cameras: the input trajectory rotated by these "
                                                             "azimuths in degrees (comma-separated; '' for none)."),
     fixed_cameras: int = typer.Option(2, help="Number of extra static cameras at other azimuths / elevations."),
@@ -67,7 +74,7 @@ def synth(
         raise InputError(f"--crf must be within 0..51, got {crf}")
     device = str(resolve_device(device))
     cfg = SynthConfig(seed=seed, frames=frames, width=width, height=height, fps=fps, objects=objects,
-                      camera=camera, heldout_azimuths=_parse_azimuths(heldout_azimuths),
+                      camera=camera, rig_cameras=rig_cameras, movers=movers, heldout_azimuths=_parse_azimuths(heldout_azimuths),
                       fixed_cameras=fixed_cameras, room=room,
                       stabilized_frames=_parse_frames(stabilized),
                       scale_variants=parse_scale_variants(scale_variants, objects))

@@ -1,12 +1,15 @@
 """Procedural dynamic multi-view scenes with exact ground truth (our Kubric-4D / DySO-like generator).
 
 A z-up room (textured floor, four walls, ceiling; or `room=False`: a ground plane under a sky at infinity)
-holds K rigid objects (spheres, boxes, cylinders) whose procedural textures live in the objects' own
-coordinates. Objects slide, roll, hop and tumble smoothly without touching each other or the ground
-(checked). The input camera sweeps ~30-40 degrees of azimuth around the scene centre (or stays still);
-held-out cameras are that trajectory rotated about the vertical axis through the centre; fixed cameras
-stay still elsewhere. Every camera sees every frame. Rendering is analytic ray casting (`raycast.py`):
-depth, instance ids and flow are exact, not estimated.
+holds K moving objects whose procedural textures live in the objects' own coordinates: rigid spheres, boxes
+and cylinders, or (`movers="articulated"`/`"mixed"`, figures.py) walking figures whose torso, head, arms
+and legs are rigid parts posed relative to each other under one instance id: non-rigid movers. Objects
+slide, roll, hop, tumble and walk smoothly without touching each other or the ground (checked). The input
+camera sweeps ~30-40 degrees of azimuth around the scene centre, stays still, or (`camera="rig"`, the
+NVIDIA Dynamic Scenes protocol) is a rig of R fixed cameras on a short horizontal arc where frame t is taken
+by rig camera t mod R; held-out cameras are the input trajectory rotated about the vertical axis through
+the centre; fixed cameras stay still elsewhere ("rig0": rig camera 0). Every camera sees every frame.
+Rendering is analytic ray casting (`raycast.py`): depth, instance ids and flow are exact, not estimated.
 
 Python API (memory or disk):
 
@@ -22,9 +25,14 @@ On disk (`monodyn synth OUT_DIR`); T frames, H x W pixels, K objects, frame inde
                                        objects [{id, shape, size (half-sizes), motion, bounding_radius,
                                        colour}], cameras [{name, role, azimuth_offset}], variants
                                        [{name, scales, penetration_objects, penetration_background,
-                                       camera_inside_object, input_changed_fraction, valid}]
-    OUT_DIR/gt/objects.npy             (K,T,4,4) float32 object-to-world (s R | t): local p -> world
-    OUT_DIR/gt/<camera>/               camera = input | heldout_az<deg> | fixed<i>
+                                       camera_inside_object, input_changed_fraction, valid}]; figures
+                                       add objects[k].parts [{name, shape, size, hinge, offset, axis,
+                                       amplitude, omega, phase}] and "movers"; a rig adds "rig_cameras"
+    OUT_DIR/gt/objects.npy             (K,T,4,4) float32 object-to-world (s R | t): local p -> world (a
+                                       figure's frame is its torso's)
+    OUT_DIR/gt/parts.npy               only with figures: (P,T,4,4) part-to-world of every primitive, object
+                                       by object (a rigid object is one part; a figure's follow objects[k].parts)
+    OUT_DIR/gt/<camera>/               camera = input | heldout_az<deg> | fixed<i> | stabilized<F> | rig0
         rgb.npy        (T,H,W,3) uint8     the rendered frames (input.mp4 is these, encoded)
         depth.npy      (T,H,W) float32     camera-space z; inf only for sky pixels (no room)
         instances.npy  (T,H,W) uint8       0 static background, k+1 object k

@@ -9,7 +9,7 @@ Flow is geometric, not estimated: the surface point seen at pixel x in frame t (
 objects, the world point for the static background, a direction for the sky) is moved to frame t' with
 its object's pose at t' and projected into the camera of frame t'. It is visible there when it lies in
 front of that camera, inside the image, and the ray cast from that camera through the projected
-(sub-pixel) position at time t' first hits the same instance at the same depth (relative tolerance
+(sub-pixel) position at time t' first hits the same part at the same depth (relative tolerance
 `VIS_TOL`): an exact occlusion test, the limit of comparing with the other frame's depth map. The room
 is convex seen from inside, so only objects can occlude: the visibility ray is tested against objects only.
 """
@@ -82,15 +82,19 @@ class _Texture:
 
 
 class _Scene:
-    """The spec's numbers as tensors on one device, for one pose set (base scene or a variant)."""
+    """The spec's numbers as tensors on one device, for one pose set (base scene or a variant).
+
+    Rays are cast against primitives ("parts": a rigid object is one, a figure several); `owner` maps a part
+    id (part index + 1, 0 for the background) to the instance id its pixels get."""
 
     def __init__(self, spec: SceneSpec, variant: str | None, device):
-        poses = spec.poses_for(variant)
+        parts, poses = spec.parts(variant)
         f = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-        self.shapes = [o.shape for o in spec.objects]
-        self.sizes = [f(o.size) for o in spec.objects]
-        self.bounds = [o.bounding_radius for o in spec.objects]
-        self.textures = [_Texture.of(o.texture, device) for o in spec.objects]
+        self.shapes = [o.shape for o in parts]
+        self.sizes = [f(o.size) for o in parts]
+        self.bounds = [o.bounding_radius for o in parts]
+        self.textures = [_Texture.of(o.texture, device) for o in parts]
+        self.owner = torch.tensor([0] + [o.owner + 1 for o in parts], device=device)
         self.scale, self.R, self.t = f(poses.scale), f(poses.R), f(poses.t)
         bg = spec.background
         self.room, self.half_size, self.height = bg.room, bg.half_size, bg.height
@@ -231,12 +235,12 @@ def _per_ray(table: Tensor, fi: Tensor) -> Tensor:
 
 
 def _cast_objects(sc: _Scene, cams: Cameras, tab: _Tables, xy: Float[Tensor, "F P 2"], lam: Float[Tensor, "F P"],
-                  inst: Int[Tensor, "F P"], keep: bool = False) -> list:
-    """Lower `lam` (in place) to each object's entry along the rays through pixel positions xy where it is
-    closer, setting `inst` to k + 1. With `keep`, returns per object the candidate rays
+                  part: Int[Tensor, "F P"], keep: bool = False) -> list:
+    """Lower `lam` (in place) to each part's entry along the rays through pixel positions xy where it is
+    closer, setting the part ids `part` to k + 1. With `keep`, returns per part the candidate rays
     (index, frame-in-chunk, local origin, local direction, entry) or None."""
     F, P = lam.shape
-    lam_flat, inst_flat, xy_flat = lam.view(-1), inst.view(-1), xy.reshape(-1, 2)
+    lam_flat, part_flat, xy_flat = lam.view(-1), part.view(-1), xy.reshape(-1, 2)
     fx, fy, cx, cy = cams.K[0, 0, 0], cams.K[0, 1, 1], cams.K[0, 0, 2], cams.K[0, 1, 2]
     kept = []
     for k, shape in enumerate(sc.shapes):
@@ -255,7 +259,7 @@ def _cast_objects(sc: _Scene, cams: Cameras, tab: _Tables, xy: Float[Tensor, "F 
         closer = lam_k < lam_flat.index_select(0, idx)
         sel = idx[closer]
         lam_flat.index_copy_(0, sel, lam_k[closer])
-        inst_flat.index_fill_(0, sel, k + 1)
+        part_flat.index_fill_(0, sel, k + 1)
         kept.append((idx, fi, o_l, d_l, lam_k) if keep else None)
     return kept
 
@@ -316,11 +320,12 @@ class _Hits:
 
     lam: Tensor  # (N,) z-depth, inf for sky
     bg_surf: Tensor  # (N,) background surface behind / at the pixel
+    part: Tensor  # (N,) part id (part index + 1; 0 background)
     inst: Tensor  # (N,) instance id
     d: Tensor  # (N,3) world ray direction (unit camera-z)
     world: Tensor  # (N,3) hit point (sky: the ray direction)
     sky: Tensor | None  # (N,) bool, None when the scene has a room
-    objects: list  # per visible object: (k, pixel index, frame-in-chunk index, local point, local ray direction)
+    objects: list  # per visible part: (k, pixel index, frame-in-chunk index, local point, local ray direction)
 
 
 def _pixel_dirs(cams: Cameras, tab: _Tables, xy: Float[Tensor, "F P 2"]) -> Float[Tensor, "F P 3"]:
@@ -341,23 +346,23 @@ def _hits(sc: _Scene, cams: Cameras, tab: _Tables, xy: Float[Tensor, "1 P 2"],
     else:
         lam, bg_surf = background[0].expand(F, P).clone(), background[1].expand(F, P).clone()
         d = background[2].expand(F, P, 3)
-    inst = torch.zeros_like(bg_surf)
-    kept = _cast_objects(sc, cams, tab, xy, lam, inst, keep=True)
+    part = torch.zeros_like(bg_surf)
+    kept = _cast_objects(sc, cams, tab, xy, lam, part, keep=True)
     world = tab.origin + torch.where(torch.isfinite(lam), lam, 0.0)[..., None] * d
     sky = None
     if not sc.room:
-        sky = ((inst == 0) & (bg_surf == SKY)).view(-1)
+        sky = ((part == 0) & (bg_surf == SKY)).view(-1)
         world = torch.where(sky.view(F, P, 1), d, world)
-    lam, bg_surf, inst = lam.view(-1), bg_surf.view(-1), inst.view(-1)
+    lam, bg_surf, part = lam.view(-1), bg_surf.view(-1), part.view(-1)
     objects = []
     for k, cand in enumerate(kept):
         if cand is None:
             continue
         idx, fi, o_l, d_l, lam_k = cand
-        win = inst.index_select(0, idx) == k + 1
+        win = part.index_select(0, idx) == k + 1
         if bool(win.any()):
             objects.append((k, idx[win], fi[win], o_l[win] + lam_k[win, None] * d_l[win], d_l[win]))
-    return _Hits(lam, bg_surf, inst, d.reshape(-1, 3), world.view(-1, 3), sky, objects)
+    return _Hits(lam, bg_surf, part, sc.owner[part], d.reshape(-1, 3), world.view(-1, 3), sky, objects)
 
 
 def _object_colours(sc: _Scene, tab: _Tables, hits: _Hits, focal: float, rgb: Float[Tensor, "N 3"]) -> None:
@@ -397,16 +402,16 @@ def _flow(sc: _Scene, cams: Cameras, dst: _Tables, hits: _Hits, xy: Float[Tensor
     inside = front & (xy_dst[..., 0] >= 0) & (xy_dst[..., 0] < cams.width) & (xy_dst[..., 1] >= 0) \
         & (xy_dst[..., 1] < cams.height)
     # visibility: the ray through the moved point's projection starts "at" the point itself (its own
-    # instance, depth z (1 + tol/2)); any object entered before that takes over
+    # part, depth z (1 + tol/2)); any part entered before that takes over, a figure's other parts included
     lam = z * (1 + 0.5 * VIS_TOL)
-    own = hits.inst.view(F, P)
+    own = hits.part.view(F, P)
     if hits.sky is not None:
         lam = torch.where(hits.sky.view(F, P), torch.inf, lam)
-    inst = own.clone()
-    _cast_objects(sc, cams, dst, xy_dst, lam, inst)
-    same = (inst == own) & ((lam - z).abs() <= VIS_TOL * z)
+    part = own.clone()
+    _cast_objects(sc, cams, dst, xy_dst, lam, part)
+    same = (part == own) & ((lam - z).abs() <= VIS_TOL * z)
     if hits.sky is not None:
-        same |= hits.sky.view(F, P) & (inst == 0)
+        same |= hits.sky.view(F, P) & (part == 0)
     return flow, inside & same
 
 

@@ -1,4 +1,4 @@
-"""Scene description: objects, textures, rigid motion, cameras and scale variants (deterministic from a seed).
+"""Scene description: objects, motion, cameras and scale variants (deterministic from a seed).
 
 World is z-up with the ground plane at z = 0; the scene centre sits above the origin. Distances are in
 arbitrary "units" (objects are ~0.3-0.5 units in radius, cameras ~5 units from the centre). Object time is
@@ -6,13 +6,12 @@ the frame index t (seconds = t / fps); object motion is defined in seconds, so a
 speeds, while the input camera's sweep spans the clip whatever its length.
 
 Everything random comes from `numpy.random.default_rng([seed, stream, ...])`, one stream per purpose
-(object k's shape and texture, the motion, the cameras, the room), so adding held-out or fixed cameras or
-scale variants leaves the rest of the scene unchanged.
+(object k's shape and texture, the motion, the cameras, the room, figure k), so adding held-out or fixed
+cameras or scale variants leaves the rest of the scene unchanged.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 from dataclasses import dataclass, field
 
@@ -21,6 +20,9 @@ import torch
 
 from models.cameras import Cameras, intrinsics_from_fov, look_at
 from models.errors import InputError
+from monodyn_cli.synth.figures import PartSpec, ground_height, part_transforms, sample_figure
+from monodyn_cli.synth.geometry import lowest_point_offset, random_rotation, rotation, signed_distance, surface_samples, unit
+from monodyn_cli.synth.textures import TextureSpec, background_texture, object_texture
 
 SCENE_VERSION = 1  # bump when the meaning of the written arrays / scene.json changes
 SHAPES = ("sphere", "box", "cylinder")
@@ -28,7 +30,10 @@ MAX_OBJECTS = 8
 GROUND_GAP = 1e-3  # resting objects float this far above the ground, so touching is not interpenetrating
 CENTRE_Z = 0.4
 
-_STREAM_OBJECTS, _STREAM_PATHS, _STREAM_CAMERAS, _STREAM_BACKGROUND = 1, 2, 3, 4
+_STREAM_OBJECTS, _STREAM_PATHS, _STREAM_CAMERAS, _STREAM_BACKGROUND, _STREAM_FIGURES = 1, 2, 3, 4, 5
+CAMERA_MODES = ("moving", "static", "rig")
+MOVERS = ("rigid", "articulated", "mixed")
+RIG_SPAN_OF_SWEEP = 1 / 3  # the rig spans a third of the moving camera's 30-40 degree sweep: ~20% of the distance
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,11 @@ class SynthConfig:
     height: int = 192
     fps: float = 12.0
     objects: int = 2
-    camera: str = "moving"  # the input camera: "moving" (an arc around the centre) or "static"
+    # the input camera: "moving" (an arc around the centre), "static", or "rig": `rig_cameras` fixed cameras on a
+    # short horizontal arc, frame t taken by rig camera t mod rig_cameras (the NVIDIA Dynamic Scenes protocol)
+    camera: str = "moving"
+    rig_cameras: int = 12
+    movers: str = "rigid"  # "rigid" objects, "articulated" figures (figures.py), or "mixed" (every other one a figure)
     heldout_azimuths: tuple[float, ...] = (30.0, 90.0, 180.0)  # degrees; the input trajectory rotated about z
     fixed_cameras: int = 2
     stabilized_frames: tuple[int, ...] = ()  # input frames whose camera is held fixed while time plays ("stabilized<F>")
@@ -59,8 +68,12 @@ class SynthConfig:
             raise InputError(f"--fps must be positive, got {self.fps}")
         if not 0 <= self.objects <= MAX_OBJECTS:
             raise InputError(f"--objects must be within 0..{MAX_OBJECTS}, got {self.objects}")
-        if self.camera not in ("moving", "static"):
-            raise InputError(f"--camera must be moving or static, got {self.camera!r}")
+        if self.camera not in CAMERA_MODES:
+            raise InputError(f"--camera must be one of {', '.join(CAMERA_MODES)}, got {self.camera!r}")
+        if not 2 <= self.rig_cameras <= 64:
+            raise InputError(f"--rig-cameras must be within 2..64, got {self.rig_cameras}")
+        if self.movers not in MOVERS:
+            raise InputError(f"--movers must be one of {', '.join(MOVERS)}, got {self.movers!r}")
         if any(not 0 <= f < self.frames for f in self.stabilized_frames):
             raise InputError(f"--stabilized frames must be within 0..{self.frames - 1}, got {self.stabilized_frames}")
         if not 0 <= self.fixed_cameras <= 16:
@@ -104,45 +117,74 @@ def heldout_name(azimuth: float) -> str:
 
 
 @dataclass
-class TextureSpec:
-    """Procedural albedo in a surface's own coordinates (object-local for objects, world for the room):
-    a 3D checker of cell size `period` on the lattice `lattice` (3x3 rotation, columns = lattice axes)
-    blending `colour_a`/`colour_b`, times (1 + sum of plane waves), each wave m with wave vector
-    `wave_k[m]` (rad per unit), phase and an RGB amplitude `wave_colour[m]`. Colours are (S,3): one row
-    per surface of the owner (1 for objects, 6 for the room). Each checker cell is also shifted in
-    colour by a hash of its index (`cell_colour`)."""
-
-    period: float
-    lattice: np.ndarray
-    phase: np.ndarray
-    colour_a: np.ndarray
-    colour_b: np.ndarray
-    wave_k: np.ndarray
-    wave_phase: np.ndarray
-    wave_colour: np.ndarray
-    cell_colour: np.ndarray  # (2,3): per-cell colour shift = (hash1 - 0.5, hash2 - 0.5) @ cell_colour
-
-
-@dataclass
 class ObjectSpec:
-    """One rigid object. Sizes are half-sizes in its local frame: sphere (r,), box (hx, hy, hz),
-    cylinder (r, h) with the axis along local z. motion: "ground" (rests on the ground; boxes and
-    cylinders slide and spin about z, spheres roll) or "air" (tumbles above the ground)."""
+    """One moving object (one instance id). Sizes are half-sizes in its local frame: sphere (r,), box
+    (hx, hy, hz), cylinder (r, h) with the axis along local z. motion: "ground" (rests on the ground; boxes
+    and cylinders slide and spin about z, spheres roll), "air" (tumbles above the ground) or "walk" (a
+    figure). A figure (shape "figure") is the union of its `parts`, each posed relative to the object's
+    frame (its torso); a rigid object is its own single part."""
 
     id: int
     shape: str
     size: tuple[float, ...]
     motion: str
     texture: TextureSpec
+    parts: tuple[PartSpec, ...] = ()
+
+    @property
+    def bounding_radius(self) -> float:
+        if self.parts:
+            return max(p.reach for p in self.parts)
+        return float(np.linalg.norm(self.size)) if self.shape != "sphere" else self.size[0]
+
+    def to_json(self) -> dict:
+        out = {"id": self.id, "shape": self.shape, "size": list(self.size), "motion": self.motion,
+               "bounding_radius": self.bounding_radius, "colour": self.texture.colour_a[0].round(4).tolist()}
+        if self.parts:
+            out["parts"] = [p.to_json() for p in self.parts]
+        return out
+
+
+@dataclass
+class Primitive:
+    """What the ray caster intersects: one sphere, box or cylinder, drawn as instance `owner + 1`."""
+
+    owner: int  # index of its object
+    shape: str
+    size: tuple[float, ...]
+    texture: TextureSpec
 
     @property
     def bounding_radius(self) -> float:
         return float(np.linalg.norm(self.size)) if self.shape != "sphere" else self.size[0]
 
-    def to_json(self) -> dict:
-        return {"id": self.id, "shape": self.shape, "size": list(self.size), "motion": self.motion,
-                "bounding_radius": self.bounding_radius,
-                "colour": self.texture.colour_a[0].round(4).tolist()}
+
+def primitives(objects: list[ObjectSpec]) -> list[Primitive]:
+    """Every object's parts in order (a rigid object: itself), the layout of `part_poses`."""
+    return [Primitive(k, p.shape, p.size, p.texture) for k, o in enumerate(objects)
+            for p in (o.parts or (o,))]
+
+
+def part_poses(objects: list[ObjectSpec], poses: Poses, fps: float) -> Poses:
+    """World poses (T,P) of every primitive from the objects' poses (T,K): a rigid object's are its own
+    numbers; a figure part's compose the figure's pose with the part's swing at t / fps seconds."""
+    scale, R, t = [], [], []
+    tau = np.arange(poses.scale.shape[0]) / fps
+    for k, o in enumerate(objects):
+        if not o.parts:
+            scale.append(poses.scale[:, k:k + 1])
+            R.append(poses.R[:, k:k + 1])
+            t.append(poses.t[:, k:k + 1])
+            continue
+        Rl, tl = part_transforms(o.parts, tau)
+        Ro, s = poses.R[:, k, None].astype(np.float64), poses.scale[:, k, None].astype(np.float64)
+        scale.append(np.repeat(poses.scale[:, k:k + 1], len(o.parts), 1))
+        R.append((Ro @ Rl).astype(np.float32))
+        t.append((s[..., None] * (Ro @ tl[..., None])[..., 0] + poses.t[:, k, None]).astype(np.float32))
+    T = poses.scale.shape[0]
+    if not scale:
+        return Poses(np.ones((T, 0), np.float32), np.zeros((T, 0, 3, 3), np.float32), np.zeros((T, 0, 3), np.float32))
+    return Poses(np.concatenate(scale, 1), np.concatenate(R, 1), np.concatenate(t, 1))
 
 
 @dataclass
@@ -222,6 +264,10 @@ class SceneSpec:
                 return v.poses
         raise KeyError(f"no scale variant {variant!r}; have {[v.name for v in self.variants]}")
 
+    def parts(self, variant: str | None = None) -> tuple[list[Primitive], Poses]:
+        """The primitives to ray cast and their world poses (T,P) in the base scene or a scale variant."""
+        return primitives(self.objects), part_poses(self.objects, self.poses_for(variant), self.cfg.fps)
+
     def to_json(self) -> dict:
         cfg = self.cfg
         return {
@@ -236,127 +282,23 @@ class SceneSpec:
             "cameras": [{"name": c.name, "role": c.role, "azimuth_offset": c.azimuth_offset}
                         for c in self.cameras.values()],
             "variants": [{"name": v.name, "scales": list(v.scales), **v.checks} for v in self.variants],
+            # new keys only where used, so that existing scenes' scene.json stays byte for byte the same
+            **({"rig_cameras": cfg.rig_cameras, "rig": "input frame t is taken by rig camera t mod rig_cameras; "
+                "rig0 is rig camera 0 at every time"} if cfg.camera == "rig" else {}),
+            **({"movers": cfg.movers} if cfg.movers != "rigid" else {}),
         }
 
 
 
-# ---- small geometry helpers (float64) -------------------------------------------------------------------
-
-def rotation(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rodrigues: (...,3) unit axes and (...) angles in radians -> (...,3,3)."""
-    axis = np.broadcast_to(axis, np.shape(angle) + (3,))
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    c, s = np.cos(angle), np.sin(angle)
-    C = 1 - c
-    return np.stack([np.stack([c + x * x * C, x * y * C - z * s, x * z * C + y * s], -1),
-                     np.stack([y * x * C + z * s, c + y * y * C, y * z * C - x * s], -1),
-                     np.stack([z * x * C - y * s, z * y * C + x * s, c + z * z * C], -1)], -2)
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def lowest_point_offset(shape: str, size: tuple[float, ...], R: np.ndarray) -> np.ndarray:
-    """How far below its centre an object with rotation(s) R (...,3,3) reaches (exact)."""
-    if shape == "sphere":
-        return np.full(R.shape[:-2], size[0])
-    if shape == "box":
-        return np.abs(R[..., 2, :]) @ np.asarray(size)
-    r, h = size
-    cz = np.abs(R[..., 2, 2])
-    return cz * h + r * np.sqrt(np.clip(1 - cz ** 2, 0, None))
-
-
-def signed_distance(shape: str, size: tuple[float, ...], p: np.ndarray) -> np.ndarray:
-    """Signed distance (local units; < 0 inside) of local points (...,3) to the shape."""
-    if shape == "sphere":
-        return np.linalg.norm(p, axis=-1) - size[0]
-    if shape == "box":
-        q = np.abs(p) - np.asarray(size)
-    else:
-        r, h = size
-        q = np.stack([np.linalg.norm(p[..., :2], axis=-1) - r, np.abs(p[..., 2]) - h], -1)
-    return np.linalg.norm(np.maximum(q, 0), axis=-1) + np.minimum(q.max(-1), 0)
-
-
-def surface_samples(shape: str, size: tuple[float, ...], n: int = 768) -> np.ndarray:
-    """Deterministic points (M,3) on the shape's surface (local frame), including box corners / edges and
-    cylinder rims, where interpenetration starts."""
-    rng = np.random.default_rng(12345)
-    if shape == "sphere":
-        return _unit(rng.normal(size=(n, 3))) * size[0]
-    if shape == "box":
-        h = np.asarray(size)
-        areas = np.array([h[1] * h[2], h[0] * h[2], h[0] * h[1]])
-        axis = rng.choice(3, size=n, p=areas / areas.sum())
-        pts = rng.uniform(-1, 1, size=(n, 3))
-        pts[np.arange(n), axis] = rng.choice([-1.0, 1.0], size=n)
-        corners = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1], indexing="ij")).reshape(3, -1).T
-        u = np.linspace(-1, 1, 9)
-        edges = [np.stack([u, np.full(9, a), np.full(9, b)], -1)[:, np.roll([0, 1, 2], i)]
-                 for i in range(3) for a in (-1, 1) for b in (-1, 1)]
-        return np.concatenate([pts, corners, *edges]) * h
-    r, h = size
-    ang = rng.uniform(0, 2 * np.pi, n)
-    side = np.stack([r * np.cos(ang), r * np.sin(ang), rng.uniform(-h, h, n)], -1)
-    rad = r * np.sqrt(rng.uniform(0, 1, n // 2))
-    ang2 = rng.uniform(0, 2 * np.pi, n // 2)
-    caps = np.stack([rad * np.cos(ang2), rad * np.sin(ang2), rng.choice([-h, h], n // 2)], -1)
-    a = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-    rims = [np.stack([r * np.cos(a), r * np.sin(a), np.full(32, z)], -1) for z in (-h, h)]
-    return np.concatenate([side, caps, *rims])
-
-
-# ---- textures --------------------------------------------------------------------------------------------
-
-def _colour(rng: np.random.Generator, hue: float | None = None, sat=(0.45, 0.9), val=(0.6, 1.0)) -> np.ndarray:
-    hue = rng.uniform() if hue is None else hue % 1.0
-    return np.array(colorsys.hsv_to_rgb(hue, rng.uniform(*sat), rng.uniform(*val)))
-
-
-def _waves(rng: np.random.Generator, n: int, wavelengths: tuple[float, float], strength: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """n plane waves with wavelengths spread evenly in log scale (jittered), random directions and RGB
-    amplitudes (mostly brightness, some hue)."""
-    u = (np.arange(n) + rng.uniform(0, 1, n)) / n
-    lam = np.exp(np.log(wavelengths[0]) + u * np.log(wavelengths[1] / wavelengths[0]))
-    k = _unit(rng.normal(size=(n, 3))) * (2 * np.pi / lam)[:, None]
-    amp = strength * rng.uniform(0.5, 1.0, n)
-    colour = amp[:, None] * (0.7 * rng.normal(size=(n, 1)) + 0.35 * rng.normal(size=(n, 3)))
-    return k, rng.uniform(0, 2 * np.pi, n), colour / math.sqrt(n)
-
-
-def _object_texture(rng: np.random.Generator, period: float, lattice: np.ndarray) -> TextureSpec:
-    hue = rng.uniform()
-    a = _colour(rng, hue)
-    b = _colour(rng, hue + rng.uniform(0.1, 0.35), val=(0.2, 0.55))
-    k, ph, col = _waves(rng, 8, (0.05, 1.0), 0.5)
-    cells = 0.5 * rng.normal(size=(2, 3))
-    return TextureSpec(period, lattice, np.zeros(3), a[None], b[None], k, ph, col, cells)
-
-
-def _background_texture(rng: np.random.Generator, period: float) -> TextureSpec:
-    # floor, ceiling, 4 walls: related but distinct colour pairs so each wall is recognisable
-    hue = rng.uniform()
-    a = np.stack([_colour(rng, hue + 0.13 * i, sat=(0.2, 0.6), val=(0.7, 0.95)) for i in range(6)])
-    b = np.stack([_colour(rng, hue + 0.13 * i + 0.2, sat=(0.2, 0.6), val=(0.2, 0.45)) for i in range(6)])
-    k, ph, col = _waves(rng, 12, (0.06, 5.0), 0.6)
-    cells = 0.6 * rng.normal(size=(2, 3))
-    # phase pi/2 on z: the floor z=0 sits on a crest of the checker's z factor (a clean 2D checker)
-    return TextureSpec(period, np.eye(3), np.array([0.0, 0.0, np.pi / 2]), a, b, k, ph, col, cells)
-
-
 # ---- objects and motion ----------------------------------------------------------------------------------
+
+def _sample_mover(k: int, cfg: SynthConfig) -> ObjectSpec:
+    """Object k: rigid, or an articulated figure (its own random stream, so rigid objects stay as they were)."""
+    if cfg.movers == "articulated" or (cfg.movers == "mixed" and k % 2 == 1):
+        parts = sample_figure(np.random.default_rng([cfg.seed, _STREAM_FIGURES, k]))
+        return ObjectSpec(k + 1, "figure", parts[0].size, "walk", parts[0].texture, parts)  # its frame: the torso's
+    return _sample_object(k, cfg.seed)
+
 
 def _sample_object(k: int, seed: int) -> ObjectSpec:
     rng = np.random.default_rng([seed, _STREAM_OBJECTS, k])
@@ -364,7 +306,7 @@ def _sample_object(k: int, seed: int) -> ObjectSpec:
     period = rng.uniform(0.12, 0.2)
     if shape == "sphere":
         size = (rng.uniform(0.28, 0.45),)
-        lattice = _random_rotation(rng)
+        lattice = random_rotation(rng)
     else:
         # half-sizes at odd multiples of period/2 put every flat face on a checker crest: clean checkers
         def half(lo, hi):
@@ -375,7 +317,7 @@ def _sample_object(k: int, seed: int) -> ObjectSpec:
             (rng.uniform(0.2, 0.35), half(0.15, 0.42))
         lattice = np.eye(3)
     motion = "ground" if rng.uniform() < 0.5 else "air"
-    return ObjectSpec(k + 1, shape, tuple(float(s) for s in size), motion, _object_texture(rng, period, lattice))
+    return ObjectSpec(k + 1, shape, tuple(float(s) for s in size), motion, object_texture(rng, period, lattice))
 
 
 def region_radius(n_objects: int) -> float:
@@ -423,17 +365,20 @@ def _object_trajectory(rng: np.random.Generator, obj: ObjectSpec, path: _Path, t
     once the paths are accepted (its centre does not depend on them)."""
     n = len(tau)
     xy = path.xy(tau)
-    if obj.motion == "ground" and obj.shape == "sphere":
-        R = _random_rotation(rng)
+    if obj.parts:  # a figure walks: it slides and turns on the ground, bobbing as its legs swing
+        R = rotation(np.array([0.0, 0.0, 1.0]), rng.uniform(0, 2 * np.pi) + rng.uniform(-0.6, 0.6) * tau)
+        z = ground_height(obj.parts, R, tau, GROUND_GAP)
+    elif obj.motion == "ground" and obj.shape == "sphere":
+        R = random_rotation(rng)
         z = np.full(n, obj.size[0] + GROUND_GAP)
     elif obj.motion == "ground":
         yaw = rng.uniform(0, 2 * np.pi) + rng.uniform(-1.2, 1.2) * tau
         R = rotation(np.array([0.0, 0.0, 1.0]), yaw)
         z = lowest_point_offset(obj.shape, obj.size, R) + GROUND_GAP
     else:
-        axis = _unit(rng.normal(size=3))
+        axis = unit(rng.normal(size=3))
         angle = rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(0.5, 1.5) * tau
-        R = rotation(axis, angle) @ _random_rotation(rng)
+        R = rotation(axis, angle) @ random_rotation(rng)
         z = lowest_point_offset(obj.shape, obj.size, R).max() + rng.uniform(0.03, 0.3) + path.hop_z(tau)
     return R, np.concatenate([xy, z[:, None]], -1)
 
@@ -491,6 +436,12 @@ def rotate_about_vertical(points: np.ndarray, centre: np.ndarray, degrees: float
     return (points - centre) @ Rz.T + centre
 
 
+def rig_positions(centre: np.ndarray, radius: float, az: float, el: float, span: float, n: int) -> np.ndarray:
+    """Centres (n,3) of a rig's cameras: evenly spread over `span` degrees of horizontal arc about azimuth
+    `az` at elevation `el`, camera 0 at one end (all of them look at the scene centre)."""
+    return _spherical(centre, radius, az + span * (np.arange(n) / (n - 1) - 0.5), np.full(n, el))
+
+
 def camera_radius(n_objects: int) -> float:
     return max(4.2, 2.0 * (region_radius(n_objects) + 0.75))
 
@@ -505,6 +456,9 @@ def _camera_rigs(cfg: SynthConfig, centre: np.ndarray) -> dict[str, CameraRig]:
     dele = rng.uniform(3, 8) * rng.choice([-1, 1])
     if cfg.camera == "moving":
         eyes = _spherical(centre, radius, az0 + sweep * u, el0 + dele * u)
+    elif cfg.camera == "rig":
+        rig_eyes = rig_positions(centre, radius, az0, el0, abs(sweep) * RIG_SPAN_OF_SWEEP, cfg.rig_cameras)
+        eyes = rig_eyes[np.arange(T) % cfg.rig_cameras]
     else:
         eyes = _spherical(centre, radius, np.full(T, az0), np.full(T, el0))
     K = intrinsics_from_fov(cfg.width, cfg.height, cfg.fov_deg)
@@ -515,6 +469,8 @@ def _camera_rigs(cfg: SynthConfig, centre: np.ndarray) -> dict[str, CameraRig]:
         return CameraRig(name, role, Cameras(K.expand(len(eye), 3, 3).clone(), w2c, cfg.width, cfg.height), az)
 
     rigs = {"input": rig("input", "input", eyes)}
+    if cfg.camera == "rig":  # the NVIDIA protocol's view: rig camera 0 while time plays
+        rigs["rig0"] = rig("rig0", "fixed", np.repeat(rig_eyes[:1], T, axis=0))
     for a in cfg.heldout_azimuths:
         name = heldout_name(a)
         rigs[name] = rig(name, "heldout", rotate_about_vertical(eyes, centre, a), float(a))
@@ -534,7 +490,7 @@ def _camera_rigs(cfg: SynthConfig, centre: np.ndarray) -> dict[str, CameraRig]:
 def build_scene(cfg: SynthConfig) -> SceneSpec:
     """Objects, motion, background, light, cameras and scale variants for `cfg` (no rendering)."""
     cfg.validate()
-    objects = [_sample_object(k, cfg.seed) for k in range(cfg.objects)]
+    objects = [_sample_mover(k, cfg) for k in range(cfg.objects)]
     if objects:
         R, c = _sample_motion(objects, cfg)
     else:
@@ -549,7 +505,7 @@ def build_scene(cfg: SynthConfig) -> SceneSpec:
     # walls at odd multiples of period/2 and the ceiling at a multiple of period: crests of the checker
     half_size = (round((radius + 2.5) / period) + 0.5) * period
     height = math.ceil((CENTRE_Z + radius * math.sin(math.radians(48)) + 1.0) / period) * period
-    background = Background(cfg.room, float(half_size), float(height), _background_texture(rng, period))
+    background = Background(cfg.room, float(half_size), float(height), background_texture(rng, period))
     light_az, light_el = rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(45, 70))
     light = np.array([math.cos(light_el) * math.cos(light_az), math.cos(light_el) * math.sin(light_az),
                       math.sin(light_el)])
@@ -573,8 +529,10 @@ def scaled_poses(poses: Poses, scales, centres: np.ndarray) -> Poses:
 
 def geometry_checks(spec: SceneSpec, poses: Poses) -> dict:
     """Worst interpenetration (world units) between objects and with the ground / room over the clip,
-    measured on dense surface samples, and whether any camera centre lies inside an object."""
-    objs, bg = spec.objects, spec.background
+    measured on dense surface samples, and whether any camera centre lies inside an object. `poses`: the
+    objects' (T,K), e.g. a scale variant's. A figure's own parts may overlap at their joints: not counted."""
+    objs, bg = primitives(spec.objects), spec.background
+    poses = part_poses(spec.objects, poses, spec.cfg.fps)
     world = []
     for k, o in enumerate(objs):
         p = surface_samples(o.shape, o.size)
@@ -583,7 +541,7 @@ def geometry_checks(spec: SceneSpec, poses: Poses) -> dict:
     pen_obj = 0.0
     for i in range(len(objs)):
         for j in range(len(objs)):
-            if i == j:
+            if objs[i].owner == objs[j].owner:
                 continue
             local = np.einsum("tmi,tij->tmj", world[i] - poses.t[:, j, None], poses.R[:, j]) \
                 / poses.scale[:, j, None, None]

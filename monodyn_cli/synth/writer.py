@@ -54,6 +54,10 @@ class SynthScene:
         """(K,T,4,4) float32 object-to-world matrices (rotation times scale | translation)."""
         return self.spec.poses_for(variant).object_to_world()
 
+    def part_poses(self, variant: str | None = None) -> np.ndarray:
+        """(P,T,4,4) float32 part-to-world matrices of every primitive (`scene.primitives` order)."""
+        return self.spec.parts(variant)[1].object_to_world()
+
 
 def _render_all(spec: SceneSpec, device, progress: Progress) -> Iterator[tuple[str | None, ViewGT]]:
     """Every (variant or None, view), one camera at a time, the input camera first in each set; a variant's
@@ -96,6 +100,13 @@ def generate_scene(cfg: SynthConfig, device: str = "cpu", progress: Progress | N
 
 
 # ---- writing -------------------------------------------------------------------------------------------------
+
+def _write_poses(folder: Path, spec: SceneSpec, variant: str | None) -> None:
+    """objects.npy, and parts.npy where figures make parts differ from objects."""
+    np.save(folder / "objects.npy", spec.poses_for(variant).object_to_world())
+    if any(o.parts for o in spec.objects):
+        np.save(folder / "parts.npy", spec.parts(variant)[1].object_to_world())
+
 
 def _write_view(folder: Path, view: ViewGT) -> None:
     folder.mkdir(parents=True)
@@ -150,10 +161,10 @@ def write_scene(scene: SynthScene, out_dir: str | Path, force: bool = False, crf
         for variant, views in scene.variant_views.items():
             folder = tmp / "gt" / "variants" / variant
             folder.mkdir(parents=True)
-            np.save(folder / "objects.npy", scene.object_poses(variant))
+            _write_poses(folder, scene.spec, variant)
             for camera, view in views.items():
                 _write_view(_view_folder(tmp, variant, camera), view)
-        np.save(tmp / "gt" / "objects.npy", scene.object_poses())
+        _write_poses(tmp / "gt", scene.spec, None)
         _write_common(tmp, scene.spec, scene.views["input"].rgb, crf)
         _commit(tmp, out_dir)
     finally:
@@ -171,10 +182,10 @@ def synthesize(cfg: SynthConfig, out_dir: str | Path, force: bool = False, crf: 
     spec = build_scene(cfg)  # validates cfg before anything touches the disk
     tmp = _prepare(out_dir, force)
     try:
-        np.save(tmp / "gt" / "objects.npy", spec.poses.object_to_world())
+        _write_poses(tmp / "gt", spec, None)
         for v in spec.variants:
             (tmp / "gt" / "variants" / v.name).mkdir(parents=True)
-            np.save(tmp / "gt" / "variants" / v.name / "objects.npy", v.poses.object_to_world())
+            _write_poses(tmp / "gt" / "variants" / v.name, spec, v.name)
         input_rgb = None
         for variant, view in _render_all(spec, device, progress or Progress()):
             if variant is None and view.name == "input":
@@ -233,6 +244,12 @@ class SynthGT:
         """(K,T,4,4) float32 object-to-world matrices (rotation times scale | translation)."""
         folder = self.root if variant is None else self.root / "variants" / variant
         return np.load(folder / "objects.npy")
+
+    def part_poses(self, variant: str | None = None) -> np.ndarray:
+        """(P,T,4,4) float32 part-to-world matrices: figures' parts (scene.json objects[k].parts) in object
+        order, a rigid object as its own part (then these are `object_poses`)."""
+        folder = self.root if variant is None else self.root / "variants" / variant
+        return np.load(folder / ("parts.npy" if (folder / "parts.npy").is_file() else "objects.npy"))
 
 
 def load_gt(path: str | Path) -> SynthGT:
