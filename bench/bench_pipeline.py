@@ -60,9 +60,13 @@ def stage_seconds(ws: Path) -> dict[str, float]:
             for stage, key in state.items()}
 
 
+def latest_eval_dir(ws: Path) -> Path:
+    """The folder of the workspace's newest `monodyn eval` (summary.json, per_frame.csv, <view>.png strips)."""
+    return max((p for p in (ws / "eval").iterdir() if (p / "summary.json").is_file()), key=lambda p: p.stat().st_mtime)
+
+
 def latest_eval(ws: Path) -> dict:
-    newest = max((ws / "eval").iterdir(), key=lambda p: p.stat().st_mtime)
-    return json.loads((newest / "summary.json").read_text())
+    return json.loads((latest_eval_dir(ws) / "summary.json").read_text())
 
 
 def bench_case(case: str, work: Path, fit_args: list[str], every: int, dnerf_minutes: float, seed: int,

@@ -4,7 +4,8 @@
 - synth: a `monodyn synth` scene. Fit on the input video's workspace, render the held-out cameras after
   aligning the ground-truth cameras to the SfM frame (similarity from input-camera centres and rotations).
   Masked metrics use co-visible pixels (DyCheck): a held-out pixel counts when its 3D point was seen by the
-  input camera (moving objects: at the same time; static background: at any sampled time).
+  input camera (moving objects: at the same time; static background: at any sampled time); `dpsnr` counts
+  the co-visible pixels of moving objects only.
 - multiview: images + cameras with a train/test split (e.g. D-NeRF's npz): fit on train, score test.
 """
 
@@ -15,22 +16,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from models.cameras import Cameras, opengl_c2w_to_opencv_w2c, pixel_grid, project, unproject
 from models.errors import InputError
 from models.scene import Scene
 from models.sfm.align import Sim3, align_trajectories, transform_w2c
+from monodyn_cli import metrics
 
 
 @dataclass
 class EvalViews:
-    """Ground truth to score: images (N,H,W,3) float [0,1], their cameras and normalised times, optional mask."""
+    """Ground truth to score: images (N,H,W,3) float [0,1], their cameras and normalised times, optional
+    masks (N,H,W): co-visible pixels, and the co-visible pixels of moving objects (`dynamic`)."""
 
     name: str
     images: torch.Tensor
     cameras: Cameras
     times: torch.Tensor
     mask: torch.Tensor | None = None
+    dynamic: torch.Tensor | None = None
 
     def every(self, n: int) -> "EvalViews":
         """Every n-th image (from the first)."""
@@ -38,7 +44,27 @@ class EvalViews:
             return self
         idx = torch.arange(0, len(self.times), n)
         return EvalViews(self.name, self.images[idx], self.cameras[idx], self.times[idx],
-                         None if self.mask is None else self.mask[idx])
+                         None if self.mask is None else self.mask[idx],
+                         None if self.dynamic is None else self.dynamic[idx])
+
+
+# metrics that the floor (the nearest input frame as the prediction) reports beside the method's
+FLOOR_METRICS = ("psnr", "mpsnr", "dpsnr", "ssim", "mssim", "sharpness", "msharpness")
+
+
+def score(pred: Float[Tensor, "N H W 3"], views: EvalViews, lpips_model=None) -> list[dict]:
+    """Per-image metrics of `pred` against `views`: metrics.evaluate's (psnr, ssim, masked mpsnr, mssim,
+    lpips where a model is given), the sharpness ratio (masked: msharpness) and, where the views mark moving
+    objects, dpsnr (PSNR over their co-visible pixels; nan in images without any)."""
+    rows = metrics.evaluate(pred, views.images, views.mask, lpips_model)
+    extra = {"sharpness": metrics.sharpness(pred, views.images)}
+    if views.mask is not None:
+        extra["msharpness"] = metrics.sharpness(pred, views.images, views.mask)
+    if views.dynamic is not None:
+        extra["dpsnr"] = metrics.psnr(pred, views.images, views.dynamic)
+    for i, r in enumerate(rows):
+        r.update({k: float(v[i]) for k, v in extra.items()})
+    return rows
 
 
 def holdout_split(scene: Scene) -> tuple[Scene, EvalViews]:
@@ -145,6 +171,7 @@ def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> l
         v = gt.view(name)
         mask = covisible_mask(np.asarray(v.depth), v.cameras, np.asarray(v.instances), np.asarray(inp.depth),
                               inp.cameras)
+        dynamic = mask & (np.asarray(v.instances) > 0)
         cams = transform_cameras(v.cameras, sim)
         images = np.array(v.rgb)  # a writable copy of the read-only ground truth
         if factor != 1.0:
@@ -156,7 +183,9 @@ def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> l
         if factor != 1.0:
             size = (cams.width, cams.height)
             images = np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])
-            mask = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in mask]) > 0
+            mask, dynamic = (np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in a]) > 0
+                             for a in (mask, dynamic))
         views.append(EvalViews(name, torch.as_tensor(images, dtype=torch.float32) / 255.0, cams,
-                               torch.linspace(0, 1, images.shape[0]), torch.as_tensor(mask, dtype=torch.float32)))
+                               torch.linspace(0, 1, images.shape[0]), torch.as_tensor(mask, dtype=torch.float32),
+                               torch.as_tensor(dynamic, dtype=torch.float32)))
     return views

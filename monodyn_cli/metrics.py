@@ -8,6 +8,7 @@ co-visibility mask: pixels of a held-out view that the training views also saw).
   use_sample_covariance=False, or mip-NeRF / DyCheck) and averaged over channels. Masked (default): the
   SSIM map averaged over the mask. `mask_mode="partial"` is DyCheck's own variant, which blurs with a
   mask-normalised (partial) convolution and averages the whole map.
+- sharpness: gradient energy of the prediction over the ground truth's (1 = as sharp; below 1 blurred).
 - LPIPS (Zhang et al. 2018, v0.1): our implementation of the network, loading the official linear-layer
   weights and torchvision-format AlexNet/VGG16 backbone weights. Masked as in DyCheck: both images are
   multiplied by the mask and the spatial LPIPS map is averaged over it. Without weights LPIPS is skipped.
@@ -289,6 +290,26 @@ def lpips(model: LPIPS, pred: Float[Tensor, "*B H W 3"], gt: Float[Tensor, "*B H
             val = (d * mb[:, 0]).sum((-1, -2)) / count.clamp(min=1)
             out.append(torch.where(count > 0, val, torch.full_like(val, math.nan)).cpu())
     return torch.cat(out).reshape(batch)
+
+
+# ---- sharpness ---------------------------------------------------------------------------------------------
+
+def sharpness(pred: Float[Tensor, "*B H W 3"], gt: Float[Tensor, "*B H W 3"], mask: Float[Tensor, "*B H W"] | None = None
+              ) -> Float[Tensor, "*B"]:
+    """Gradient-energy ratio per image: mean squared finite difference (both axes, all channels) of `pred`
+    over that of `gt`, counting differences whose two pixels are both in the mask (nan where none are).
+    1 is as sharp as the ground truth, below 1 blurred, above 1 noisy: a perceptual check that needs no
+    weights, since PSNR ranks a blur above sharp but slightly misplaced detail."""
+    _check_pair(pred, gt, mask)
+
+    def energy(x: Tensor, m: Tensor) -> Tensor:
+        dx, dy = (x[..., :, 1:, :] - x[..., :, :-1, :]) ** 2, (x[..., 1:, :, :] - x[..., :-1, :, :]) ** 2
+        mx, my = m[..., :, 1:] * m[..., :, :-1], m[..., 1:, :] * m[..., :-1, :]
+        total = (dx.sum(-1) * mx).sum((-1, -2)) + (dy.sum(-1) * my).sum((-1, -2))
+        return total / (mx.sum((-1, -2)) + my.sum((-1, -2)))
+
+    m = torch.ones(pred.shape[:-1], dtype=torch.float64) if mask is None else (mask != 0).double()
+    return (energy(pred.double(), m) / energy(gt.double(), m)).float()
 
 
 # ---- per-frame table ---------------------------------------------------------------------------------------

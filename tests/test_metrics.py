@@ -163,3 +163,19 @@ def test_evaluate_csv_and_summary(tmp_path):
     back = M.read_csv(tmp_path / "m.csv")
     assert back[0]["frame"] == 0 and back[1]["psnr"] == pytest.approx(rows[1]["psnr"], abs=1e-5)
     assert (tmp_path / "m.csv").read_text().splitlines()[0] == "frame,psnr,ssim,mpsnr,mssim"
+
+
+def test_sharpness_ratio_of_gradient_energy():
+    gt = rand_images(2, 24, 32, 3)
+    assert M.sharpness(gt, gt).tolist() == pytest.approx([1.0, 1.0])
+    assert M.sharpness(0.5 * gt, gt).tolist() == pytest.approx([0.25, 0.25], rel=1e-5)  # half the contrast
+    blur = torch.nn.functional.avg_pool2d(gt.permute(0, 3, 1, 2), 3, 1, 1, count_include_pad=False).permute(0, 2, 3, 1)
+    assert (M.sharpness(blur, gt) < 0.3).all()
+    flat = torch.full_like(gt, 0.5)
+    assert M.sharpness(flat, gt).tolist() == [0.0, 0.0]
+    # masked: only differences inside the mask count (a flat outside does not lower the ratio)
+    mask = torch.zeros(2, 24, 32)
+    mask[:, :, :16] = 1
+    half = torch.where(mask[..., None] > 0, gt, flat)
+    assert M.sharpness(half, gt, mask).tolist() == pytest.approx([1.0, 1.0])
+    assert math.isnan(M.sharpness(gt, gt, torch.zeros(2, 24, 32))[0])

@@ -109,15 +109,14 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
             rgb, _, _ = render_cache.render_frames(renderer, method, train_scene, views.cameras, views.times, device,
                                                    progress, f"render {views.name}", ws.root)
             pred = torch.from_numpy(rgb).float() / 255  # scored as delivered: 8-bit frames
-            rows = metrics.evaluate(pred, views.images, views.mask, lpips_model)
+            rows = evaluation.score(pred, views, lpips_model)
             for r in rows:
                 r["view"] = views.name
             all_rows += rows
             summaries[views.name] = metrics.summarize(rows)
-            floor = metrics.summarize(metrics.evaluate(floor_prediction(train_scene, views.times), views.images,
-                                                       views.mask, None))
+            floor = metrics.summarize(evaluation.score(floor_prediction(train_scene, views.times), views))
             summaries[views.name].update({f"floor_{k}": v for k, v in floor.items()
-                                          if k in ("psnr", "mpsnr")})
+                                          if k in evaluation.FLOOR_METRICS})
             _save_strip(out_dir / f"{views.name}.png", pred, views.images)
         metrics.write_csv(out_dir / "per_frame.csv", all_rows)
         summary = {"protocol": protocol, "method": method, "checkpoint": str(ckpt), "fit_seconds": round(fit_seconds, 1),
