@@ -13,17 +13,22 @@ Kinds (2 moving objects each):
 Views: "fixed cam" (input camera of frame 0 held still while time plays), "30 deg" / "90 deg" (the input path
 rotated about the scene's vertical axis), "nvidia cam0" (rig camera 0).
 
-Per scene and view: PSNR, masked PSNR (co-visible pixels: what the input saw), dyn PSNR (co-visible pixels of
-the moving objects), SSIM and m-sharp (gradient energy of the render over the ground truth's, on co-visible
-pixels: 1 = as sharp, below 1 blurred), each beside its floor from `monodyn eval` (the input frame nearest in
-time used as the prediction), plus the masked-PSNR gain over the floor, which issue 21's targets are about
-(fixed cam >= +8 dB, 30 deg >= +6, 90 deg >= +3; nvidia cam0 >= 27 dB). Seeds 1-5 are the ones the methods
-were tuned on: report others. --save-strips DIR copies eval's PNG strips (per row: ground truth | render).
+Per scene: the fit's seconds, steps and last PSNR on its training frames. Per view: PSNR, masked PSNR
+(co-visible pixels: what the input saw), dyn PSNR (co-visible pixels of the moving objects), SSIM and m-sharp
+(gradient energy of the render over the ground truth's, on co-visible pixels: 1 = as sharp, below 1 blurred),
+each beside its floor from `monodyn eval` (the input frame nearest in time used as the prediction), plus the
+masked-PSNR gain over the floor, which issue 21's targets are about (fixed cam >= +8 dB, 30 deg >= +6,
+90 deg >= +3; nvidia cam0 >= 27 dB). "cam err" is how far preprocessing's
+SfM cameras are from the true input cameras after eval's similarity alignment (worst rotation, degrees, and
+focal length, %): views are scored through that alignment, so a large error caps every score of the scene.
+Seeds 1-5 are the ones the methods were tuned on: report others. --save-strips DIR copies eval's PNG strips
+(per row: ground truth | render).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -46,6 +51,33 @@ VIEWS = {"stabilized0": "fixed cam", "heldout_az30": "30 deg", "heldout_az90": "
 METRICS = (("PSNR", "psnr"), ("mPSNR", "mpsnr"), ("dyn PSNR", "dpsnr"), ("SSIM", "ssim"), ("m-sharp", "msharpness"))
 
 
+def camera_error(ws: Path, scene: Path) -> tuple[float, float]:
+    """Worst rotation error (degrees) of the workspace's cameras against the true input cameras aligned as eval
+    aligns them, and the relative error of the focal length (%)."""
+    import torch
+
+    from monodyn_cli.evaluation import sim3_from_cameras, transform_cameras
+    from monodyn_cli.scene_loader import load_scene
+    from monodyn_cli.synth import load_gt
+    from monodyn_cli.workspace import Workspace
+
+    est, _ = load_scene(Workspace(ws))
+    true = load_gt(scene).view("input").cameras
+    aligned = transform_cameras(true, sim3_from_cameras(est.cameras, true)).w2c[:, :3, :3]
+    cos = ((aligned @ est.cameras.w2c[:, :3, :3].transpose(1, 2)).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
+    focal = float(est.cameras.K[:, 0, 0].median()) / (float(true.K[0, 0, 0]) * est.width / true.width)
+    return float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).max()), 100 * (focal - 1)
+
+
+def fit_record(checkpoint: Path) -> dict:
+    """Seconds and steps of the fit (its manifest and last metrics line, so a cached fit reports its real run) and
+    its last logged PSNR on the training frames."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    lines = (checkpoint / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1]) if lines else {}
+    return {"fit_s": manifest["seconds"], "steps": last.get("step"), "train_psnr": last.get("psnr")}
+
+
 def bench_scene(kind: str, seed: int, work: Path, frames: int | None, size: tuple[int, int], rig_cameras: int,
                 fit_args: list[str], every: int, strips: Path | None) -> list[dict]:
     """synth -> preprocess -> fit -> eval of one scene; one row per scored view."""
@@ -57,14 +89,17 @@ def bench_scene(kind: str, seed: int, work: Path, frames: int | None, size: tupl
         run(["synth", scene, "--seed", seed, "--frames", frames, "--width", size[0], "--height", size[1],
              "--objects", 2, "--fixed-cameras", 0, "--rig-cameras", rig_cameras, *synth_opts], work)
     run(["preprocess", scene / "input.mp4", "-w", ws], work)
-    t_fit, _, _ = run(["fit", "-w", ws, "--method", "dpdy", *fit_args], work)
+    run(["fit", "-w", ws, "--method", "dpdy", *fit_args], work)
     run(["eval", "-w", ws, "--protocol", "synth", "--gt", scene, "--method", "dpdy", "--every", every, *fit_args], work)
     summary, folder = latest_eval(ws), latest_eval_dir(ws)
+    rot_err, focal_err = camera_error(ws, scene)
+    fit = fit_record(Path(summary["checkpoint"]))
     rows = []
     for view, s in summary["views"].items():
         if strips is not None:
             shutil.copyfile(folder / f"{view}.png", strips / f"{name}-{view}.png")
-        rows.append({"scene": f"{kind} s{seed}", "view": VIEWS.get(view, view), "fit_s": t_fit,
+        rows.append({"scene": f"{kind} s{seed}", "view": VIEWS.get(view, view), **fit,
+                     "cam_err": f"{rot_err:.1f} deg {focal_err:+.0f}%",
                      **{k: s.get(k) for _, key in METRICS for k in (key, f"floor_{key}")}})
     return rows
 
@@ -73,12 +108,12 @@ def print_rows(title: str, rows: list[dict]) -> None:
     def num(v):
         return "-" if v is None else float(v)
 
-    header = ["scene", "view", "fit s"]
+    header = ["scene", "view", "fit s", "steps", "train PSNR", "cam err"]
     for col, _ in METRICS:
         header += [col, "floor"] + (["gain"] if col == "mPSNR" else [])
     body = []
     for r in rows:
-        line = [r["scene"], r["view"], num(r["fit_s"])]
+        line = [r["scene"], r["view"], num(r["fit_s"]), r["steps"], num(r["train_psnr"]), r["cam_err"]]
         for col, key in METRICS:
             value, floor = r.get(key), r.get(f"floor_{key}")
             line += [num(value), num(floor)]
