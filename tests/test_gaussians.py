@@ -9,7 +9,15 @@ import numpy as np
 import torch
 
 from models.gaussians.losses import affine_invariant_loss, metric_disparity_loss, ssim, track_loss
-from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, quat_multiply, rotmat_to_quat
+from models.gaussians.model import (
+    DynamicGaussians,
+    GaussianSet,
+    MotionBases,
+    quat_multiply,
+    rot6d_to_rotmat,
+    rotmat_to_6d,
+    rotmat_to_quat,
+)
 from models.gaussians.strategy import DensifyStrategy, StrategyOptions
 from models.gaussians.tracks import chain_tracks, kmeans
 from models.splatting.project import quat_to_rotmat
@@ -48,7 +56,7 @@ def test_motion_basis_moves_dynamic_gaussians_rigidly():
     model = _one_basis_model()
     means, quats = model.dynamic_pose(1.0)  # 90 degrees about z, then +2 in x
     assert torch.allclose(means, torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), atol=1e-5)
-    assert torch.allclose(quat_to_rotmat(quats[0]), quat_to_rotmat(model.bases.rotations[0, -1]), atol=1e-6)
+    assert torch.allclose(quat_to_rotmat(quats[0]), model.bases.rotmats()[0, -1], atol=1e-6)
     mid, _ = model.dynamic_pose(0.5)  # frame 1 exactly: 45 degrees, +1
     c = math.cos(math.pi / 4)
     assert torch.allclose(mid[0], torch.tensor([1 + c, c, 0.0]), atol=1e-5)
@@ -160,3 +168,19 @@ def test_temporal_opacity_is_a_gaussian_in_time():
     g = model.gaussians_at(0.6)  # the static Gaussian keeps its opacity
     assert torch.allclose(g["opacities"][0], model.static.opacities[0])
     assert torch.allclose(g["opacities"][1], model.dynamic.opacities[0] * math.exp(-0.5), atol=1e-6)
+
+
+def test_6d_rotations_round_trip_and_blend_past_180_degrees():
+    R = quat_to_rotmat(torch.nn.functional.normalize(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), dim=-1))
+    assert torch.allclose(rot6d_to_rotmat(rotmat_to_6d(R)), R, atol=1e-6)
+    # two bases at 170 and 190 degrees about z, blended half and half: 180 degrees (blended wxyz quaternions with
+    # w >= 0 give ~0 degrees here, the sign flip the 6D representation removes)
+    turn = lambda deg: torch.tensor([[math.cos(math.radians(deg)), -math.sin(math.radians(deg)), 0.0],
+                                     [math.sin(math.radians(deg)), math.cos(math.radians(deg)), 0.0], [0.0, 0.0, 1.0]])
+    rot = torch.stack([turn(170.0), turn(190.0)])[:, None].expand(2, 2, 3, 3)
+    model = DynamicGaussians(GaussianSet.empty(0), GaussianSet.empty(1), MotionBases(rot, torch.zeros(2, 2, 3)),
+                             torch.zeros(1, 2), torch.ones(1, dtype=torch.int32))
+    with torch.no_grad():
+        model.dynamic.means.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+    means, _ = model.dynamic_pose(0.0)
+    assert torch.allclose(means, torch.tensor([[-1.0, 0.0, 0.0]]), atol=1e-5)

@@ -80,6 +80,18 @@ class DpDyConfig:
     """The dynamic Gaussians' share of each pixel must match the moving-object masks."""
     motion_smooth_weight: float = 0.1
     """Second differences over time of the motion bases (smooth, plausible motion)."""
+    track_window: int = 8
+    """Long-range tracks reach this many frames either side (chained flow); each step supervises one other frame
+    within it: the neighbour through the dense flow, a farther one through the sparse tracks."""
+    track_points: int = 512
+    """Query pixels per frame for the long-range tracks (3/4 on moving objects)."""
+    long_track_weight: float = 0.002
+    """Weight of the long-range track loss (pseudo-Huber, pixels of error)."""
+    isometry_weight: float = 0.1
+    """Local rigidity: distances between neighbouring dynamic Gaussians of one object keep their length across
+    time (relative change; bending and turning are free)."""
+    temporal_opacity: bool = True
+    """Let dynamic Gaussians fade in and out over time (Spacetime Gaussians); off: they exist at every time."""
 
     # ---- novel-view guidance (used only when a guidance hook is given to fit) ---------------------------
     guidance_weight: float = 1.0
@@ -104,9 +116,11 @@ class DpDyConfig:
                   ("init_opacity", 0 < self.init_opacity < 1, "in (0, 1)"),
                   ("refine_every", self.refine_every >= 1, ">= 1"), ("max_gaussians", self.max_gaussians >= 1, ">= 1"),
                   ("ssim_weight", 0 <= self.ssim_weight <= 1, "in [0, 1]"),
-                  ("guidance_size", self.guidance_size >= 8, ">= 8")]
+                  ("guidance_size", self.guidance_size >= 8, ">= 8"), ("track_window", self.track_window >= 1, ">= 1"),
+                  ("track_points", self.track_points >= 1, ">= 1")]
         for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacity", "lr_colors", "lr_motion", "lr_motion_weights",
                      "depth_weight", "track_weight", "mask_weight", "motion_smooth_weight", "grow_grad2d",
+                     "long_track_weight", "isometry_weight",
                      "guidance_weight"):
             v = getattr(self, name)
             checks.append((name, v == v and 0 <= v < float("inf"), "finite and >= 0"))

@@ -31,23 +31,29 @@ from models.fitting import atomic_write
 from models.gaussians.init import DENSE_DEPTH, InitOptions, initialise
 from models.gaussians.losses import (
     affine_invariant_loss,
+    isometry_loss,
+    long_track_loss,
     metric_disparity_loss,
     motion_smoothness,
+    neighbour_pairs,
     photometric_loss,
     track_loss,
 )
 from models.gaussians.model import DynamicGaussians
 from models.gaussians.strategy import DensifyStrategy, StrategyOptions
+from models.gaussians.tracks import window_tracks
 from models.scene import Scene
 
-VERSION = 3  # 1: the grid-field DpDy; 2: Gaussians without temporal opacity
+VERSION = 4  # 1: the grid-field DpDy; 2: Gaussians without temporal opacity; 3: quaternion motion bases
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+NEAR = 0.01  # near plane in units of the scene radius: a track point closer than this to a camera is not projected
 
 
 class SceneTensors:
     """The scene's per-frame data as tensors on the fit device."""
 
-    def __init__(self, scene: Scene, device: torch.device):
+    def __init__(self, scene: Scene, device: torch.device, track_window: int = 8, track_points: int = 512,
+                 seed: int = 0):
         self.T, self.H, self.W = scene.num_frames, scene.height, scene.width
         self.frames = torch.as_tensor(np.array(scene.frames), device=device)  # uint8 (a copy: memmaps are read-only)
         self.times = scene.times.to(device)
@@ -64,6 +70,12 @@ class SceneTensors:
             ones = lambda f: torch.ones(f.shape[:-1], dtype=torch.bool, device=device)
             self.valid_fw = ones(self.flow_fw) if scene.valid_fw is None else torch.as_tensor(np.array(scene.valid_fw), device=device)
             self.valid_bw = ones(self.flow_bw) if scene.valid_bw is None else torch.as_tensor(np.array(scene.valid_bw), device=device)
+        self.tracks = None  # long-range: query (T,P,2), pos (T,2W+1,P,2), ok (T,2W+1,P)
+        if self.flow_fw is not None and self.T > 2:
+            tr = window_tracks(scene.flow_fw, scene.flow_bw, scene.valid_fw, scene.valid_bw,
+                               None if inst is None else inst > 0, track_points, min(track_window, self.T - 1), seed)
+            self.tracks = {"query": torch.as_tensor(tr.query, device=device), "window": tr.window,
+                           "pos": torch.as_tensor(tr.pos, device=device), "ok": torch.as_tensor(tr.ok, device=device)}
         self.pixels = pixel_grid(self.W, self.H, device=device)
 
     def image(self, t: int) -> Float[Tensor, "H W 3"]:
@@ -82,7 +94,7 @@ class DpDyTask:
 
     def __init__(self, scene: Scene, cfg: DpDyConfig, device: torch.device, guidance: Guidance | None = None):
         self.cfg, self.device, self.guidance = cfg, device, guidance
-        self.data = SceneTensors(scene, device)
+        self.data = SceneTensors(scene, device, cfg.track_window, cfg.track_points, cfg.seed)
         self.radius = float(scene.radius)
         if not math.isfinite(self.radius) or self.radius <= 0:
             from models.errors import InputError
@@ -95,6 +107,8 @@ class DpDyTask:
         self.arch = build_arch(scene, self.model, cfg)
         with torch.no_grad():
             self.model.background.fill_(1.0 if cfg.background == "white" else 0.0)
+            if not cfg.temporal_opacity:
+                self.model.log_time_scales.fill_(10.0)  # a Gaussian's opacity factor is 1 at every time
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         opts = StrategyOptions(grow_grad2d=cfg.grow_grad2d, refine_every=cfg.refine_every,
@@ -104,6 +118,7 @@ class DpDyTask:
                                                                          "log_time_scales"),
                                                       self.radius, opts)}
         self.optimizer = self._make_optimizer()
+        self._pairs_cache = None
 
     # ---- optimizer ------------------------------------------------------------------------------------------
     def _groups(self) -> list[tuple[str, Tensor, float]]:
@@ -115,8 +130,9 @@ class DpDyTask:
                 out.append((f"{set_name}.{name}", getattr(g, name), lr))
         out += [("bases.translations", m.bases.translations, c.lr_motion * self.radius),
                 ("bases.rotations", m.bases.rotations, c.lr_motion * 10),
-                ("motion_logits", m.motion_logits, c.lr_motion_weights),
-                ("time_centers", m.time_centers, 2e-3), ("log_time_scales", m.log_time_scales, 1e-2)]
+                ("motion_logits", m.motion_logits, c.lr_motion_weights)]
+        if c.temporal_opacity:
+            out += [("time_centers", m.time_centers, 2e-3), ("log_time_scales", m.log_time_scales, 1e-2)]
         if c.background == "learned":
             out.append(("background", m.background, 1e-2))
         return out
@@ -135,11 +151,13 @@ class DpDyTask:
         c, d = self.cfg, self.data
         self._apply_schedule(progress)
         t = int(torch.randint(0, d.T, (1,), generator=self.gen, device=self.device))
-        neighbour = self._neighbour(t)
-        extra = None
-        if neighbour is not None:
-            extra = self._positions_at(float(d.times[neighbour[0]]))
-        out = self.model.render(d.w2c[t], d.K[t], d.W, d.H, float(d.times[t]), extra=extra)
+        other = self._other_frame(t)
+        pose_t = self.model.dynamic_pose(float(d.times[t]))
+        pose_o = extra = None
+        if other is not None:
+            pose_o = self.model.dynamic_pose(float(d.times[other]))
+            extra = torch.cat([self.model.static.means, pose_o[0]])
+        out = self.model.render(d.w2c[t], d.K[t], d.W, d.H, float(d.times[t]), extra=extra, pose=pose_t)
         means2d = out["meta"]["means2d"]
         if means2d.requires_grad:
             means2d.retain_grad()
@@ -147,11 +165,20 @@ class DpDyTask:
         losses = {"rgb": photometric_loss(out["rgb"], target, c.ssim_weight)}
         if c.depth and d.depth is not None and c.depth_weight > 0:
             losses["depth"] = c.depth_weight * self._depth_loss(out, t)
-        if neighbour is not None and c.track_weight > 0:
-            n, flow, valid = neighbour
+        if other is not None and abs(other - t) == 1 and c.track_weight > 0:
+            flow, valid = (d.flow_fw[t], d.valid_fw[t]) if other > t else (d.flow_bw[other], d.valid_bw[other])
             w = c.track_weight * (c.track_decay ** progress)
-            losses["track"] = w * track_loss(out["extra"], out["alpha"], d.pixels + flow, valid, d.K[n], d.w2c[n],
-                                             1.0)
+            losses["track"] = w * track_loss(out["extra"], out["alpha"], d.pixels + flow, valid, d.K[other],
+                                             d.w2c[other], 1.0)
+        if other is not None and d.tracks is not None and c.long_track_weight > 0:
+            k = other - t + d.tracks["window"]
+            w = c.long_track_weight * (c.track_decay ** progress)
+            losses["long_track"] = w * long_track_loss(out["extra"], out["alpha"], d.tracks["query"][t],
+                                                       d.tracks["pos"][t, k], d.tracks["ok"][t, k], d.K[other],
+                                                       d.w2c[other], NEAR * self.radius)
+        if other is not None and c.isometry_weight > 0 and len(self.model.dynamic):
+            pairs, rest = self._pairs()
+            losses["isometry"] = c.isometry_weight * isometry_loss(pose_t[0], pose_o[0], pairs, rest)
         if d.moving is not None and c.mask_weight > 0:
             losses["mask"] = c.mask_weight * (out["dynamic"] - d.moving[t].float()).abs().mean()
         if c.motion_smooth_weight > 0 and len(self.model.dynamic):
@@ -170,19 +197,27 @@ class DpDyTask:
         self._densify(step, progress, out["meta"], metrics)
         return metrics
 
-    def _neighbour(self, t: int) -> tuple[int, Tensor, Tensor] | None:
-        """A random adjacent frame with its flow from t: (frame, flow (H,W,2), valid (H,W))."""
+    def _other_frame(self, t: int) -> int | None:
+        """The frame whose positions this step supervises: half the time an adjacent one (dense flow), else one up to
+        `track_window` frames away (sparse long-range tracks). None without flow."""
         d = self.data
         if d.flow_fw is None or d.T < 2:
             return None
-        forward = t == 0 or (t < d.T - 1 and bool(torch.rand((), generator=self.gen, device=self.device) < 0.5))
-        if forward:
-            return t + 1, d.flow_fw[t], d.valid_fw[t]
-        return t - 1, d.flow_bw[t - 1], d.valid_bw[t - 1]
+        window = 1 if d.tracks is None else d.tracks["window"]
+        r = torch.rand(2, generator=self.gen, device=self.device)
+        reach = 1 if window == 1 or bool(r[0] < 0.5) else 2 + int(r[1] * (window - 1))
+        choices = [n for n in (t - reach, t + reach) if 0 <= n < d.T] or [n for n in (t - 1, t + 1) if 0 <= n < d.T]
+        return choices[int(torch.randint(0, len(choices), (1,), generator=self.gen, device=self.device))]
 
-    def _positions_at(self, time: float) -> Float[Tensor, "N 3"]:
-        dyn, _ = self.model.dynamic_pose(time)
-        return torch.cat([self.model.static.means, dyn])
+    def _pairs(self) -> tuple[Tensor, Tensor]:
+        """Neighbouring dynamic Gaussians of one object (k nearest in the canonical frame), made again whenever
+        densification changed the set."""
+        if self._pairs_cache is None:
+            # seeded by the set's size so that a resumed fit draws the same pairs as an uninterrupted one
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + len(self.model.dynamic))
+            pairs, rest = neighbour_pairs(self.model.dynamic.means, self.model.instance_ids, generator=gen)
+            self._pairs_cache = (pairs.to(self.device), rest.to(self.device))
+        return self._pairs_cache
 
     def _depth_loss(self, out: dict, t: int) -> Tensor:
         d, c = self.data, self.cfg
@@ -217,12 +252,14 @@ class DpDyTask:
             for name, strategy in self.strategies.items():
                 counts = strategy.refine(self.optimizer, self.gen)
                 metrics[f"n_{name}"] = counts["after"]
+            self._pairs_cache = None
 
     # ---- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"sizes": self.model.sizes(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
-                "strategies": {k: s.state_dict() for k, s in self.strategies.items()}}
+                "strategies": {k: s.state_dict() for k, s in self.strategies.items()},
+                "pairs": self._pairs_cache}
 
     def load_state_dict(self, state: dict) -> None:
         model = DynamicGaussians.from_sizes(state["sizes"]).to(self.device)
@@ -235,6 +272,8 @@ class DpDyTask:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
+        pairs = state.get("pairs")  # made from the set as it was then: rebuilding them now would change the fit
+        self._pairs_cache = None if pairs is None else tuple(p.to(self.device) for p in pairs)
 
     def save(self, out: Path, step: int, seconds: float) -> None:
         save_checkpoint(out, self.model, self.cfg, {**self.arch, "sizes": self.model.sizes()}, step, seconds)

@@ -22,6 +22,7 @@ from jaxtyping import Float
 
 from models.cameras import unproject
 from models.depth import densify_sparse_depth
+from models.gaussians.coverage import fill_static_holes, seen_background
 from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases, rotmat_to_quat
 from models.gaussians.tracks import chain_tracks, kmeans
 from models.scene import Scene
@@ -46,6 +47,8 @@ class InitOptions:
     """Frames (spread over those where an object is seen) whose object pixels are lifted."""
     opacity: float = 0.7
     """Initial opacity of every Gaussian."""
+    fill_holes: bool = True
+    """Also lift the background pixels of every other frame that the keyframes' Gaussians leave empty."""
     seed: int = 0
 
 
@@ -113,24 +116,35 @@ def _grid_pixels(mask: np.ndarray, count: int, rng: np.random.Generator) -> np.n
     return xy[keep].astype(np.float32)
 
 
+def _lift_background(scene: Scene, depth: DepthSource, t: int, mask: np.ndarray, count: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """About `count` Gaussians (means, colours, scales) for the pixels `mask` (H,W) of frame t that have depth;
+    None without depth. A Gaussian's size is half the pixel spacing at its depth."""
+    z = depth(t)
+    if z is None:
+        return None
+    mask = mask & (z > 0)
+    xy = _grid_pixels(mask, count, rng)
+    zs = z[xy[:, 1].astype(int), xy[:, 0].astype(int)]
+    stride = np.sqrt(mask.sum() / max(len(xy), 1))
+    focal = float(scene.cameras.K[t, 0, 0])
+    colors = np.asarray(scene.frames[t], np.float32)[xy[:, 1].astype(int), xy[:, 0].astype(int)] / 255
+    return _lift(scene, t, xy, zs), colors, 0.5 * stride * zs / focal
+
+
 def static_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: np.random.Generator) -> GaussianSet:
+    """Background pixels of the keyframes and the SfM points, then whatever background any other frame sees that
+    these leave empty (`coverage.fill_static_holes`)."""
     means, colors, scales = [], [], []
-    focal = float(scene.cameras.K[:, 0, 0].mean())
     keyframes = np.unique(np.linspace(0, scene.num_frames - 1, max(1, opts.keyframes)).round().astype(int))
+    per_pixel = opts.static_points / len(keyframes) / (scene.width * scene.height)
     for t in keyframes:
-        z = depth(int(t))
-        if z is None:
+        bg = seen_background(scene, int(t))
+        lifted = _lift_background(scene, depth, int(t), bg, round(per_pixel * bg.sum()), rng)
+        if lifted is None:
             break
-        background = np.ones((scene.height, scene.width), bool)
-        if scene.instances is not None:
-            moving = cv2.dilate((np.asarray(scene.instances[t]) > 0).astype(np.uint8), np.ones((5, 5), np.uint8))
-            background = moving == 0
-        xy = _grid_pixels(background & (z > 0), opts.static_points // len(keyframes), rng)
-        zs = z[xy[:, 1].astype(int), xy[:, 0].astype(int)]
-        stride = np.sqrt(background.sum() / max(len(xy), 1))
-        means.append(_lift(scene, int(t), xy, zs))
-        colors.append(np.asarray(scene.frames[t], np.float32)[xy[:, 1].astype(int), xy[:, 0].astype(int)] / 255)
-        scales.append(0.5 * stride * zs / focal)
+        for out, value in zip((means, colors, scales), lifted):
+            out.append(value)
     if scene.points is not None and len(scene.points):
         pts = np.asarray(scene.points, np.float32)
         rgb = (np.asarray(scene.points_rgb, np.float32) / 255 if scene.points_rgb is not None
@@ -146,7 +160,15 @@ def static_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: n
         colors.append(rng.uniform(0.2, 0.8, (n, 3)))
         scales.append(np.full(n, 0.02 * scene.radius))
         return _gaussian_set(np.concatenate(means), np.concatenate(colors), np.concatenate(scales), 0.1, rng)
-    return _gaussian_set(np.concatenate(means), np.concatenate(colors), np.concatenate(scales), opts.opacity, rng)
+    gset = _gaussian_set(np.concatenate(means), np.concatenate(colors), np.concatenate(scales), opts.opacity, rng)
+    if not opts.fill_holes or depth(0) is None:
+        return gset
+
+    def lift_holes(t: int, empty: np.ndarray) -> GaussianSet | None:
+        lifted = _lift_background(scene, depth, t, empty, max(1, round(per_pixel * empty.sum())), rng)
+        return None if lifted is None or not len(lifted[0]) else _gaussian_set(*lifted, opts.opacity, rng)
+
+    return fill_static_holes(gset, scene, lift_holes)
 
 
 def _mean_neighbour_distance(pts: np.ndarray, k: int = 3) -> np.ndarray:

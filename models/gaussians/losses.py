@@ -3,9 +3,9 @@ for dense predictions), 2D tracks through rendered 3D positions, masks, and moti
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from models.cameras import project
@@ -64,12 +64,77 @@ def track_loss(positions: Float[Tensor, "H W 3"], alpha: Float[Tensor, "H W"], t
     return ((xy - target_xy[sel]).abs().sum(-1) * scale).mean()
 
 
-def motion_smoothness(translations: Float[Tensor, "B T 3"], rotations: Float[Tensor, "B T 4"], unit: float
+def motion_smoothness(translations: Float[Tensor, "B T 3"], rotations: Float[Tensor, "B T 6"], unit: float
                       ) -> Float[Tensor, ""]:
-    """Squared second differences over time of the bases' translations (in units of `unit`) and rotations."""
+    """Squared second differences over time of the bases' translations (in units of `unit`) and 6D rotations."""
     if translations.shape[1] < 3:
         return translations.sum() * 0
     acc_t = translations[:, 2:] - 2 * translations[:, 1:-1] + translations[:, :-2]
-    q = F.normalize(rotations, dim=-1)
-    acc_q = q[:, 2:] - 2 * q[:, 1:-1] + q[:, :-2]
+    r = rotations
+    acc_q = r[:, 2:] - 2 * r[:, 1:-1] + r[:, :-2]
     return (acc_t / unit).square().sum(-1).mean() + acc_q.square().sum(-1).mean()
+
+
+def long_track_loss(positions: Float[Tensor, "H W 3"], alpha: Float[Tensor, "H W"], query_xy: Float[Tensor, "P 2"],
+                    target_xy: Float[Tensor, "P 2"], ok: Bool[Tensor, " P"], K: Float[Tensor, "3 3"],
+                    w2c: Float[Tensor, "4 4"], near: float, delta: float = 2.0) -> Float[Tensor, ""]:
+    """Sparse long-range tracks: the rendered 3D position (composited, not yet divided by alpha) at each query
+    pixel, projected with the target frame's camera, must land on the track's position there. Pseudo-Huber in
+    pixels (quadratic below `delta`, linear above: chained flow has outliers); points the render does not cover,
+    broken tracks and points at or behind the target camera's near plane (z <= near) are left out."""
+    h, w = alpha.shape
+    ix = query_xy[:, 0].long().clamp(0, w - 1)
+    iy = query_xy[:, 1].long().clamp(0, h - 1)
+    a = alpha[iy, ix]
+    sel = ok & (a.detach() > 0.5)
+    if not bool(sel.any()):
+        return positions.sum() * 0
+    xy, z = project(positions[iy[sel], ix[sel]] / a[sel, None], K, w2c)
+    front = z.detach() > near
+    if not bool(front.any()):
+        return positions.sum() * 0
+    r2 = (xy[front] - target_xy[sel][front]).square().sum(-1)
+    return (delta * delta * (torch.sqrt(1 + r2 / (delta * delta)) - 1)).mean()
+
+
+def isometry_loss(a: Float[Tensor, "N 3"], b: Float[Tensor, "N 3"], pairs: Int[Tensor, "M 2"],
+                  rest: Float[Tensor, " M"]) -> Float[Tensor, ""]:
+    """Local rigidity between neighbouring dynamic Gaussians (Dynamic 3D Gaussians, MoSca): the distance of each
+    pair (i, j) at one time `a` should equal that at another time `b`. Relative to the mean rest length `rest`
+    (not each pair's: near-duplicate pairs would blow up). Bending and turning cost nothing; stretching and tearing
+    apart do."""
+    if len(pairs) == 0:
+        return a.sum() * 0
+    da = (a[pairs[:, 0]] - a[pairs[:, 1]]).norm(dim=-1)
+    db = (b[pairs[:, 0]] - b[pairs[:, 1]]).norm(dim=-1)
+    return (da - db).abs().mean() / rest.mean().clamp(min=1e-8)
+
+
+def neighbour_pairs(points: Float[Tensor, "N 3"], groups: Int[Tensor, " N"], k: int = 8, max_points: int = 4096,
+                    generator: torch.Generator | None = None) -> tuple[Int[Tensor, "M 2"], Float[Tensor, " M"]]:
+    """Pairs (i, j) of each of up to `max_points` sampled points with its k nearest neighbours in the same group
+    (one object), and their distances."""
+    n = len(points)
+    if n < 2:
+        return torch.zeros(0, 2, dtype=torch.long), points.new_zeros(0)
+    sample = torch.randperm(n, generator=generator)[:max_points] if n > max_points else torch.arange(n)
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().cpu().numpy()
+    ids = groups.cpu().numpy()
+    rows, cols = [], []
+    for g in np.unique(ids[sample.numpy()]):
+        members = np.nonzero(ids == g)[0]
+        if len(members) < 2:
+            continue
+        tree = cKDTree(pts[members])
+        mine = sample.numpy()[ids[sample.numpy()] == g]
+        _, nn = tree.query(pts[mine], k=min(k + 1, len(members)))
+        nn = members[nn[:, 1:]]
+        rows.append(np.repeat(mine, nn.shape[1]))
+        cols.append(nn.ravel())
+    if not rows:
+        return torch.zeros(0, 2, dtype=torch.long), points.new_zeros(0)
+    pairs = torch.as_tensor(np.stack([np.concatenate(rows), np.concatenate(cols)], 1), device=points.device)
+    rest = (points.detach()[pairs[:, 0]] - points.detach()[pairs[:, 1]]).norm(dim=-1)
+    return pairs, rest

@@ -3,11 +3,14 @@
 Static Gaussians never move. Dynamic Gaussians live in a canonical frame; their pose at frame t is a
 per-Gaussian blend of B global rigid motions (Shape of Motion's motion bases):
 
-    q_i(t) = normalise(sum_b w_ib q_b(t)),   x_i(t) = R(q_i(t)) x_i + sum_b w_ib u_b(t),   w_i = softmax(logits_i)
+    r_i(t) = sum_b w_ib r_b(t),   R_i(t) = gram_schmidt(r_i(t)),   x_i(t) = R_i(t) x_i + sum_b w_ib u_b(t)
 
-Each basis holds one rotation (unit quaternion, wxyz) and one translation per input frame; between frames the
-pose is interpolated linearly (nlerp), so any normalised time in [0, 1] renders. Bases are initialised per
-segmented object (models/gaussians/init.py) and every dynamic Gaussian carries its object's instance id.
+with w_i = softmax(logits_i). Rotations are stored and blended in the continuous 6D representation (the first two
+columns of the matrix, Zhou et al. 2019): unlike blended quaternions it has no double cover, so no sign flip when
+a basis turns past 180 degrees, and any blend maps smoothly back to a rotation. Each basis holds one rotation and
+one translation per input frame; between frames both are interpolated linearly, so any normalised time in [0, 1]
+renders. Bases are initialised per segmented object (models/gaussians/init.py) and every dynamic Gaussian carries
+its object's instance id.
 
 Per-Gaussian parameters are stored unconstrained: log scales, opacity logits, colour logits (rgb = sigmoid).
 """
@@ -54,6 +57,20 @@ def rotmat_to_quat(R: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 4"]:
     return q.reshape(*R.shape[:-2], 4)
 
 
+def rotmat_to_6d(R: Float[Tensor, "*B 3 3"]) -> Float[Tensor, "*B 6"]:
+    """The 6D representation of rotations: the first two columns, concatenated."""
+    return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
+
+
+def rot6d_to_rotmat(r: Float[Tensor, "*B 6"]) -> Float[Tensor, "*B 3 3"]:
+    """Rotation matrices from (not necessarily orthonormal) 6D vectors by Gram-Schmidt: exact inverse of
+    `rotmat_to_6d` on rotations, smooth everywhere else (the two halves must not be parallel)."""
+    a, b = r[..., :3], r[..., 3:]
+    x = F.normalize(a, dim=-1)
+    y = F.normalize(b - (x * b).sum(-1, keepdim=True) * x, dim=-1)
+    return torch.stack([x, y, torch.linalg.cross(x, y)], dim=-1)
+
+
 class GaussianSet(nn.Module):
     """N Gaussians' parameters: means (N,3), log_scales (N,3), quats (N,4) wxyz, opacity_logits (N,),
     color_logits (N,3)."""
@@ -87,27 +104,36 @@ class GaussianSet(nn.Module):
 
 
 class MotionBases(nn.Module):
-    """B rigid motions over T frames: rotations (B,T,4) wxyz and translations (B,T,3)."""
+    """B rigid motions over T frames: rotations (B,T,6) in the 6D representation and translations (B,T,3).
+    The constructor also takes rotations as wxyz quaternions (B,T,4) or matrices (B,T,3,3)."""
 
-    def __init__(self, rotations: Float[Tensor, "B T 4"], translations: Float[Tensor, "B T 3"]):
+    def __init__(self, rotations: Float[Tensor, "B T R"] | Float[Tensor, "B T 3 3"],
+                 translations: Float[Tensor, "B T 3"]):
         super().__init__()
-        self.rotations = nn.Parameter(rotations.detach().float().contiguous())
+        rotations = rotations.detach().float()
+        if rotations.shape[-1] == 4:
+            rotations = quat_to_rotmat(rotations)
+        if rotations.shape[-2:] == (3, 3):
+            rotations = rotmat_to_6d(rotations)
+        self.rotations = nn.Parameter(rotations.contiguous())
         self.translations = nn.Parameter(translations.detach().float().contiguous())
 
     @property
     def num_frames(self) -> int:
         return int(self.rotations.shape[1])
 
-    def at(self, time: float) -> tuple[Float[Tensor, "B 4"], Float[Tensor, "B 3"]]:
-        """The bases' poses at normalised time in [0, 1] (linear between frames, nlerp for rotations)."""
+    def rotmats(self) -> Float[Tensor, "B T 3 3"]:
+        return rot6d_to_rotmat(self.rotations)
+
+    def at(self, time: float) -> tuple[Float[Tensor, "B 6"], Float[Tensor, "B 3"]]:
+        """The bases' poses at normalised time in [0, 1]: 6D rotations and translations, each linear between
+        frames (the rotation becomes orthonormal only after blending, in `rot6d_to_rotmat`)."""
         f = min(max(float(time), 0.0), 1.0) * (self.num_frames - 1)
         i0 = min(int(f), self.num_frames - 1)
         i1 = min(i0 + 1, self.num_frames - 1)
         a = f - i0
-        q0, q1 = self.rotations[:, i0], self.rotations[:, i1]
-        q1 = torch.where((q0 * q1).sum(-1, keepdim=True) < 0, -q1, q1)  # shortest way round
-        q = F.normalize((1 - a) * q0 + a * q1, dim=-1)
-        return q, (1 - a) * self.translations[:, i0] + a * self.translations[:, i1]
+        lerp = lambda v: (1 - a) * v[:, i0] + a * v[:, i1]
+        return lerp(self.rotations), lerp(self.translations)
 
 
 class DynamicGaussians(nn.Module):
@@ -149,29 +175,32 @@ class DynamicGaussians(nn.Module):
     @classmethod
     def from_sizes(cls, sizes: dict[str, int]) -> "DynamicGaussians":
         b, t = sizes["bases"], sizes["frames"]
-        rot = torch.zeros(b, t, 4)
-        rot[..., 0] = 1
+        rot = torch.eye(3).expand(b, t, 3, 3)
         return cls(GaussianSet.empty(sizes["static"]), GaussianSet.empty(sizes["dynamic"]),
                    MotionBases(rot, torch.zeros(b, t, 3)), torch.zeros(sizes["dynamic"], b),
                    torch.zeros(sizes["dynamic"], dtype=torch.int32))
 
-    def dynamic_pose(self, time: float) -> tuple[Float[Tensor, "N_dyn 3"], Float[Tensor, "N_dyn 4"]]:
-        """Dynamic Gaussians' world means and orientations (wxyz) at normalised time in [0, 1]."""
-        q_b, u_b = self.bases.at(time)
-        w = torch.softmax(self.motion_logits, dim=-1)
-        q = F.normalize(w @ q_b, dim=-1)
-        means = (quat_to_rotmat(q) @ self.dynamic.means[:, :, None])[..., 0] + w @ u_b
-        return means, quat_multiply(q, self.dynamic.quats)
+    def dynamic_pose(self, time: float, index: Int[Tensor, " M"] | None = None
+                     ) -> tuple[Float[Tensor, "M 3"], Float[Tensor, "M 4"]]:
+        """Dynamic Gaussians' world means and orientations (wxyz) at normalised time in [0, 1]: all of them (M = N_dyn),
+        or those of `index`."""
+        r_b, u_b = self.bases.at(time)
+        logits, means, quats = self.motion_logits, self.dynamic.means, self.dynamic.quats
+        if index is not None:
+            logits, means, quats = logits[index], means[index], quats[index]
+        w = torch.softmax(logits, dim=-1)
+        R = rot6d_to_rotmat(w @ r_b)
+        return (R @ means[:, :, None])[..., 0] + w @ u_b, quat_multiply(rotmat_to_quat(R), quats)
 
     def temporal_opacity(self, time: float) -> Float[Tensor, " N_dyn"]:
         """Each dynamic Gaussian's opacity factor at normalised time in [0, 1]."""
         z = (time - self.time_centers) / self.log_time_scales.exp()
         return torch.exp(-0.5 * z * z)
 
-    def gaussians_at(self, time: float) -> dict[str, Tensor]:
+    def gaussians_at(self, time: float, pose: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """All Gaussians at normalised time: means (N,3), quats (N,4), scales (N,3), opacities (N,), colors (N,3),
-        is_dynamic (N,) float (static first, then dynamic)."""
-        dyn_means, dyn_quats = self.dynamic_pose(time)
+        is_dynamic (N,) float (static first, then dynamic). `pose`: `dynamic_pose(time)` when already computed."""
+        dyn_means, dyn_quats = self.dynamic_pose(time) if pose is None else pose
         s, d = self.static, self.dynamic
         return {
             "means": torch.cat([s.means, dyn_means]),
@@ -183,11 +212,13 @@ class DynamicGaussians(nn.Module):
         }
 
     def render(self, viewmat: Float[Tensor, "4 4"], K: Float[Tensor, "3 3"], width: int, height: int,
-               time: float, extra: Float[Tensor, "N E"] | None = None, backend: str = "auto") -> dict[str, Tensor]:
+               time: float, extra: Float[Tensor, "N E"] | None = None, backend: str = "auto",
+               pose: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """One camera at one normalised time. Returns rgb (H,W,3), depth (H,W) expected z, alpha (H,W),
         dynamic (H,W) the dynamic Gaussians' share of the pixel, extra (H,W,E) composited `extra` features,
-        meta (the rasterizer's, for densification). The background colour is `self.background` (clamped to [0, 1])."""
-        g = self.gaussians_at(time)
+        meta (the rasterizer's, for densification). `pose`: `dynamic_pose(time)` when already computed. The
+        background colour is `self.background` (clamped to [0, 1])."""
+        g = self.gaussians_at(time, pose)
         feats = [g["colors"], g["is_dynamic"][:, None]] + ([extra] if extra is not None else [])
         colors = torch.cat(feats, dim=-1)
         bg = torch.cat([self.background.clamp(0, 1), colors.new_zeros(colors.shape[-1] - 3)])[None]

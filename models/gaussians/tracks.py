@@ -6,6 +6,8 @@ valid_* mark forward-backward consistent pixels. Pixel positions (x, y) have pix
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from jaxtyping import Bool, Float
 
@@ -67,3 +69,56 @@ def kmeans(x: Float[np.ndarray, "P D"], k: int, seed: int = 0, iters: int = 20) 
             if (labels == j).any():
                 centers[j] = x[labels == j].mean(0)
     return labels
+
+
+@dataclass
+class WindowTracks:
+    """Sparse long-range 2D tracks: for every frame t, P query pixels `query` (T,P,2) and where each is at frames
+    t-W..t+W, `pos` (T,2W+1,P,2), with `ok` (T,2W+1,P) (False where the chain broke: occlusion, inconsistent flow,
+    leaving the image, or beyond the clip). Offset k lives at index k + W."""
+
+    query: Float[np.ndarray, "T P 2"]
+    pos: Float[np.ndarray, "T K P 2"]
+    ok: Bool[np.ndarray, "T K P"]
+    window: int
+
+
+def window_tracks(flow_fw: np.ndarray, flow_bw: np.ndarray, valid_fw: np.ndarray | None, valid_bw: np.ndarray | None,
+                  moving: np.ndarray | None, points: int, window: int, seed: int = 0,
+                  moving_share: float = 0.75) -> WindowTracks:
+    """Chain `points` query pixels of every frame through the flow to the frames within `window` of it. Moving
+    pixels (`moving` (T,H,W) bool, if given) get `moving_share` of the queries: their motion is what the tracks
+    are for; the rest go to the background, whose tracks fix the static depth through the camera's motion."""
+    rng = np.random.default_rng(seed)
+    n_frames, h, w = flow_fw.shape[0] + 1, flow_fw.shape[1], flow_fw.shape[2]
+    k = 2 * window + 1
+    query = np.zeros((n_frames, points, 2), np.float32)
+    pos = np.zeros((n_frames, k, points, 2), np.float32)
+    ok = np.zeros((n_frames, k, points), bool)
+    for t in range(n_frames):
+        query[t] = _query_pixels(None if moving is None else np.asarray(moving[t]), points, h, w, moving_share, rng)
+        lo, hi = max(0, t - window), min(n_frames, t + window + 1)
+        p, o = chain_tracks(flow_fw[lo:hi - 1], flow_bw[lo:hi - 1],
+                            None if valid_fw is None else valid_fw[lo:hi - 1],
+                            None if valid_bw is None else valid_bw[lo:hi - 1], t - lo, query[t])
+        pos[t, lo - t + window:hi - t + window], ok[t, lo - t + window:hi - t + window] = p, o
+    return WindowTracks(query, pos, ok, window)
+
+
+def _query_pixels(moving: np.ndarray | None, points: int, h: int, w: int, moving_share: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """`points` pixel centres (x, y): `moving_share` of them drawn from the moving pixels (when there are any),
+    the rest from the others."""
+    if moving is None or not moving.any():
+        masks, counts = [np.ones((h, w), bool)], [points]
+    else:
+        n_moving = min(int(round(points * moving_share)), points)
+        masks, counts = [moving, ~moving], [n_moving, points - n_moving]
+    out = []
+    for mask, count in zip(masks, counts):
+        ys, xs = np.nonzero(mask)
+        if not len(xs):
+            ys, xs = np.nonzero(np.ones((h, w), bool))
+        pick = rng.integers(len(xs), size=count)
+        out.append(np.stack([xs[pick] + 0.5, ys[pick] + 0.5], 1))
+    return np.concatenate(out).astype(np.float32)
