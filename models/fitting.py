@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
 from models.errors import InputError
+from models.files import atomic_write, remove_stale_temps
 from models.registry import FitProgress
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 STATE_FORMAT = 1
-_TMP_TAG = ".tmp-"  # temp files are ".<name>.tmp-<pid>-<random>" beside their target
 
 
 class FitTask(Protocol):
@@ -124,22 +121,6 @@ def read_checkpoint_config(ckpt: Path, method: str, version: int, fix: str, vers
     return doc
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` writes the file at a temp name in the same folder; it is fsynced and renamed onto `path`, so
-    readers see the old file or the new one, never a part. The temp file is removed if anything fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, checkpoint_every: int = 0,
             resume: bool = False, log_every: int = 10) -> Path:
     """Run `task` until the budget ends, then `task.save(out, ...)`; returns `out`.
@@ -191,12 +172,6 @@ def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, 
     return out
 
 
-def remove_stale_temps(folder: Path) -> None:
-    """Delete temp files that killed writers left in `folder`."""
-    for p in Path(folder).glob(f".*{_TMP_TAG}*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
 class _MetricsLog:
     """Appends one JSON object per logged step; non-finite numbers become null (keeps every line valid JSON)."""
 
@@ -226,17 +201,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             pass
     atomic_write(path, lambda p: p.write_text("".join(keep)))
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,7 +25,7 @@ import torch
 from rich.table import Table
 
 from models.errors import InputError
-from models.fitting import atomic_write
+from models.files import atomic_write
 from models.gaussians.ply import write_ply
 from models.methods import GAUSSIAN_METHODS, METHODS
 from models.registry import get_method

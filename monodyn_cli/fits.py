@@ -10,7 +10,6 @@ from its last checkpoint, a plain rerun starts it over.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -20,7 +19,7 @@ from models.errors import InputError
 from monodyn_cli.workspace import MANIFEST, Workspace, load_manifest, output_sizes, read_json, stage_key, write_json_atomic
 
 FIT_VERSION = 1
-METRICS = "metrics.jsonl"
+METRICS = "metrics.jsonl"  # written by models.fitting.run_fit
 
 
 def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[str, str], progress, resume: bool,
@@ -41,21 +40,14 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[st
         shutil.rmtree(trash, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a damaged manifest (outputs missing) is redone, not trusted
-    for leftover in out.glob(".*tmp*"):  # temp files of a checkpoint write that was killed
-        leftover.unlink(missing_ok=True)
     start = time.perf_counter()
     total = getattr(cfg, "steps", None)
-    with progress.task(f"fit {method}", total) as advance, open(out / METRICS, "a") as metrics_file:
+    with progress.task(f"fit {method}", total) as advance:
         last = [0]
 
         def report(step: int, total_steps: int | None = None, **metrics) -> None:
-            advance(step - last[0], **metrics)
+            advance(step - last[0], **metrics)  # metrics.jsonl is written by models.fitting.run_fit alone
             last[0] = step
-            if metrics:
-                row = {"step": step, "seconds": round(time.perf_counter() - start, 3),
-                       **{k: float(v) for k, v in metrics.items()}}
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
             if step % 100 == 0 and metrics:
                 log(f"step {step} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         impl.fit(scene, cfg, out, report, resume=resume)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from models.files import atomic_write
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
@@ -14,9 +15,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
 
     4:2:0 chroma needs even sizes: odd widths/heights are padded by repeating the last column/row (the
     video is then one pixel larger than `frames`). Lower crf = higher quality (0 is lossless luma, 18
-    visually lossless). Written to a temporary file beside `path`, then renamed, so a crash never leaves
-    a truncated video under the final name. Without PyAV (e.g. a GPU host with OpenCV only) OpenCV writes
-    the mp4 (MPEG-4 part 2, `crf` ignored), which players and browsers other than Chrome/Firefox open.
+    visually lossless). Written to a temporary file beside `path`, then renamed (models.files.atomic_write),
+    so a crash never leaves a truncated video under the final name. Without PyAV (e.g. a GPU host with OpenCV
+    only) OpenCV writes the mp4 (MPEG-4 part 2, `crf` ignored), which players other than Chrome/Firefox open.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
@@ -24,42 +25,36 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
     try:
-        import av
+        import av  # noqa: F401
     except ImportError:
-        return _write_mp4_opencv(path, tmp, frames, fps)
-    rate = Fraction(fps).limit_denominator(1001)
-    try:
-        with av.open(str(tmp), "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(int(crf))}
-            for img in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+        return atomic_write(Path(path), lambda tmp: _write_mp4_opencv(tmp, frames, fps))
+    return atomic_write(Path(path), lambda tmp: _write_mp4_pyav(tmp, frames, fps, crf))
+
+
+def _write_mp4_pyav(path: Path, frames: np.ndarray, fps: float, crf: int) -> None:
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(int(crf))}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        for packet in stream.encode():
+            container.mux(packet)
 
 
-def _write_mp4_opencv(path: Path, tmp: Path, frames: np.ndarray, fps: float) -> Path:
+def _write_mp4_opencv(path: Path, frames: np.ndarray, fps: float) -> None:
     import cv2
 
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (frames.shape[2], frames.shape[1]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (frames.shape[2], frames.shape[1]))
     try:
         if not writer.isOpened():
-            raise OSError(f"OpenCV cannot write {path} and PyAV is not installed: `pip install av`")
+            raise OSError(f"OpenCV cannot write {path.name} and PyAV is not installed: `pip install av`")
         for img in frames:
             writer.write(np.ascontiguousarray(img[..., ::-1]))
-        writer.release()
-        os.replace(tmp, path)
     finally:
         writer.release()
-        tmp.unlink(missing_ok=True)
-    return path

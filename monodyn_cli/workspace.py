@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from models.errors import InputError, MonodynError
+from models.files import fsync, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -43,16 +44,6 @@ def stage_key(stage: str, version: int, config: dict, inputs: dict[str, str]) ->
     """Content hash that names a stage's output folder (first 16 hex digits of a sha256)."""
     payload = canonical_json({"stage": stage, "version": version, "config": config, "inputs": inputs})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see either the old file or the whole new one, never a torn write."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -304,8 +295,4 @@ class Workspace:
 def _fsync_tree(folder: Path) -> None:
     for f in folder.rglob("*"):
         if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync(f)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from models import fitting
 from models.errors import InputError
-from models.fitting import Budget, atomic_write, resolve_device, run_fit
+from models.files import atomic_write
+from models.fitting import Budget, resolve_device, run_fit
 
 # ---- device ------------------------------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path):
     assert state["step"] == 20 and state["elapsed"] > 0
     assert metrics(tmp_path / "b")[-1]["step"] == 25  # logged past the state: dropped on resume
     (tmp_path / "b" / "metrics.jsonl").open("a").write('{"step": 26, "lo')  # a half-written line
-    (tmp_path / "b" / ".model.safetensors.tmp-1-dead").write_bytes(b"partial")  # a killed writer's temp file
+    (tmp_path / "b" / ".model.safetensors.tmp-99999999-deadbeef").write_bytes(b"partial")  # a killed writer's temp file
 
     resumed = Quadratic()
     run_fit(resumed, tmp_path / "b", Budget(steps=50), quiet, checkpoint_every=10, log_every=5, resume=True)

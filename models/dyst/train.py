@@ -26,7 +26,7 @@ from models.dyst.config import CONFIG, VERSION, WEIGHTS, DySTConfig
 from models.dyst.data import Batch, TrainingSet, real_batch, synth_batch
 from models.dyst.model import DyST, count_parameters
 from models.errors import InputError
-from models.fitting import atomic_write
+from models.files import atomic_write
 
 
 @dataclass

@@ -92,7 +92,7 @@ def write_ply(path: str | Path | BinaryIO, means: Float[np.ndarray, "N 3"], quat
     """Write N Gaussians as a 3DGS PLY (see the module docstring). means: world positions; quats: wxyz (any length,
     normalised here); scales: linear standard deviations; opacities in [0, 1]; colors: rgb in [0, 1].
 
-    Writes `path` directly (not atomically): use models.fitting.atomic_write for a file others may be reading."""
+    Writes `path` directly (not atomically): use models.files.atomic_write for a file others may be reading."""
     rec = gaussians_to_records(means, quats, scales, opacities, colors)
     if hasattr(path, "write"):
         path.write(ply_header(len(rec)))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from models.fitting import atomic_write
+from models.files import atomic_write
 from models.gcd.model import GCDModel
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from models.cameras import Cameras, camera_rays
 from models.fields import TensoRFVM
-from models.fitting import atomic_write
+from models.files import atomic_write
 from models.osn.composite import CompositeOutput, ObjectField, render_composite
 from models.osn.config import OSNConfig
 from models.osn.objects import ObjectSet, frame_from_world, frame_rays
