@@ -69,6 +69,24 @@ def forward_backward_consistency(
     return (mismatch < tolerance) & inside
 
 
+def compose_flow(
+    first: Float[Tensor, "B H W 2"], second: Float[Tensor, "B H W 2"],
+    first_valid: Bool[Tensor, "B H W"] | None = None, second_valid: Bool[Tensor, "B H W"] | None = None,
+) -> tuple[Float[Tensor, "B H W 2"], Bool[Tensor, "B H W"]]:
+    """Flow a -> c from `first` (a -> b) and `second` (b -> c): first(p) + second(p + first(p)), bilinear. A pixel
+    stays valid where both steps were valid (the second's validity read where the first lands) and it lands
+    inside frame b."""
+    _, h, w, _ = first.shape
+    composed = first + backward_warp(second, first)
+    target = _pixel_grid(h, w, first.device) + first
+    valid = (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
+    if first_valid is not None:
+        valid &= first_valid
+    if second_valid is not None:
+        valid &= backward_warp(second_valid[..., None].float(), first)[..., 0] > 0.5
+    return composed, valid
+
+
 def _gray_u8(frame: np.ndarray) -> np.ndarray:
     if frame.dtype != np.uint8:
         frame = np.clip(np.asarray(frame, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)

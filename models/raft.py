@@ -636,8 +636,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / truncated / not a checkpoint
-        raise InputError(f"cannot read RAFT checkpoint {path} ({type(e).__name__}: {e}); re-download it") from e
+    except Exception as e:  # corrupt / truncated / not a checkpoint (the library's own words stay in the cause)
+        raise InputError(f"cannot read RAFT checkpoint {path} (not a PyTorch checkpoint, or damaged); re-download "
+                         "it") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]

@@ -108,15 +108,41 @@ class Scene:
     def subset(self, idx: np.ndarray) -> "Scene":
         """The scene restricted to frames `idx` (e.g. every other frame for held-out evaluation).
 
-        Flow is dropped because neighbours change; `times` of the subset are those of the full clip.
+        With increasing `idx` the flow between the kept frames is the clip's flow composed across the frames left
+        out (a fit on the subset keeps its track supervision, as a fit on the whole clip has it); otherwise flow is
+        dropped. `times` of the subset are those of the full clip.
         """
         idx = np.asarray(idx)
         pick = lambda a: None if a is None else np.asarray(a[idx])
+        flows = self._subset_flow(idx)
         sub = Scene(frames=np.asarray(self.frames[idx]), timestamps=self.timestamps[idx],
                     cameras=self.cameras[torch.as_tensor(idx)], instances=pick(self.instances),
                     depth=pick(self.depth), points=self.points, points_rgb=self.points_rgb, center=self.center, radius=self.radius,
                     static_camera=self.static_camera, no_parallax=self.no_parallax, aabb=self.aabb, fps=self.fps,
                     frame_times=self.times.numpy()[idx], object_sfm=dict(self.object_sfm),
                     object_cameras={k: c[torch.as_tensor(idx)] for k, c in self.object_cameras.items()},
-                    object_depth={k: np.asarray(d[idx]) for k, d in self.object_depth.items()})
+                    object_depth={k: np.asarray(d[idx]) for k, d in self.object_depth.items()}, **flows)
         return sub
+
+    def _subset_flow(self, idx: np.ndarray) -> dict:
+        """flow_fw / flow_bw / valid_fw / valid_bw between consecutive frames of `idx`, composed over the frames in
+        between; {} without flow or for a non-increasing `idx`."""
+        if self.flow_fw is None or self.flow_bw is None or len(idx) < 2 or not (np.diff(idx) > 0).all():
+            return {}
+        from models.flow_ops import compose_flow
+
+        as_t = lambda a, i: torch.as_tensor(np.asarray(a[i], np.float32))[None]
+        valid = lambda v, i: None if v is None else torch.as_tensor(np.asarray(v[i], bool))[None]
+        fw, bw, vfw, vbw = [], [], [], []
+        for a, b in zip(idx[:-1], idx[1:]):
+            f, v = as_t(self.flow_fw, a), valid(self.valid_fw, a)
+            for j in range(a + 1, b):  # a -> j, then j -> j + 1
+                f, v = compose_flow(f, as_t(self.flow_fw, j), v, valid(self.valid_fw, j))
+            g, u = as_t(self.flow_bw, b - 1), valid(self.valid_bw, b - 1)
+            for j in range(b - 2, a - 1, -1):  # b -> j + 1, then j + 1 -> j
+                g, u = compose_flow(g, as_t(self.flow_bw, j), u, valid(self.valid_bw, j))
+            fw.append(f[0].numpy())
+            bw.append(g[0].numpy())
+            vfw.append(np.ones(f.shape[1:3], bool) if v is None else v[0].numpy())
+            vbw.append(np.ones(g.shape[1:3], bool) if u is None else u[0].numpy())
+        return {"flow_fw": np.stack(fw), "flow_bw": np.stack(bw), "valid_fw": np.stack(vfw), "valid_bw": np.stack(vbw)}

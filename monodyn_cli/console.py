@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -30,10 +31,11 @@ from rich.progress import Progress as RichProgressBar
 from models.errors import MonodynError
 from monodyn_cli.workspace import Progress
 
-console = Console(stderr=True, highlight=False)
+# emoji=False: user text such as `--dynamics-from ws:abc` must print as typed, not as an emoji code
+console = Console(stderr=True, highlight=False, emoji=False)
 # Results (tables) go to stdout. Piped into a file or a CI log, rich would assume 80 columns and cut the
 # headers and names of wide tables ("floor_m…"): there nobody resizes the window, so print them whole.
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+stdout = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 class RichProgress(Progress):
@@ -64,7 +66,7 @@ class RichProgress(Progress):
         self.log(f"{description}: {time.perf_counter() - start:.2f}s")
 
     def warn(self, message: str) -> None:
-        console.print(f"[yellow]warning:[/yellow] {message}")
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
         self.log(f"warning: {message}")
 
 
@@ -93,7 +95,8 @@ class RunLog:
 
 
 def error(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+    """One red line; the message is plain text (paths and option values in it are not Rich markup)."""
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -123,13 +126,14 @@ def handle_errors(fn: Callable) -> Callable:
                 error(f"no space left on the device{where}: free some space and run the command again (what was "
                       "cut short is redone; finished results are kept)")
             else:
-                error(f"{e.strerror or type(e).__name__}{': ' + str(e.filename) if e.filename else ''} "
-                      "(run again with --debug for the traceback)")
+                error(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''} "
+                      "(run again with --debug for the details)")
             raise typer.Exit(1)
-        except Exception as e:  # a bug or an environment problem: still one line unless --debug
+        except Exception:  # a bug or an environment problem: one line, no library text, unless --debug
             if debug:
                 traceback.print_exc()
-            error(f"{type(e).__name__}: {e} (run again with --debug for the traceback)")
+            error(f"{fn.__name__.replace('_', ' ')} failed unexpectedly (a monodyn bug or a broken install): run it "
+                  "again with --debug for the details")
             raise typer.Exit(1)
 
     return wrapper

@@ -9,12 +9,14 @@ Output folder (default `<workspace>/export/<method>-<fit key>/`):
     colmap/sparse/0/     the sfm stage's COLMAP model (cameras.bin, images.bin, points3D.bin), when it has one
     export.json          what was exported from which fit (written last)
 
-Every file is written under a temporary name and renamed, so a killed export leaves no partial file under a
-final name.
+The whole folder is written under a temporary name beside the output and renamed into place when complete
+(monodyn_cli/outputs.py): a failed or killed export leaves no partial folder, and an earlier export is replaced
+only by a complete one.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,16 +27,15 @@ import torch
 from rich.table import Table
 
 from models.errors import InputError
-from models.files import atomic_write
 from models.gaussians.ply import write_ply
 from models.methods import GAUSSIAN_METHODS, METHODS
 from models.registry import get_method
 from monodyn_cli import paths
 from monodyn_cli.console import RichProgress, human_bytes, stdout
 from monodyn_cli.fits import current_checkpoint
-from monodyn_cli.outputs import check_writable
+from monodyn_cli.outputs import Outputs
 from monodyn_cli.scene_loader import load_scene, resolve_workspace
-from monodyn_cli.workspace import load_manifest, write_json_atomic
+from monodyn_cli.workspace import load_manifest
 
 TABLE_ROWS = 12  # longer summaries show the first and last rows
 
@@ -61,8 +62,21 @@ def run(workspace, method, output, frames, every, static_only, dynamic_only, qui
     T = scene.num_frames
     indices = [] if static_only else parse_frames(frames, every, T)
     out = Path(output) if output is not None else ws.root / "export" / f"{method}-{ckpt.name}"
-    check_writable(out, folder=True)
+    with Outputs(ws.root) as outputs:
+        stage = outputs.folder(out, replaceable=_earlier_export)
+        written, n_static, n_dynamic, objects, colmap, seconds = _export(ws, scene, method, ckpt, stage, indices,
+                                                                         dynamic_only, static_only, progress)
+        outputs.commit()
+    _summary(written, n_static, n_dynamic, objects, colmap, out, seconds)
 
+
+def _earlier_export(folder: Path) -> bool:
+    """An export folder may replace an empty one or an earlier export (its export.json is written last)."""
+    return not any(folder.iterdir()) or (folder / "export.json").is_file()
+
+
+def _export(ws, scene, method, ckpt, out: Path, indices, dynamic_only, static_only, progress):
+    """Write the whole export into `out` (a temporary folder the caller renames into place)."""
     renderer = get_method(method).load(ckpt, scene, None, "cpu")
     model = getattr(renderer, "model", None)
     if not hasattr(model, "gaussians_at"):
@@ -86,24 +100,23 @@ def run(workspace, method, output, frames, every, static_only, dynamic_only, qui
                 advance(1)
 
     images = _export_images(ws, scene, out)
-    atomic_write(out / "transforms.json", lambda p: paths.write_transforms_json(
-        p, scene.cameras, images, [float(v) for v in times],
-        extra={"monodyn_export": {"method": method, "fit": ckpt.name, "time": "normalised to [0, 1]"}}))
+    paths.write_transforms_json(out / "transforms.json", scene.cameras, images, [float(v) for v in times],
+                                extra={"monodyn_export": {"method": method, "fit": ckpt.name,
+                                                          "time": "normalised to [0, 1]"}})
     colmap = _export_colmap(ws, out)
     objects = {}
     if n_dynamic and hasattr(model, "instance_ids"):
         ids, counts = np.unique(model.instance_ids.cpu().numpy(), return_counts=True)
         objects = {str(int(i)): int(c) for i, c in zip(ids, counts)}
     seconds = time.perf_counter() - start
-    write_json_atomic(out / "export.json", {
+    (out / "export.json").write_text(json.dumps({
         "method": method, "fit": ckpt.name, "checkpoint": str(ckpt), "format": "3DGS binary PLY, SH degree 0",
         "files": [w[0] for w in written], "frames": indices, "times": [float(times[t]) for t in indices],
         "gaussians": {"static": n_static, "dynamic": n_dynamic}, "dynamic_per_object": objects,
         "contents": "dynamic only" if dynamic_only else "static only" if static_only else "static + dynamic",
         "cameras": ["transforms.json"] + (["colmap/sparse/0"] if colmap else []), "seconds": round(seconds, 2),
-        "created": time.time()})
-    _summary(written, n_static, n_dynamic, objects, colmap, out, seconds)
-
+        "created": time.time()}, indent=2))
+    return written, n_static, n_dynamic, objects, colmap, seconds
 
 
 def parse_frames(text: str | None, every: int | None, T: int) -> list[int]:
@@ -134,8 +147,7 @@ def parse_frames(text: str | None, every: int | None, T: int) -> list[int]:
 
 
 def _write_gaussians(path: Path, g: dict, keep) -> str:
-    atomic_write(path, lambda p: write_ply(p, g["means"][keep], g["quats"][keep], g["scales"][keep],
-                                      g["opacities"][keep], g["colors"][keep]))
+    write_ply(path, g["means"][keep], g["quats"][keep], g["scales"][keep], g["opacities"][keep], g["colors"][keep])
     return path.name
 
 
@@ -150,12 +162,9 @@ def _export_images(ws, scene, out: Path) -> list[str]:
         dst = folder / name
         src = None if sfm is None else sfm.path / "images" / name
         if src is not None and src.exists():
-            if dst.exists() and os.path.samefile(src, dst):
-                continue
-            atomic_write(dst, lambda p, src=src: _link_or_copy(src, p))
+            _link_or_copy(src, dst)
         else:
-            rgb = np.ascontiguousarray(np.asarray(scene.frames[t])[..., ::-1])
-            atomic_write(dst, lambda p, rgb=rgb: _imwrite_png(p, rgb))
+            _imwrite_png(dst, np.ascontiguousarray(np.asarray(scene.frames[t])[..., ::-1]))
     return [f"images/{n}" for n in names]
 
 
@@ -176,7 +185,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _export_colmap(ws, out: Path) -> bool:
-    """Copy the current sfm stage's colmap/sparse/0 (file by file, each atomically); False when it has none."""
+    """Copy the current sfm stage's colmap/sparse/0; False when it has none."""
     sfm = ws.current("sfm")
     src = None if sfm is None else sfm.path / "colmap" / "sparse" / "0"
     if src is None or not src.is_dir() or not any(src.iterdir()):
@@ -184,7 +193,7 @@ def _export_colmap(ws, out: Path) -> bool:
     dst = out / "colmap" / "sparse" / "0"
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(p for p in src.iterdir() if p.is_file()):
-        atomic_write(dst / f.name, lambda p, f=f: shutil.copyfile(f, p))
+        shutil.copyfile(f, dst / f.name)
     return True
 
 
@@ -203,4 +212,4 @@ def _summary(written, n_static: int, n_dynamic: int, objects: dict, colmap: bool
     stdout.print(f"{n_static:,} static + {n_dynamic:,} dynamic Gaussians" + (f" ({per_object})" if per_object else ""))
     stdout.print("cameras: transforms.json (nerfstudio)" + (", colmap/sparse/0 (COLMAP)" if colmap else
                                                             " (the sfm stage has no COLMAP model)"))
-    stdout.print(f"wrote {out}")
+    stdout.print(f"wrote {out}", markup=False)

@@ -38,6 +38,7 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[st
         trash = out.with_name(f".trash-{key}-{os.getpid()}")
         os.replace(out, trash)
         shutil.rmtree(trash, ignore_errors=True)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a damaged manifest (outputs missing) is redone, not trusted
     start = time.perf_counter()
@@ -50,7 +51,16 @@ def fit_cached(ws: Workspace, method: str, impl, cfg, scene, input_keys: dict[st
             last[0] = step
             if step % 100 == 0 and metrics:
                 log(f"step {step} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        impl.fit(scene, cfg, out, report, resume=resume)
+        try:
+            impl.fit(scene, cfg, out, report, resume=resume)
+        except Exception:
+            from models.fitting import STATE_FILE
+
+            # a fit that failed before its first resume state leaves nothing to continue: remove its folder, so
+            # that status does not offer --resume for it (a kill, or one with a state, is kept for --resume)
+            if made and not (out / STATE_FILE).exists():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     seconds = time.perf_counter() - start
     outputs = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST)
     manifest = {"stage": "fit", "method": method, "version": FIT_VERSION, "format": impl.version, "key": key,
@@ -88,6 +98,18 @@ def current_checkpoint(ws: Workspace, method: str | None) -> tuple[str, Path]:
                          f"{method or 'dpdy'}` first")
     ckpt = ws.root / "fit" / method / current[method]
     if load_manifest(ckpt) is None:
-        raise InputError(f"the {method} checkpoint {ckpt} is incomplete or damaged (a file missing or truncated): "
-                         f"rerun `monodyn fit --method {method} --force`")
+        raise InputError(f"the {method} checkpoint {ckpt} is {fit_state(ckpt, method)[1]}")
     return method, ckpt
+
+
+def fit_state(folder: Path, method: str) -> tuple[str, str]:
+    """(state, what it is and what to do) of a fit folder without a complete manifest, the one wording that both
+    `status` and the commands that need the fit use."""
+    from models.fitting import STATE_FILE  # (imports torch: only when a fit is not complete)
+
+    if (folder / MANIFEST).exists():
+        return "damaged", (f"damaged (a file missing or truncated): `monodyn fit --method {method} --force` redoes "
+                           "it")
+    if (folder / STATE_FILE).exists():
+        return "incomplete", f"incomplete (the fit was stopped): `monodyn fit --method {method} --resume` continues it"
+    return "incomplete", f"incomplete (the fit was stopped early): `monodyn fit --method {method}` redoes it"

@@ -251,7 +251,7 @@ def load_lpips(net: str = "alex", lin: str | Path | None = None, backbone: str |
     if net not in LPIPS_SPECS:
         raise InputError(f"LPIPS backbone must be 'alex' or 'vgg', not {net!r}")
     lin_spec, bb_spec = (KNOWN[n] for n in LPIPS_SPECS[net])
-    lin_path = require_weights(lin_spec, lin, "--lpips-lin")
+    lin_path = require_weights(lin_spec, lin, "--lpips-weights")
     bb_path = require_weights(bb_spec, backbone, "--lpips-backbone")
     lin_state = torch.load(lin_path, map_location="cpu", weights_only=True)
     bb_state = torch.load(bb_path, map_location="cpu", weights_only=True)

@@ -257,9 +257,10 @@ def _check_poses(c2w: Tensor, fov: Tensor, path: Path) -> None:
     if not bool(torch.isfinite(c2w).all()):
         raise InputError(f"{path}: entry {first(~torch.isfinite(c2w).flatten(1).all(1))}: camera_to_world holds "
                          "a non-finite number (nan or inf)")
-    bad_fov = ~((fov > 0) & (fov < 180))
+    bad_fov = ~((fov >= 1e-3) & (fov < 180))  # a smaller fov has no finite focal length in float32
     if bool(bad_fov.any()):
-        raise InputError(f"{path}: entry {first(bad_fov)}: fov must be in (0, 180) degrees, got {float(fov[first(bad_fov)]):g}")
+        raise InputError(f"{path}: entry {first(bad_fov)}: fov must be in (0, 180) degrees (at least 0.001), got "
+                         f"{float(fov[first(bad_fov)]):g}")
     R = c2w[:, :3, :3]
     eye = torch.eye(3, dtype=c2w.dtype)
     rotation = ((R.transpose(1, 2) @ R - eye).abs().amax((1, 2)) < 1e-2) & ((torch.linalg.det(R) - 1).abs() < 1e-2)
@@ -357,8 +358,8 @@ def read_transforms_json(path) -> tuple[Cameras, list[str], list[float] | None]:
             K[i] = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]], dtype=torch.float64)
         c2w_gl = torch.tensor([fr["transform_matrix"] for fr in frames], dtype=torch.float64).reshape(-1, 4, 4)
         file_paths = [str(fr["file_path"]) for fr in frames]
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise InputError(f"{path}: malformed transforms ({type(e).__name__}: {e}); each frame needs file_path and "
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError):
+        raise InputError(f"{path}: malformed transforms; each frame needs file_path and "
                          "transform_matrix (4x4), and the file w, h and fl_x/fl_y/cx/cy or camera_angle_x") from None
     times = [float(fr["time"]) for fr in frames] if all("time" in fr for fr in frames) else None
     w2c = opengl_c2w_to_opencv_w2c(c2w_gl)

@@ -5,18 +5,21 @@ A renderer whose output is a pure function of its weights, its options, the clip
 times sets `Renderer.cache_key` (gcd: diffusion sampling is the slow part of its render). The frames are stored
 as `<workspace>/render_cache/<key>.npz` (rgb uint8, depth float16), where the key also covers the clip's frames,
 cameras and times and the path's cameras and times. Files are written to a temporary name and renamed, so a
-killed render leaves either a whole entry or none; only the newest `KEEP` entries are kept.
+killed render leaves either a whole entry or none (and a temporary the next save removes); only the newest
+`KEEP` entries are kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from jaxtyping import Float, UInt8
+
+from models.files import atomic_write, remove_stale_temps
 
 FOLDER = "render_cache"
 KEEP = 8
@@ -50,33 +53,49 @@ def load(workspace: Path, key: str) -> tuple[UInt8[np.ndarray, "N H W 3"], Float
 
 
 def save(workspace: Path, key: str, rgb: UInt8[np.ndarray, "N H W 3"], depth: Float[np.ndarray, "N H W"]) -> None:
-    """Store an entry atomically and prune the cache to the newest KEEP entries."""
+    """Store an entry atomically and prune the cache to the newest KEEP entries (and what killed renders left)."""
     folder = Path(workspace) / FOLDER
     folder.mkdir(exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, rgb=rgb, depth=depth.astype(np.float16))
-    tmp.replace(folder / f"{key}.npz")
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:  # a file object: np.savez would append .npz to a temporary name
+            np.savez(f, rgb=rgb, depth=depth.astype(np.float16))
+
+    atomic_write(folder / f"{key}.npz", write)
     entries = sorted(folder.glob("[!.]*.npz"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for old in entries[KEEP:]:
         old.unlink(missing_ok=True)
-    now = time.time()
-    for stale in folder.glob(".*.tmp.npz"):  # left by a killed render (an hour old: not one still writing)
-        if now - stale.stat().st_mtime > 3600:
-            stale.unlink(missing_ok=True)
+    remove_stale_temps(folder)
+
+
+class Rendered(NamedTuple):
+    rgb: UInt8[np.ndarray, "N H W 3"]
+    depth: Float[np.ndarray, "N H W"] | None
+    cached: bool  # served from the cache
+    coverage: Float[np.ndarray, " N"]  # per frame, the share of pixels that show the scene (`coverage`)
+
+
+def coverage(rgb: UInt8[np.ndarray, "N H W 3"], alpha: Float[np.ndarray, "N H W"] | None = None) -> Float[np.ndarray, " N"]:
+    """Per frame, the share of pixels that show the scene: rendered alpha >= 0.5 and not black. Black counts as
+    empty too, since methods without an alpha of their own (gcd, dyst) report alpha 1 everywhere."""
+    shown = rgb.max(-1) > 2
+    if alpha is not None:
+        shown &= alpha >= 0.5
+    return shown.mean((1, 2))
 
 
 def render_frames(renderer, method: str, scene, cameras, times, device: str, progress, label: str,
-                  workspace: Path | None = None, keep_depth: bool = False
-                  ) -> tuple[UInt8[np.ndarray, "N H W 3"], Float[np.ndarray, "N H W"] | None, bool]:
-    """(rgb, depth or None, served from the cache) for `cameras` (N) at `times` (N), in `renderer.chunk`s, every
-    output checked against the method contract. With a `workspace` and a renderer `cache_key`, the frames are
-    looked up in and stored to the workspace's cache (depth is then always kept, for a later --depth)."""
+                  workspace: Path | None = None, keep_depth: bool = False) -> Rendered:
+    """(rgb, depth or None, served from the cache, coverage) for `cameras` (N) at `times` (N), in
+    `renderer.chunk`s, every output checked against the method contract. With a `workspace` and a renderer
+    `cache_key`, the frames are looked up in and stored to the workspace's cache (depth is then always kept, for a
+    later --depth)."""
     from models.registry import check_render_output
 
     key = frames_key(renderer.cache_key, scene, cameras, times) if workspace is not None and renderer.cache_key else None
     if key and (hit := load(workspace, key)) is not None:
-        return hit[0], hit[1], True
-    rgb, depth = [], []
+        return Rendered(hit[0], hit[1], True, coverage(hit[0]))
+    rgb, depth, shown = [], [], []
     chunk = renderer.chunk or len(cameras)
     with progress.task(label, len(cameras)) as advance:
         for i in range(0, len(cameras), chunk):
@@ -84,11 +103,13 @@ def render_frames(renderer, method: str, scene, cameras, times, device: str, pro
             result = renderer.render(cameras[i:j].to(device), times[i:j].to(device))
             width = result.rgb.shape[2]  # a method may tile several variants side by side (osn --scale-samples)
             check_render_output(result, j - i, cameras.height, width, method)
-            rgb += list((result.rgb.clamp(0, 1) * 255).round().byte().cpu().numpy())
+            chunk_rgb = (result.rgb.clamp(0, 1) * 255).round().byte().cpu().numpy()
+            rgb += list(chunk_rgb)
+            shown += list(coverage(chunk_rgb, result.alpha.float().cpu().numpy()))
             if keep_depth or key:
                 depth += list(result.depth.float().cpu().numpy())
             advance(j - i)
     rgb_all, depth_all = np.stack(rgb), (np.stack(depth) if depth else None)
     if key:
         save(workspace, key, rgb_all, depth_all)
-    return rgb_all, depth_all, False
+    return Rendered(rgb_all, depth_all, False, np.asarray(shown))

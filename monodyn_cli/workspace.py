@@ -30,6 +30,9 @@ from models.errors import InputError, MonodynError
 from models.files import fsync, write_json_atomic
 
 MANIFEST = "manifest.json"
+# folders of a workspace that hold what commands write for people (not stage results): the only places inside a
+# workspace an output may go (monodyn_cli/outputs.py)
+OUTPUT_FOLDERS = ("renders", "export", "report", "eval", "osn", "dyst")
 
 
 class WorkspaceBusyError(MonodynError):
@@ -51,8 +54,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise InputError(f"{path} is corrupt or unreadable ({type(e).__name__}: {e}); delete it and rerun the "
-                         "command that wrote it (e.g. `monodyn preprocess --force STAGE`)") from None
+        why = e.strerror if isinstance(e, OSError) else "not valid JSON"
+        raise InputError(f"{path} is corrupt or unreadable ({why}); delete it and rerun the command that wrote it "
+                         "(e.g. `monodyn preprocess --force STAGE`)") from None
 
 
 def load_manifest(folder: Path) -> dict | None:
@@ -159,10 +163,11 @@ class Workspace:
             raise InputError(f"cannot create the workspace {self.root} ({e.strerror or e}): pass --workspace DIR in a "
                              "writable place") from None
 
-    def check_exists(self) -> None:
+    def check_exists(self, how: str = "--workspace DIR") -> None:
+        """`how`: the way the command takes a workspace, for the message."""
         if not (self.root / "workspace.json").exists():
             raise InputError(f"not a monodyn workspace: {self.root} (run `monodyn preprocess VIDEO` first, "
-                             "or pass --workspace DIR)")
+                             f"or pass {how})")
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -224,8 +229,8 @@ class Workspace:
         fits_path = self.root / "fit" / "current.json"
         fits = read_json(fits_path) if fits_path.exists() else {}
         order = ["decode", "flow", "segment", "sfm", "depth"]
-        not_stages = {"logs", "fit", "eval", "renders", "export", "report", "osn", "render_cache"}
-        stage_dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name not in not_stages]
+        not_stages = {"logs", "fit", "render_cache", *OUTPUT_FOLDERS}
+        stage_dirs = [p for p in self.root.iterdir() if p.is_dir() and p.name not in not_stages and p.name[0] != "."]
         stage_dirs.sort(key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
         groups = [(p.name, p, state.get(p.name)) for p in stage_dirs]
         if (self.root / "fit").is_dir():

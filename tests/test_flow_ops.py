@@ -171,3 +171,37 @@ def test_compute_video_flow_rejects_bad_input():
         compute_video_flow(np.zeros((1, 8, 8, 3), np.uint8), "dis")
     with pytest.raises(InputError, match="backend"):
         compute_video_flow(np.zeros((2, 8, 8, 3), np.uint8), "farneback")
+
+
+def test_compose_flow_adds_displacements_along_the_path_and_ands_validity():
+    from models.flow_ops import compose_flow
+
+    h, w = 6, 10
+    first = torch.zeros(1, h, w, 2)
+    first[..., 0] = 2.0  # everything 2 px right
+    second = torch.zeros(1, h, w, 2)
+    second[..., 1] = torch.arange(w, dtype=torch.float32)[None, None] * 0.1  # down by 0.1 x column
+    valid2 = torch.ones(1, h, w, dtype=torch.bool)
+    valid2[..., 5] = False
+    flow, valid = compose_flow(first, second, None, valid2)
+    assert torch.allclose(flow[0, 2, 3], torch.tensor([2.0, 0.5]))  # lands on column 5: 0.1 * 5 down
+    assert not bool(valid[0, 2, 3]) and bool(valid[0, 2, 1])  # column 3 lands on the invalid column 5
+    assert not bool(valid[0, 2, w - 1])  # lands outside the image
+
+
+def test_scene_subset_composes_flow_over_the_frames_left_out():
+    from models.cameras import Cameras
+    from models.scene import Scene
+
+    T, h, w = 5, 6, 12
+    fw = np.zeros((T - 1, h, w, 2), np.float32)
+    fw[..., 0] = 1.0
+    cams = Cameras(torch.eye(3).expand(T, 3, 3).clone(), torch.eye(4).expand(T, 4, 4).clone(), w, h)
+    scene = Scene(frames=np.zeros((T, h, w, 3), np.uint8), timestamps=np.arange(T) / 10.0, cameras=cams,
+                  flow_fw=fw, flow_bw=-fw, valid_fw=np.ones((T - 1, h, w), bool), valid_bw=np.ones((T - 1, h, w), bool))
+    sub = scene.subset(np.array([0, 2, 4]))
+    assert sub.flow_fw.shape == (2, h, w, 2)
+    np.testing.assert_allclose(sub.flow_fw[:, :, :w - 2], np.broadcast_to([2.0, 0.0], (2, h, w - 2, 2)), atol=1e-6)
+    np.testing.assert_allclose(sub.flow_bw[:, :, 2:], np.broadcast_to([-2.0, 0.0], (2, h, w - 2, 2)), atol=1e-6)
+    assert sub.valid_fw[:, :, :w - 2].all() and not sub.valid_fw[:, :, w - 1].any()
+    assert scene.subset(np.array([2, 0])).flow_fw is None  # not increasing: no flow

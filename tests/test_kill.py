@@ -1,5 +1,6 @@
 """kill -9 at any moment: a fit killed by SIGKILL resumes (`--resume`) to the same weights as the uninterrupted
-fit, a render killed mid-way leaves no file under the output name, and the workspace stays readable."""
+fit, a render or export killed mid-way leaves no file under the output name, the workspace stays readable, `status`
+lists the temporaries left behind and the next run removes them."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None:
     while not predicate():
         assert proc.poll() is None, f"finished before the kill: {proc.stdout.read()}"
         assert time.monotonic() - start < timeout
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def test_fit_killed_by_sigkill_resumes_to_the_uninterrupted_weights(workspace, tmp_path):
@@ -64,12 +65,40 @@ def test_fit_killed_by_sigkill_resumes_to_the_uninterrupted_weights(workspace, t
     assert leftovers == []
 
 
-def test_render_killed_by_sigkill_leaves_no_file_under_its_name(workspace, tmp_path):
+def _killed_then_cleaned(workspace: Path, args: list[str], temporaries, again: list[str]) -> None:
+    """Run `args`, kill -9 it once a temporary output exists (polled, not a fixed sleep), check that nothing is
+    under the final name, that `status` lists the leftover, and that the next run `again` removes it."""
+    proc = monodyn(*args)
+    wait_for(lambda: bool(temporaries()), proc, timeout=120.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = temporaries()
+    assert left
+    status = CliRunner().invoke(app, ["status", str(workspace)])
+    assert status.exit_code == 0 and "temporary file(s) of killed runs" in status.output, status.output
+    assert all(str(p) in status.output.replace("\n", "") for p in left), status.output
+    rerun = monodyn(*again)
+    assert rerun.wait(timeout=600) == 0, rerun.stdout.read()
+    assert not temporaries() and not any(p.exists() for p in left)
+    status = CliRunner().invoke(app, ["status", str(workspace)])
+    assert "temporary" not in status.output, status.output
+
+
+def test_render_killed_by_sigkill_leaves_no_file_under_its_name_and_the_next_run_cleans_up(workspace, tmp_path):
     if not any(workspace.glob("fit/dpdy/*/manifest.json")):
         pytest.skip("needs the fit of the test above")
     out = tmp_path / "orbit.mp4"
-    proc = monodyn("render", "-w", str(workspace), "--orbit", "30", "--frames", "400", "-o", str(out))
-    time.sleep(4.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _killed_then_cleaned(workspace, ["render", "-w", str(workspace), "--orbit", "30", "--frames", "400", "-o", str(out)],
+                         lambda: list(tmp_path.glob(".orbit.tmp-*")),
+                         ["render", "-w", str(workspace), "-q", "--frames", "2", "-o", str(tmp_path / "other.mp4")])
+    assert not out.exists()
+
+
+def test_export_killed_by_sigkill_leaves_no_folder_under_its_name_and_the_next_run_cleans_up(workspace, tmp_path):
+    if not any(workspace.glob("fit/dpdy/*/manifest.json")):
+        pytest.skip("needs the fit of the first test")
+    out = tmp_path / "export"
+    _killed_then_cleaned(workspace, ["export", "-w", str(workspace), "-q", "-o", str(out)],
+                         lambda: list(tmp_path.glob(".export.tmp-*")),
+                         ["export", "-w", str(workspace), "-q", "--static-only"])
     assert not out.exists()

@@ -296,10 +296,16 @@ def test_cli_errors_are_one_line_and_exit_1(tmp_path):
         lines = [line for line in res.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), res.output
     assert (out / "keep.txt").read_text() == "mine"  # refused, untouched
-    res = runner.invoke(_cli(), ["synth", str(out), "--force", "--quiet", "--frames", "3", "--width", "16",
-                                 "--height", "12", "--heldout-azimuths", "", "--fixed-cameras", "0"])
-    assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / "gt" / "scene.json").exists()
+    tiny = ["--force", "--quiet", "--frames", "3", "--width", "16", "--height", "12", "--heldout-azimuths", "",
+            "--fixed-cameras", "0"]
+    res = runner.invoke(_cli(), ["synth", str(out), *tiny])  # --force replaces an earlier scene, never other files
+    assert res.exit_code == 1 and "did not write" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    for _ in range(2):  # into the empty folder, then over that scene
+        res = runner.invoke(_cli(), ["synth", str(out), *tiny])
+        assert res.exit_code == 0, res.output
+    assert (out / "gt" / "scene.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["scene"]
 
 
 def test_cli_as_a_subprocess(tmp_path):

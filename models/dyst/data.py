@@ -148,7 +148,11 @@ def load_training_set(folder: Path) -> TrainingSet:
     if not path.exists():
         raise InputError(f"{folder} is not a complete dyst training set (no manifest.json); build it with "
                          "`monodyn train dyst --data-dir DIR`")
-    m = json.loads(path.read_text())
+    try:
+        m = json.loads(path.read_text())
+    except ValueError:
+        m = None
+    m = m if isinstance(m, dict) else {}  # a damaged manifest: a set of unknown format
     if m.get("version") != DATA_VERSION:
         raise InputError(f"{folder} is a dyst training set of format {m.get('version')} (need {DATA_VERSION}); "
                          "delete it and run `monodyn train dyst` again")

@@ -211,11 +211,13 @@ def convert_state_dict(sd: dict[str, Tensor], unet_config: dict, vae_levels: int
 def read_lightning_state(path: Path) -> dict[str, Tensor]:
     """The `state_dict` of a Lightning checkpoint (memory-mapped: the official files are ~20 GB)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InputError(f"cannot read {path} as a PyTorch Lightning checkpoint: {e}") from None
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # not a torch.save file at all (text, truncated): pickle's own words would not help
+        raise InputError(f"cannot read {path} as a PyTorch Lightning checkpoint (not a torch.save file, or damaged); "
+                         "give an official GCD *.ckpt or a folder written by `monodyn train gcd`") from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not any(k.startswith(UNET_PREFIX) for k in sd):
         raise InputError(f"{path} has no GCD/SVD weights (no '{UNET_PREFIX}*' keys in its state_dict)")

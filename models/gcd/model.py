@@ -308,7 +308,11 @@ class GCDModel(nn.Module):
         if not path.exists():
             raise InputError(f"{folder} is not a GCD model folder (no {CONFIG_FILE}); give a folder written by "
                              f"`monodyn train gcd` or an official *.ckpt file")
-        cfg = GCDConfig.from_json(json.loads(path.read_text()))
+        try:
+            cfg = GCDConfig.from_json(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError):
+            raise InputError(f"{path} is corrupt (not the JSON config `monodyn train gcd` writes): train the model "
+                             "again or re-download it") from None
         if cfg.version != FORMAT_VERSION:
             raise InputError(f"{folder} is GCD model format {cfg.version}, this monodyn reads format "
                              f"{FORMAT_VERSION}: retrain with `monodyn train gcd` or re-download the model")

@@ -25,7 +25,7 @@ def load_workspace_scene(path: Path):
     from monodyn_cli.workspace import Workspace
 
     ws = Workspace(Path(path))
-    ws.check_exists()
+    ws.check_exists("the folder of a clip that `monodyn preprocess` made")
     return load_scene(ws)[0]
 
 
@@ -63,33 +63,36 @@ def pca(
     from models.dyst.analysis import sweep
     from models.dyst.method import ClipLatents, find_checkpoint, load_model
     from models.fitting import resolve_device
-    from monodyn_cli.scene_loader import load_scene, resolve_workspace
+    from monodyn_cli.outputs import Outputs
+    from monodyn_cli.scene_loader import WORKSPACE_ARGUMENT, load_scene, resolve_workspace
     from monodyn_cli.video_io import write_mp4
 
-    ws = resolve_workspace(workspace)
+    ws = resolve_workspace(workspace, WORKSPACE_ARGUMENT)
     scene, _ = load_scene(ws)
     dev = resolve_device(device)
-    model, _ = load_model(find_checkpoint(checkpoint), dev)
-    clip = ClipLatents(model, scene, dev)
     out = output_dir or ws.root / "dyst"
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"camera": run_pca(clip.camera.cpu(), components), "dynamics": run_pca(clip.dynamics.cpu(), components)}
-    png = plot_pca(results, out / "pca.png")
-    mid = len(clip.frames) // 2
-    h, w = round(model.cfg.height * scale), round(model.cfg.width * scale)
-    written = [png]
-    for which, p in results.items():
-        tiles = [sweep(model, clip.z, clip.camera[mid], clip.dynamics[mid], which, p, k, frames, h, w)
-                 for k in range(len(p.std))]
-        video = tile_grid(torch.stack(tiles).cpu(), cols=min(4, len(tiles)))
-        written.append(write_mp4(out / f"pca-{which}.mp4", (video.numpy() * 255 + 0.5).astype(np.uint8), 24.0))
-    summary = {w: {"explained": [round(float(v), 4) for v in p.explained], "std": [round(float(v), 4) for v in p.std]}
-               for w, p in results.items()}
-    (out / "pca.json").write_text(json.dumps(summary, indent=1))
+    with Outputs(ws.root) as outputs:
+        tmp = {name: outputs.file(out / name, "--output-dir")
+               for name in ("pca.png", "pca-camera.mp4", "pca-dynamics.mp4", "pca.json")}
+        model, _ = load_model(find_checkpoint(checkpoint), dev)
+        clip = ClipLatents(model, scene, dev)
+        results = {"camera": run_pca(clip.camera.cpu(), components), "dynamics": run_pca(clip.dynamics.cpu(), components)}
+        plot_pca(results, tmp["pca.png"])
+        mid = len(clip.frames) // 2
+        h, w = round(model.cfg.height * scale), round(model.cfg.width * scale)
+        for which, p in results.items():
+            tiles = [sweep(model, clip.z, clip.camera[mid], clip.dynamics[mid], which, p, k, frames, h, w)
+                     for k in range(len(p.std))]
+            video = tile_grid(torch.stack(tiles).cpu(), cols=min(4, len(tiles)))
+            write_mp4(tmp[f"pca-{which}.mp4"], (video.numpy() * 255 + 0.5).astype(np.uint8), 24.0)
+        summary = {w: {"explained": [round(float(v), 4) for v in p.explained], "std": [round(float(v), 4) for v in p.std]}
+                   for w, p in results.items()}
+        tmp["pca.json"].write_text(json.dumps(summary, indent=1))
+        outputs.commit()
     for which, p in results.items():
         stdout.print(f"{which} latent: explained variance " + " ".join(f"{float(v):.2f}" for v in p.explained))
-    for p in written:
-        stdout.print(f"wrote {p}")
+    for name in ("pca.png", "pca-camera.mp4", "pca-dynamics.mp4"):
+        stdout.print(f"wrote {out / name}", markup=False)
 
 
 def tile_grid(tiles, cols: int):
@@ -159,7 +162,10 @@ def eval_(
     from models.fitting import resolve_device
     from models.weights import cache_dir
     from monodyn_cli.dyst_data import EVAL_SEED0, build_set, default_real_dirs, find_clips
+    from monodyn_cli.outputs import Outputs, check_output
 
+    if output is not None:
+        check_output(output)  # before the evaluation, which takes minutes
     dev = resolve_device(device)
     ckpts = list(checkpoints) if checkpoints else [find_checkpoint(None)]
     loaded = [load_model(find_checkpoint(c), dev) for c in ckpts]
@@ -211,6 +217,7 @@ def eval_(
     for path in ckpts:
         stdout.print(f"model {Path(path).name}: {path}")
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(rows, indent=1))
-        stdout.print(f"wrote {output}")
+        with Outputs() as outputs:
+            outputs.file(output).write_text(json.dumps(rows, indent=1))
+            outputs.commit()
+        stdout.print(f"wrote {output}", markup=False)

@@ -51,6 +51,13 @@ def evaluate(
     if protocol not in PROTOCOLS:
         raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     check_range("--every", every, 1, 1_000_000)
+    if protocol == "holdout" and gt is not None:
+        raise InputError("--gt is the ground truth of --protocol synth (a `monodyn synth` folder) or --protocol "
+                         "multiview (an npz); --protocol holdout scores held-out frames of the clip itself: drop --gt, "
+                         "or add --protocol synth")
+    if cameras is not None and protocol != "synth":
+        raise InputError("--cameras names held-out cameras of --protocol synth: add --protocol synth --gt DIR, or drop "
+                         "--cameras")
     method, impl, cfg = parse_method_options(method, "Config", list(ctx.args))
     _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights, lpips_backbone, every, device,
               quiet)
@@ -68,6 +75,7 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
     from monodyn_cli import evaluation, metrics, render_cache
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.fits import fit_cached
+    from monodyn_cli.outputs import Outputs
     from monodyn_cli.scene_loader import load_scene, resolve_workspace
     from monodyn_cli.workspace import Workspace
 
@@ -101,32 +109,34 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
                                                            resume=False, force=False, log=log, tag=tag)
         fit_seconds = time.perf_counter() - start
         renderer = impl.load(ckpt, train_scene, impl.RenderOptions(), device)
-        out_dir = ws.root / "eval" / f"{protocol}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        all_rows, summaries = [], {}
-        for views in views_list:
-            views = views.every(every)
-            rgb, _, _ = render_cache.render_frames(renderer, method, train_scene, views.cameras, views.times, device,
-                                                   progress, f"render {views.name}", ws.root)
-            pred = torch.from_numpy(rgb).float() / 255  # scored as delivered: 8-bit frames
-            rows = evaluation.score(pred, views, lpips_model)
-            for r in rows:
-                r["view"] = views.name
-            all_rows += rows
-            summaries[views.name] = metrics.summarize(rows)
-            floor = metrics.summarize(evaluation.score(floor_prediction(train_scene, views.times), views))
-            summaries[views.name].update({f"floor_{k}": v for k, v in floor.items()
-                                          if k in evaluation.FLOOR_METRICS})
-            _save_strip(out_dir / f"{views.name}.png", pred, views.images)
-        metrics.write_csv(out_dir / "per_frame.csv", all_rows)
-        summary = {"protocol": protocol, "method": method, "checkpoint": str(ckpt), "fit_seconds": round(fit_seconds, 1),
-                   "every": every, "views": summaries, "lpips": lpips_note or "computed"}
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        with Outputs(ws.root) as outputs:
+            target = ws.root / "eval" / f"{protocol}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+            out_dir = outputs.folder(target)
+            all_rows, summaries = [], {}
+            for views in views_list:
+                views = views.every(every)
+                rgb = render_cache.render_frames(renderer, method, train_scene, views.cameras, views.times, device,
+                                                 progress, f"render {views.name}", ws.root).rgb
+                pred = torch.from_numpy(rgb).float() / 255  # scored as delivered: 8-bit frames
+                rows = evaluation.score(pred, views, lpips_model)
+                for r in rows:
+                    r["view"] = views.name
+                all_rows += rows
+                summaries[views.name] = metrics.summarize(rows)
+                floor = metrics.summarize(evaluation.score(floor_prediction(train_scene, views.times), views))
+                summaries[views.name].update({f"floor_{k}": v for k, v in floor.items()
+                                              if k in evaluation.FLOOR_METRICS})
+                _save_strip(out_dir / f"{views.name}.png", pred, views.images)
+            metrics.write_csv(out_dir / "per_frame.csv", all_rows)
+            summary = {"protocol": protocol, "method": method, "checkpoint": str(ckpt), "fit_seconds": round(fit_seconds, 1),
+                       "every": every, "views": summaries, "lpips": lpips_note or "computed"}
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            outputs.commit()
         log.close()
     print_summary(summaries, f"{method} / {protocol}")
     if lpips_note:
         stdout.print(lpips_note)
-    stdout.print(f"per-frame CSV and summary: {out_dir}")
+    stdout.print(f"per-frame CSV and summary: {target}", markup=False)
 
 
 def floor_prediction(scene, times):

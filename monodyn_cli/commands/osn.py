@@ -36,11 +36,18 @@ def scales(
     from models.osn.method import load_model
     from models.osn.report import scale_report
     from monodyn_cli.fits import current_checkpoint
-    from monodyn_cli.scene_loader import resolve_workspace
+    from monodyn_cli.outputs import Outputs
+    from monodyn_cli.report.figures import plot_osn_scales
+    from monodyn_cli.scene_loader import WORKSPACE_ARGUMENT, resolve_workspace
 
-    ws = resolve_workspace(workspace)
+    ws = resolve_workspace(workspace, WORKSPACE_ARGUMENT)
     _, ckpt = current_checkpoint(ws, "osn")
-    report = scale_report(load_model(ckpt), seed=seed)
+    png = output or ws.root / "osn" / f"scales-{ckpt.name[:8]}.png"
+    with Outputs(ws.root) as outputs:
+        tmp = outputs.file(png)
+        report = scale_report(load_model(ckpt), seed=seed)
+        plot_osn_scales(report, tmp)
+        outputs.commit()
     table = Table(title=f"OSN object scales ({report.n_valid} of {report.n_candidates} candidate combinations valid)")
     for col in ("object", "searched", "valid (any combination)", "valid (others at default)", "default"):
         table.add_column(col, justify="right")
@@ -52,8 +59,4 @@ def scales(
     stdout.print(table)
     stdout.print("scale = the object's median distance from the camera in background units; render one with "
                  "`monodyn render ... --scales " + ",".join(f"{float(s):.3g}" for s in report.default) + "`")
-    png = output or ws.root / "osn" / f"scales-{ckpt.name[:8]}.png"
-    from monodyn_cli.report.figures import plot_osn_scales
-
-    plot_osn_scales(report, png)
-    stdout.print(f"wrote {png}")
+    stdout.print(f"wrote {png}", markup=False)

@@ -33,14 +33,11 @@ def report(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors (and let a failing section fail "
                                                       "the command)."),
 ) -> None:
-    from models.errors import InputError
     from monodyn_cli.report import build_report
-    from monodyn_cli.scene_loader import resolve_workspace
+    from monodyn_cli.scene_loader import WORKSPACE_ARGUMENT, resolve_workspace
 
-    ws = resolve_workspace(workspace)
-    if output is not None and output.exists() and output.is_dir():
-        raise InputError(f"--output {output} is a folder: give a file name, e.g. {output / 'report.html'}")
+    ws = resolve_workspace(workspace, WORKSPACE_ARGUMENT)
     path = build_report(ws, output, RichProgress(quiet), n_frames=frames, thumb=thumb, embed_limit_mb=embed_mb,
                         debug=debug)
     size = path.stat().st_size / 1024 ** 2
-    stdout.print(f"wrote {path} ({size:.1f} MB); open it in a browser")
+    stdout.print(f"wrote {path} ({size:.1f} MB); open it in a browser", markup=False)

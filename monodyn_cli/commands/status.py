@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from monodyn_cli.console import handle_errors, human_bytes, stdout
@@ -23,8 +24,11 @@ def status(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show each stage's config and output files."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
+    from monodyn_cli.fits import fit_state
+    from monodyn_cli.outputs import stale_outputs
+
     ws = Workspace(workspace)
-    ws.check_exists()
+    ws.check_exists("a workspace folder (made by `monodyn preprocess`)")
     table = Table(title=f"monodyn workspace {ws.root}")
     cols = ["stage", "key", "state", "seconds", "size", "summary"] + (["config", "outputs"] if verbose else [])
     for col in cols:
@@ -38,9 +42,11 @@ def status(
         m = row["manifest"]
         if m is None and running is not None and row["mtime"] >= newest[row["stage"]]:
             state = f"[yellow]running[/yellow] (pid {running} holds the lock)"
+        elif m is None and row["stage"].startswith("fit:"):
+            word, advice = fit_state(ws.root / "fit" / row["stage"][4:] / row["key"], row["stage"][4:])
+            state = f"[red]{word}[/red]{escape(advice[len(word):])}"
         elif m is None:
-            state = ("[red]incomplete[/red] (fit killed: `monodyn fit --resume` continues it)"
-                     if row["stage"].startswith("fit:") else "[red]crashed or damaged[/red] (redone next run)")
+            state = "[red]crashed or damaged[/red] (redone next run)"
         elif row["current"]:
             state = "[green]valid[/green]"
         elif not all_keys:
@@ -54,4 +60,10 @@ def status(
         table.add_row(*cells, *([cfg, outputs] if verbose else []))
     stdout.print(table)
     info = read_json(ws.root / "workspace.json")
-    stdout.print(f"source: {info.get('source')}  created: {time.ctime(info.get('created', 0))}")
+    stdout.print(f"source: {info.get('source')}  created: {time.ctime(info.get('created', 0))}", markup=False)
+    stale = stale_outputs(ws.root)
+    if stale:
+        stdout.print(f"[yellow]{len(stale)} temporary file(s) of killed runs[/yellow] (the next render, export or report "
+                     "in this workspace removes them):")
+        for p in stale:
+            stdout.print(f"  {p}", markup=False)

@@ -36,7 +36,8 @@ def _parse_azimuths(text: str) -> tuple[float, ...]:
 
 @handle_errors
 def synth(
-    out_dir: Path = typer.Argument(..., help="Folder to create (input.mp4 + gt/)."),
+    out_dir: Path = typer.Argument(..., help="Folder to create (input.mp4 + gt/); --force replaces an earlier scene "
+                                             "there."),
     seed: int = typer.Option(0, help="Random seed: the same seed and options give the same scene."),
     frames: int = typer.Option(48, help="Number of frames (time steps)."),
     width: int = typer.Option(256, help="Image width in pixels."),
@@ -62,16 +63,22 @@ def synth(
                                                 "object (or one for all), e.g. '1.0,0.7;1.4,1.2'."),
     crf: int = typer.Option(12, help="H.264 quality of input.mp4 (lower is better; 0 is near-lossless)."),
     device: str = typer.Option("cpu", help="Torch device for rendering (cpu, cuda, cuda:N, auto)."),
-    force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it exists and is not empty."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it holds an earlier `monodyn synth` scene."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
     from models.errors import InputError
     from models.fitting import resolve_device
+    from monodyn_cli.outputs import Outputs, check_output, empty_folder
     from monodyn_cli.synth import SynthConfig, parse_scale_variants, synthesize
 
     if not 0 <= crf <= 51:
         raise InputError(f"--crf must be within 0..51, got {crf}")
+    if out_dir.is_dir() and not empty_folder(out_dir) and not force:
+        raise InputError(f"output folder is not empty: {out_dir} (pass --force to replace it)")
+    # --force replaces an earlier scene only, never a folder of other files
+    check_output(out_dir, folder=True, option="OUT_DIR",
+                 replaceable=lambda p: empty_folder(p) or (p / "gt" / "scene.json").is_file())
     device = str(resolve_device(device))
     cfg = SynthConfig(seed=seed, frames=frames, width=width, height=height, fps=fps, objects=objects,
                       camera=camera, rig_cameras=rig_cameras, movers=movers, heldout_azimuths=_parse_azimuths(heldout_azimuths),
@@ -79,7 +86,10 @@ def synth(
                       stabilized_frames=_parse_frames(stabilized),
                       scale_variants=parse_scale_variants(scale_variants, objects))
     start = time.perf_counter()
-    out = synthesize(cfg, out_dir, force=force, crf=crf, device=device, progress=RichProgress(quiet))
+    with Outputs() as outputs:  # the scene itself goes to a temporary folder renamed into place (synth/writer.py)
+        outputs.mkdirs(out_dir.parent, "OUT_DIR")
+        out = synthesize(cfg, out_dir, force=force, crf=crf, device=device, progress=RichProgress(quiet))
+        outputs.commit()
     if quiet:
         return
     from monodyn_cli.synth import load_gt

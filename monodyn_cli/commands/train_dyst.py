@@ -57,15 +57,22 @@ def train_dyst(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
-    import time
-
     from models.dyst.config import DySTConfig
-    from models.dyst.data import load_training_set
-    from models.dyst.train import DySTTask, TrainConfig
-    from models.fitting import Budget, resolve_device, run_fit
+    from models.dyst.train import TrainConfig
+    from models.errors import InputError
+    from models.fitting import STATE_FILE, Budget
     from models.weights import cache_dir
-    from monodyn_cli.dyst_data import TRAIN_SEED0, build_set, default_real_dirs, find_clips
+    from monodyn_cli.dyst_data import default_real_dirs, find_clips
+    from monodyn_cli.options import check_range
+    from monodyn_cli.outputs import Outputs, check_output
 
+    # budgets and sizes are checked before the training set is built (minutes of work)
+    check_range("--steps", steps, 1, 10**9)
+    check_range("--minutes", minutes, 0, 10**6)
+    check_range("--scenes", scenes, 1, 10**7)
+    check_range("--checkpoint-every", checkpoint_every, 0, 10**9)
+    if no_real and real:
+        raise InputError("--no-real trains on synthetic scenes only, so --real would be ignored: drop one of them")
     model_cfg = DySTConfig(width=width, height=height, dim=dim, mlp=2 * dim)
     model_cfg.validate()
     cfg = TrainConfig(seed=seed, batch=batch, rays=rays, lr=lr, real_every=real_every, swap=not no_swap,
@@ -73,16 +80,34 @@ def train_dyst(
     cfg.validate()
     budget = Budget(steps, minutes or None)
     clips = [] if no_real else find_clips(real if real else default_real_dirs())
+    data_root = data_dir or cache_dir() / "dyst"
+    check_output(data_root, folder=True, option="--data-dir", replaceable=lambda p: True)  # a cache: its own files only
+    with Outputs() as outputs:
+        outputs.work_folder(out, keep=lambda p: (p / STATE_FILE).exists())
+        folder = _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, device, checkpoint_every,
+                        resume, quiet)
+        outputs.commit()
+    stdout.print(f"wrote {out} (training set {folder})", markup=False)
+
+
+def _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, device, checkpoint_every, resume,
+           quiet) -> Path:
+    import time
+
+    from models.dyst.data import load_training_set
+    from models.dyst.train import DySTTask
+    from models.fitting import resolve_device, run_fit
+    from monodyn_cli.dyst_data import TRAIN_SEED0, build_set
+
     progress = RichProgress(quiet)
     with progress.task("dyst training set", scenes + len(clips)) as advance:
-        folder = build_set(data_dir or cache_dir() / "dyst", "train", scenes, TRAIN_SEED0, height, width, clips,
-                           advance)
+        folder = build_set(data_root, "train", scenes, TRAIN_SEED0, height, width, clips, advance)
     data = load_training_set(folder)
     dev = resolve_device(device)
     task = DySTTask(data, model_cfg, cfg, dev, info={"data": str(folder), "scenes": scenes,
                                                      "real": data.real_names, "device": str(dev)})
     start = time.perf_counter()
-    with progress.task("train dyst", steps) as advance:
+    with progress.task("train dyst", budget.steps) as advance:
         last = [0]
 
         def report(step: int, total: int | None = None, **metrics) -> None:
@@ -90,4 +115,5 @@ def train_dyst(
             last[0] = step
 
         run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=20)
-    stdout.print(f"wrote {out} ({time.perf_counter() - start:.0f}s this run; training set {folder})")
+    stdout.print(f"trained DyST for {time.perf_counter() - start:.0f}s this run")
+    return folder

@@ -1,6 +1,6 @@
 """`monodyn train gcd`: train a small GCD model on paired multi-view clips from our synthetic generator.
 
-Data (Kubric-4D style, `make_pairs`): per pair one `monodyn synth` scene (seed = --data-seed + pair index,
+Data (Kubric-4D style, `make_pairs`): per pair one `monodyn synth` scene (seed 100000 + --seed x --pairs + pair index,
 1-4 objects, T frames at the model size) seen by its input camera (moving or fixed, half each) and by an
 output camera about the scene centre: Δazimuth up to ±90 (half the pairs) or ±180 degrees, Δelevation up to
 ±15 (the output elevation kept within 3..40 degrees, inside the room), Δr up to ±25 %; the output camera
@@ -131,14 +131,10 @@ def train_gcd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
-    import shutil
-
-    import torch
-
     from models.errors import InputError
-    from models.fitting import Budget, run_fit
-    from models.gcd.model import GCDModel, small_configs
-    from models.gcd.train import DiffusionTask, VAETask, encode_pairs
+    from models.fitting import STATE_FILE
+    from monodyn_cli.options import check_range
+    from monodyn_cli.outputs import Outputs, check_output
 
     def ints(text: str, name: str) -> tuple[int, ...]:
         try:
@@ -149,12 +145,40 @@ def train_gcd(
             raise InputError(f"{name}: channels must be positive multiples of 32 (GroupNorm of 32), got {text}")
         return values
 
+    # every budget and size is checked before the data set is made and the VAE trained (minutes of work)
+    check_range("--steps", steps, 1, 10**9)
+    check_range("--vae-steps", vae_steps, 1, 10**9)
+    check_range("--minutes", minutes, 0, 10**6)
+    check_range("--vae-minutes", vae_minutes, 0, 10**6)
+    check_range("--lr", lr, 0, 1, low_open=True)
+    check_range("--batch", batch, 1, 4096)
+    check_range("--checkpoint-every", checkpoint_every, 0, 10**9)
+    check_range("--width", width, 16, 4096)
+    check_range("--height", height, 16, 4096)
+    check_range("--pairs", pairs, 1, 10**7)
+    check_range("--frames", frames, 2, 1024)
     ch, vch = ints(channels, "--channels"), ints(vae_channels, "--vae-channels")
     down = 2 ** (len(vch) - 1) * 2 ** (len(ch) - 1)
     if width % down or height % down:
         raise InputError(f"--width/--height must be multiples of {down} for these channel settings, got {width}x{height}")
-    if pairs < 1 or frames < 2:
-        raise InputError(f"--pairs must be >= 1 and --frames >= 2, got {pairs} and {frames}")
+    with Outputs() as outputs:
+        outputs.work_folder(out, keep=lambda p: any(p.rglob(STATE_FILE)) or (p / "stage-vae" / "stage.json").exists())
+        check_output(data, folder=True, option="--data", replaceable=lambda p: True)  # a cache: its own files only
+        _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
+               seed, resume, checkpoint_every, quiet)
+        outputs.commit()
+
+
+def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch, seed,
+           resume, checkpoint_every, quiet) -> None:
+    import shutil
+
+    import torch
+
+    from models.fitting import Budget, run_fit
+    from models.gcd.model import GCDModel, small_configs
+    from models.gcd.train import DiffusionTask, VAETask, encode_pairs
+
     progress = RichProgress(quiet)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -212,4 +236,4 @@ def train_gcd(
         run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=10)
     stdout.print(f"trained GCD in {(time.perf_counter() - start) / 60:.1f} min (data {t_data:.0f} s, VAE "
                  f"{vae_info['seconds']:.0f} s, {vae_info['steps']} steps; diffusion {time.perf_counter() - t0:.0f} s)")
-    stdout.print(f"wrote {out}  (use: monodyn render --method gcd --gcd-checkpoint {out})")
+    stdout.print(f"wrote {out}  (use: monodyn render --method gcd --gcd-checkpoint {out})", markup=False)

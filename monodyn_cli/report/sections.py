@@ -231,7 +231,7 @@ def depth_section(ctx: Context) -> Section:
     if not res.file("depth.npy").exists():
         backend = res.manifest.get("config", {}).get("backend")
         return missing("depth", "Depth", f"depth: the {backend} backend wrote no depth maps — run `monodyn "
-                                         "preprocess --depth-backend ...` with another backend")
+                                         "preprocess --depth BACKEND --force depth` with another backend")
     depth = np.load(res.file("depth.npy"), mmap_mode="r")
     frames = ctx.frames()
     idx = ctx.indices(len(depth))
@@ -373,9 +373,9 @@ def osn_section(ctx: Context) -> Section | None:
     if current_png is not None and not current_png.exists() and (fit_root / "osn" / key / MANIFEST).exists():
         try:
             current_png = _plot_osn_scales(fit_root / "osn" / key, ctx.out_dir / f".scales-{key[:8]}.png")
-        except Exception as e:  # the model could not be loaded here: say how to get the plot
-            figs.append(note(f"could not compute the scale plot here ({type(e).__name__}: {e}); run "
-                             "`monodyn osn scales` and build the report again", "error"))
+        except Exception:  # the model could not be loaded here: say how to get the plot
+            figs.append(note("could not compute the scale plot here; run `monodyn osn scales` and build the report "
+                             "again", "error"))
             current_png = None
     import cv2
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from models.cameras import Cameras
 from models.errors import InputError
+from models.files import remove_stale_temps, temp_name
 from monodyn_cli.synth.raycast import ViewGT, render_view
 from monodyn_cli.synth.scene import SceneSpec, SynthConfig, Variant, build_scene
 from monodyn_cli.workspace import Progress
@@ -131,8 +132,8 @@ def _prepare(out_dir: Path, force: bool) -> Path:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise InputError(f"output folder is not empty: {out_dir} (pass --force to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(out_dir.parent)  # what killed runs left
+    tmp = temp_name(out_dir)
     (tmp / "gt").mkdir(parents=True)
     return tmp
 
@@ -140,7 +141,7 @@ def _prepare(out_dir: Path, force: bool) -> Path:
 def _commit(tmp: Path, out_dir: Path) -> None:
     """Put the finished folder in place with renames, so OUT_DIR is never half written."""
     out_dir = Path(out_dir)
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    old = temp_name(out_dir)
     if out_dir.exists():
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
