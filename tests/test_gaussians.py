@@ -184,3 +184,25 @@ def test_6d_rotations_round_trip_and_blend_past_180_degrees():
         model.dynamic.means.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
     means, _ = model.dynamic_pose(0.0)
     assert torch.allclose(means, torch.tensor([[-1.0, 0.0, 0.0]]), atol=1e-5)
+
+
+def test_densify_respects_a_cap_given_by_the_caller_and_resets_opacities():
+    n = 4
+    g = GaussianSet(torch.zeros(n, 3), torch.full((n, 3), math.log(0.001)), _random_quats(n),
+                    torch.tensor([3.0, 3.0, 3.0, -1.0]), torch.zeros(n, 3))
+    owner = torch.nn.Module()
+    opt = torch.optim.Adam([{"params": [getattr(g, k)]} for k in ("means", "log_scales", "quats", "opacity_logits",
+                                                                  "color_logits")])
+    (g.opacity_logits.sum() + g.means.sum()).backward()
+    opt.step()
+    s = DensifyStrategy(g, owner, (), 1.0, StrategyOptions(reset_every=0.25, refine_start=0.0, refine_stop=0.6))
+    grad = torch.tensor([[3.0, 0], [2.0, 0], [1.0, 0], [0.0, 0]])
+    s.observe(grad, torch.ones(n, dtype=torch.int32), 2, 2)
+    counts = s.refine(opt, torch.Generator().manual_seed(0), cap=5)  # room for one: the steepest duplicates
+    assert counts["duplicated"] == 1 and len(g) == 5 and torch.equal(g.opacity_logits[-1], g.opacity_logits[0])
+    # the reset happens when the schedule crosses 0.25 and 0.5, not in between nor after the window
+    assert [s.reset_due(a, b) for a, b in ((0.2, 0.26), (0.26, 0.3), (0.49, 0.51), (0.74, 0.76))] == \
+        [True, False, True, False]
+    s.reset_opacities(opt)
+    assert torch.allclose(g.opacities, torch.full((5,), 0.01))
+    assert not opt.state[g.opacity_logits]["exp_avg"].any()

@@ -41,7 +41,11 @@ class DpDyConfig:
     refine_stop: float = 0.6
     """Stop densifying at this point of the schedule."""
     max_gaussians: int = 200000
-    """Upper bound on Gaussians per set (static, dynamic): growth beyond it keeps the steepest ones."""
+    """Upper bound on all Gaussians (static and dynamic together): growth beyond it keeps the steepest ones, the
+    moving content first."""
+    opacity_reset_every: float = 0.0
+    """Reset every opacity to 0.01 each time the schedule passes a multiple of this share of it, inside the
+    densification window (gsplat's reset: floaters fade and get pruned); 0 = never."""
 
     # ---- optimisation ----------------------------------------------------------------------------------
     lr_means: float = 1.6e-4
@@ -114,7 +118,9 @@ class DpDyConfig:
                   ("dynamic_points", self.dynamic_points >= 0, ">= 0"),
                   ("bases_per_object", self.bases_per_object >= 1, ">= 1"),
                   ("init_opacity", 0 < self.init_opacity < 1, "in (0, 1)"),
-                  ("refine_every", self.refine_every >= 1, ">= 1"), ("max_gaussians", self.max_gaussians >= 1, ">= 1"),
+                  ("refine_every", self.refine_every >= 1, ">= 1"),
+                  ("opacity_reset_every", 0 <= self.opacity_reset_every <= 1, "in [0, 1]"),
+                  ("max_gaussians", self.max_gaussians >= 1, ">= 1"),
                   ("ssim_weight", 0 <= self.ssim_weight <= 1, "in [0, 1]"),
                   ("guidance_size", self.guidance_size >= 8, ">= 8"), ("track_window", self.track_window >= 1, ">= 1"),
                   ("track_points", self.track_points >= 1, ">= 1")]

@@ -27,7 +27,7 @@ from torch import Tensor
 from models.cameras import Cameras, pixel_grid
 from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance, novel_cameras
-from models.files import atomic_write
+from models.fitting import atomic_write
 from models.gaussians.init import DENSE_DEPTH, InitOptions, initialise
 from models.gaussians.losses import (
     affine_invariant_loss,
@@ -112,13 +112,15 @@ class DpDyTask:
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(cfg.seed)
         opts = StrategyOptions(grow_grad2d=cfg.grow_grad2d, refine_every=cfg.refine_every,
-                               refine_stop=cfg.refine_stop, max_gaussians=cfg.max_gaussians)
+                               refine_stop=cfg.refine_stop, max_gaussians=cfg.max_gaussians,
+                               reset_every=cfg.opacity_reset_every)
         self.strategies = {"static": DensifyStrategy(self.model.static, self.model, (), self.radius, opts),
                            "dynamic": DensifyStrategy(self.model.dynamic, self.model, ("motion_logits", "instance_ids", "time_centers",
                                                                          "log_time_scales"),
                                                       self.radius, opts)}
         self.optimizer = self._make_optimizer()
         self._pairs_cache = None
+        self._last_progress = 0.0
 
     # ---- optimizer ------------------------------------------------------------------------------------------
     def _groups(self) -> list[tuple[str, Tensor, float]]:
@@ -249,17 +251,24 @@ class DpDyTask:
         self.strategies["static"].observe(grad[:n_static], radii[:n_static], self.data.W, self.data.H)
         self.strategies["dynamic"].observe(grad[n_static:], radii[n_static:], self.data.W, self.data.H)
         if self.strategies["static"].due(step, progress):
-            for name, strategy in self.strategies.items():
-                counts = strategy.refine(self.optimizer, self.gen)
+            # one global cap: the moving content grows first (it is what the fit gets wrong), the static set
+            # takes what is left
+            for name in ("dynamic", "static"):
+                other = len(self.model.static if name == "dynamic" else self.model.dynamic)
+                counts = self.strategies[name].refine(self.optimizer, self.gen, cap=self.cfg.max_gaussians - other)
                 metrics[f"n_{name}"] = counts["after"]
             self._pairs_cache = None
+        if self.strategies["static"].reset_due(self._last_progress, progress):
+            for strategy in self.strategies.values():
+                strategy.reset_opacities(self.optimizer)
+        self._last_progress = progress
 
     # ---- state ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"sizes": self.model.sizes(), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.gen.get_state(),
                 "strategies": {k: s.state_dict() for k, s in self.strategies.items()},
-                "pairs": self._pairs_cache}
+                "pairs": self._pairs_cache, "last_progress": self._last_progress}
 
     def load_state_dict(self, state: dict) -> None:
         model = DynamicGaussians.from_sizes(state["sizes"]).to(self.device)
@@ -272,6 +281,7 @@ class DpDyTask:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"])
+        self._last_progress = state.get("last_progress", 0.0)
         pairs = state.get("pairs")  # made from the set as it was then: rebuilding them now would change the fit
         self._pairs_cache = None if pairs is None else tuple(p.to(self.device) for p in pairs)
 

@@ -32,6 +32,8 @@ class StrategyOptions:
     refine_start: float = 0.03
     refine_stop: float = 0.6
     max_gaussians: int = 200_000
+    reset_every: float = 0.0  # opacity reset every this share of the schedule inside the refine window (0: never)
+    reset_opacity: float = 0.01  # ... down to this (gsplat: twice prune_opa)
 
 
 def reindex_rows(module: nn.Module, names: tuple[str, ...], optimizer: torch.optim.Optimizer | None,
@@ -91,13 +93,33 @@ class DensifyStrategy:
         o = self.opts
         return o.refine_start <= progress < o.refine_stop and step > 0 and step % o.refine_every == 0
 
+    def reset_due(self, last_progress: float, progress: float) -> bool:
+        """Whether the schedule crossed a multiple of `reset_every` (inside the refine window) since the last step."""
+        o = self.opts
+        if o.reset_every <= 0 or not o.refine_start <= progress < o.refine_stop:
+            return False
+        return int(progress / o.reset_every) > int(last_progress / o.reset_every)
+
     @torch.no_grad()
-    def refine(self, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict[str, int]:
-        """Grow then prune; returns counts."""
+    def reset_opacities(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clamp every opacity to at most `reset_opacity` and clear its Adam moments (gsplat's reset): Gaussians that
+        matter regain opacity within a few hundred steps, floaters and occluded ones stay faint and get pruned."""
+        g, cap = self.g, self.opts.reset_opacity
+        g.opacity_logits.clamp_(max=float(torch.logit(torch.tensor(cap))))
+        state = optimizer.state.get(g.opacity_logits)
+        if state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key].zero_()
+
+    @torch.no_grad()
+    def refine(self, optimizer: torch.optim.Optimizer, generator: torch.Generator, cap: int | None = None
+               ) -> dict[str, int]:
+        """Grow then prune; returns counts. `cap`: most Gaussians this set may have after growing (default
+        `max_gaussians`; a caller sharing one global cap between sets passes what the others leave)."""
         o, g = self.opts, self.g
         mean_grad = self.grad2d / self.count.clamp(min=1)
         high = mean_grad > o.grow_grad2d
-        room = o.max_gaussians - len(g)
+        room = (o.max_gaussians if cap is None else cap) - len(g)
         if int(high.sum()) > max(room, 0):  # over the cap: grow only the steepest ones
             order = torch.argsort(mean_grad, descending=True)[:max(room, 0)]
             high = torch.zeros_like(high)
