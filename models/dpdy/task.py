@@ -27,7 +27,7 @@ from torch import Tensor
 from models.cameras import Cameras, pixel_grid
 from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance, novel_cameras
-from models.fitting import atomic_write
+from models.files import atomic_write
 from models.gaussians.init import DENSE_DEPTH, InitOptions, initialise
 from models.gaussians.losses import (
     affine_invariant_loss,
