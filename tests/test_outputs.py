@@ -83,10 +83,15 @@ def _many(doc):
     doc["camera_path"] = doc["camera_path"][:1] * 100_001
 
 
+def _huge(doc):
+    """Every size within the file format's bounds, but 1000 frames of 16384 x 16384 fit in no memory."""
+    doc.update(render_height=16384, render_width=16384, camera_path=doc["camera_path"][:1] * 1000)
+
+
 CAMERA_PATHS = {"nan": _c2w(3, float("nan")), "inf": _c2w(7, float("inf")), "huge": _c2w(0, 1e308),
                 "far": _c2w(3, 1e30), "fov0": _set("fov", 0), "fov180": _set("fov", 180), "fovhuge": _set("fov", 1e308),
                 "tall": _set("render_height", 100000, None), "wide": _set("render_width", 100000, None),
-                "many": _many, "away": _away}
+                "many": _many, "huge_frames": _huge, "away": _away}
 
 # (name, args with {ws} {clip} {user} {root}, words the one line must contain)
 CASES = [
@@ -128,6 +133,9 @@ CASES = [
     ("camera path tall", ["render", "-w", "{ws}", "--camera-path", "{user}/tall.json"], "render_height"),
     ("camera path wide", ["render", "-w", "{ws}", "--camera-path", "{user}/wide.json"], "render_width"),
     ("camera path 100001 entries", ["render", "-w", "{ws}", "--camera-path", "{user}/many.json"], "100000"),
+    ("camera path beyond memory", ["render", "-w", "{ws}", "--camera-path", "{user}/huge_frames.json"], "memory"),
+    ("frames and scale beyond memory", ["render", "-w", "{ws}", "--frames", "100000", "--scale", "4", "--depth",
+                                        "--side-by-side"], "memory"),
     ("render looking away", ["render", "-w", "{ws}", "--camera-path", "{user}/away.json", "-o",
                              "{root}/new/deep/away.mp4"], "--allow-empty"),
     ("render looking away over a good render", ["render", "-w", "{ws}", "--camera-path", "{user}/away.json", "-o",
