@@ -63,13 +63,15 @@ def track_loss(positions: Float[Tensor, "H W 3"], alpha: Float[Tensor, "H W"], t
 
 def motion_smoothness(translations: Float[Tensor, "B T 3"], rotations: Float[Tensor, "B T 6"], unit: float
                       ) -> Float[Tensor, ""]:
-    """Squared second differences over time of the bases' translations (in units of `unit`) and 6D rotations."""
+    """Squared second differences over time of the bases' translations (in units of `unit`) and 6D rotations. The
+    rotation term is divided by 8: a small turn by angle a moves the 6D vector (two unit columns) by ~sqrt(2) a
+    against a/2 for a unit quaternion, so /8 keeps the weight the quaternion bases had."""
     if translations.shape[1] < 3:
         return translations.sum() * 0
     acc_t = translations[:, 2:] - 2 * translations[:, 1:-1] + translations[:, :-2]
     r = rotations
     acc_q = r[:, 2:] - 2 * r[:, 1:-1] + r[:, :-2]
-    return (acc_t / unit).square().sum(-1).mean() + acc_q.square().sum(-1).mean()
+    return (acc_t / unit).square().sum(-1).mean() + acc_q.square().sum(-1).mean() / 8
 
 
 def long_track_loss(positions: Float[Tensor, "H W 3"], alpha: Float[Tensor, "H W"], query_xy: Float[Tensor, "P 2"],
