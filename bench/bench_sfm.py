@@ -111,7 +111,7 @@ def synth_rows(args, tmp: Path) -> list[dict]:
         gt_w2c, gt_K = view.cameras.w2c.double().numpy(), view.cameras.K[0].double().numpy()
         radius = float(np.linalg.norm(view.cameras.centers.double().numpy() - spec.centre, axis=1).mean())
         src = write_frames(tmp / f"synth_{camera}", view.rgb)
-        cfg = sfm_stage.SfmConfig(per_object=camera == "moving")
+        cfg = sfm_stage.SfmConfig()
         res, sec, warns = run_stage(tmp / f"ws_{camera}", src, cfg, view.instances)
         info = json.loads(res.file("sfm.json").read_text())
         cams, reg = load(res)
@@ -121,12 +121,17 @@ def synth_rows(args, tmp: Path) -> list[dict]:
                      "note": f"COLMAP {colmap_s:.1f}s of it" if colmap_s else ""})
         if camera == "moving":
             o2w = spec.poses.object_to_world().astype(np.float64)  # (K,T,4,4)
-            objects = json.loads(res.file("objects.json").read_text())["objects"]
+            from monodyn_cli.stages import object_sfm
+            from monodyn_cli.stages.configs import ObjectSfmConfig
+
+            objects_res = pipeline.run_chain(Workspace(tmp / f"ws_{camera}"), [pipeline.StageRequest(
+                object_sfm.SPEC, ObjectSfmConfig(True))], Warnings())["object_sfm"]
+            objects = json.loads(objects_res.file("objects.json").read_text())["objects"]
             for k, entry in objects.items():
                 row = {"scene": f"  object {k}", "mode": "ok" if entry["ok"] else "failed",
                        "reg": entry.get("registered", 0) / args.frames, "s": entry.get("seconds", float("nan"))}
                 if entry["ok"]:
-                    w2o, oreg = load(res, f"objects/{k}")
+                    w2o, oreg = load(objects_res, f"objects/{k}")
                     obj_radius = float(np.median(np.linalg.norm(
                         view.cameras.centers.double().numpy() - o2w[int(k) - 1, :, :3, 3], axis=1)))
                     row.update(errors(w2o, gt_w2c @ o2w[int(k) - 1], gt_K, obj_radius, oreg))

@@ -12,7 +12,7 @@ import numpy as np
 from models.cameras import Cameras
 from models.errors import InputError
 from models.scene import Scene
-from monodyn_cli.stages.outputs import DECODE, DEPTH, FLOW, SEGMENT, SFM
+from monodyn_cli.stages.outputs import DECODE, DEPTH, FLOW, OBJECT_SFM, SEGMENT, SFM
 from monodyn_cli.workspace import Workspace, read_json
 
 WORKSPACE_ARGUMENT = "the workspace folder as the first argument"  # for commands that take it so (report, osn, dyst)
@@ -36,8 +36,10 @@ def resolve_workspace(option: Path | None, how: str = "--workspace DIR") -> Work
     return ws
 
 
-def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
-    """The scene and the keys of the stage results it was built from (they go into a fit's cache key)."""
+def load_scene(ws: Workspace, object_sfm: bool = False) -> tuple[Scene, dict[str, str]]:
+    """The scene and the keys of the stage results it was built from (they go into a fit's cache key).
+    `object_sfm`: also the per-object SfM stage's result when one was made from the current sfm result (only
+    a method that reads it asks, so turning that stage on changes no other fit's key)."""
     decode = ws.require("decode")
     sfm = ws.require("sfm", "run `monodyn preprocess` (the sfm stage gives the cameras)")
     keys = {"decode": decode.key, "sfm": sfm.key}
@@ -59,7 +61,10 @@ def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
     if len(cameras) != scene.num_frames:
         raise InputError(f"workspace {ws.root} is inconsistent: {scene.num_frames} frames but {len(cameras)} "
                          "cameras; rerun `monodyn preprocess --force sfm`")
-    _load_objects(scene, sfm.path, (cameras.width, cameras.height))
+    objects = ws.current("object_sfm") if object_sfm else None
+    if objects is not None and objects.manifest.get("inputs", {}).get("sfm") == sfm.key:
+        _load_objects(scene, objects.path, (cameras.width, cameras.height))
+        keys["object_sfm"] = objects.key
     if (seg := ws.current("segment")) is not None:
         scene.instances = np.load(seg.file(SEGMENT.instances), mmap_mode="r")
         keys["segment"] = seg.key
@@ -76,24 +81,24 @@ def load_scene(ws: Workspace) -> tuple[Scene, dict[str, str]]:
     return scene, keys
 
 
-def _load_objects(scene: Scene, sfm_dir: Path, sfm_size: tuple[int, int]) -> None:
+def _load_objects(scene: Scene, folder: Path, sfm_size: tuple[int, int]) -> None:
     """Per-object SfM (OSN): the report of every object tried, the cameras and the sparse depth of those that
     succeeded (depth splatted to (T,H,W) at the frames' size)."""
-    if not (sfm_dir / SFM.objects).exists():
+    if not (folder / OBJECT_SFM.objects).exists():
         return
     import torch
 
     from models.depth import sparse_depth_map
 
-    report = read_json(sfm_dir / SFM.objects).get("objects", {})
+    report = read_json(folder / OBJECT_SFM.objects).get("objects", {})
     scene.object_sfm = {int(k): v for k, v in report.items()}
     T, H, W = scene.num_frames, scene.height, scene.width
     for obj_id, entry in scene.object_sfm.items():
-        cams = sfm_dir / SFM.object_cameras.format_id(obj_id)
+        cams = folder / OBJECT_SFM.object_cameras.format_id(obj_id)
         if not (entry.get("ok") and cams.exists()):
             continue
         scene.object_cameras[obj_id] = Cameras.from_dict(read_json(cams))
-        depth_file = sfm_dir / SFM.object_sparse_depth.format_id(obj_id)
+        depth_file = folder / OBJECT_SFM.object_sparse_depth.format_id(obj_id)
         if depth_file.exists():
             with np.load(depth_file) as obs:
                 xy = torch.from_numpy(obs["xy"]) * torch.tensor([W / sfm_size[0], H / sfm_size[1]])

@@ -372,9 +372,14 @@ def test_stage_rotating_camera_gives_rotation_only_poses(tmp_path):
 def test_per_object_sfm_recovers_camera_from_object_poses(tmp_path):
     T, W, H = 12, 192, 144
     rgb, instances, K, w2c, o2w = box_room_clip(T, W, H, "static", cube_half=0.55)
-    cfg = sfm_stage.SfmConfig(per_object=True, focal=float(K[0, 0]))
+    cfg = sfm_stage.SfmConfig(focal=float(K[0, 0]))
     res, info, cams, warnings = run_sfm(tmp_path, rgb, instances, cfg)
     assert info["mode"] == "static-fallback"
+    from monodyn_cli.stages import object_sfm
+    from monodyn_cli.stages.configs import ObjectSfmConfig
+
+    res = pipeline.run_chain(Workspace(tmp_path / "ws"), [pipeline.StageRequest(object_sfm.SPEC, ObjectSfmConfig(True))],
+                             RecordingProgress())["object_sfm"]
     objects = json.loads(res.file("objects.json").read_text())["objects"]
     assert objects["1"]["ok"], objects
     w2o = Cameras.from_dict(json.loads((res.path / "objects" / "1" / "cameras.json").read_text()))

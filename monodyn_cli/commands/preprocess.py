@@ -1,4 +1,5 @@
-"""`monodyn preprocess INPUT`: decode -> flow -> segment -> sfm -> depth, every stage cached in the workspace.
+"""`monodyn preprocess INPUT`: decode -> flow -> segment -> sfm (-> object_sfm) -> depth, every stage cached in the
+workspace (object_sfm, per-object SfM, only with --per-object-sfm).
 
 The stage options are generated from the stage configs (monodyn_cli/stages/configs.py): one declaration gives
 the flag, its type, default and help, and `validate()` checks every value before the workspace is touched.
@@ -74,7 +75,8 @@ def preprocess(
                                           "like 'frames/*.jpg'."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
                                              help="Workspace folder (default: INPUT's name + .monodyn beside it)."),
-    until: str = typer.Option("depth", help="Stop after this stage: decode, flow, segment, sfm, depth."),
+    until: str = typer.Option("depth", help="Stop after this stage: decode, flow, segment, sfm, depth "
+                                           "(object_sfm: after per-object SfM, with --per-object-sfm)."),
     device: str = typer.Option("auto", help="Torch device for RAFT / SAM / Depth Anything (auto: cuda if present)."),
     force: list[str] = typer.Option([], "--force", help="Redo this stage and every stage after it (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -126,6 +128,8 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
     decode_spec = pipeline.StageSpec(decode.NAME, decode.VERSION, (), run=lambda ctx, cfg: decode.run(ctx, source, cfg))
     requests = [pipeline.StageRequest(decode_spec, dcfg, decode.config_for(source, dcfg))]
     for stage in wanted[1:]:  # stage modules are imported only when asked for (sfm needs pycolmap)
+        if stage == "object_sfm" and not configs[stage].enabled:
+            continue
         module = importlib.import_module(f"monodyn_cli.stages.{stage}")
         spec = module.SPEC_WITH_SEGMENT if stage == "depth" else module.SPEC
         key = configs[stage].key() if hasattr(configs[stage], "key") else None

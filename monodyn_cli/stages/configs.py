@@ -164,8 +164,6 @@ class SfmConfig:
     """SfM counts as failed when it registers less than this fraction of frames."""
     min_baseline: float = opt(0.01, "--sfm-min-baseline")
     """SfM counts as failed when the camera travels less than this fraction of the median scene depth."""
-    per_object: bool = opt(False, "--per-object-sfm")
-    """Also run SfM on each segmented object's pixels (camera-to-object poses; needed by --method osn)."""
     threads: int = opt(2, "--sfm-threads")
     """CPU threads for COLMAP (1: slower but the same result on every run; with more, results vary slightly)."""
     seed: int = opt(0, "--sfm-seed")
@@ -184,6 +182,16 @@ class SfmConfig:
         check_range("--sfm-min-registered", self.min_registered, 0, 1)
         check_range("--sfm-min-baseline", self.min_baseline, 0, 10)
         check_range("--sfm-threads", self.threads, 1, 256)
+
+
+@dataclass
+class ObjectSfmConfig:
+    enabled: bool = opt(False, "--per-object-sfm")
+    """Also run SfM on each segmented object's pixels (a stage of its own: camera-to-object poses that OSN uses
+    where COLMAP succeeds; OSN poses objects from flow tracks without it)."""
+
+    def validate(self) -> None:
+        pass  # COLMAP's options are the sfm stage's
 
 
 @dataclass
@@ -225,4 +233,4 @@ class DepthConfig:
 
 # stage name -> its config, in the order the stages run
 STAGE_CONFIGS: dict[str, type] = {"decode": DecodeConfig, "flow": FlowConfig, "segment": SegmentConfig,
-                                  "sfm": SfmConfig, "depth": DepthConfig}
+                                  "sfm": SfmConfig, "object_sfm": ObjectSfmConfig, "depth": DepthConfig}

@@ -57,12 +57,18 @@ class SFM:
     images = Out("images")  # the frames as PNGs (COLMAP's and transforms.json's)
     colmap = Out("colmap/sparse/0")  # COLMAP model
     log = Out("colmap.log")
+
+
+class OBJECT_SFM:
+    """The optional per-object SfM stage (--per-object-sfm)."""
+
     objects = Out("objects.json", "object_sfm")  # per object: ok, reason, hint, bounds
     object_cameras = Out("objects/{id}/cameras.json", "object_cameras")  # camera-from-object per frame
     object_registered = Out("objects/{id}/registered.npy")
     object_points = Out("objects/{id}/points3d.npy")
     object_points_rgb = Out("objects/{id}/points_rgb.npy")
     object_sparse_depth = Out("objects/{id}/sparse_depth.npz", "object_depth")  # -> (T,H,W) z in object units
+    log = Out("colmap.log")
 
 
 class DEPTH:
@@ -71,7 +77,9 @@ class DEPTH:
     preview = Out("preview.png")
 
 
-STAGE_OUTPUTS: dict[str, type] = {"decode": DECODE, "flow": FLOW, "segment": SEGMENT, "sfm": SFM, "depth": DEPTH}
+STAGE_OUTPUTS: dict[str, type] = {"decode": DECODE, "flow": FLOW, "segment": SEGMENT, "sfm": SFM,
+                                   "object_sfm": OBJECT_SFM, "depth": DEPTH}
+OPTIONAL_STAGES = ("object_sfm",)  # run only when asked for (--per-object-sfm)
 
 
 def outputs_of(stage: str) -> list[Out]:

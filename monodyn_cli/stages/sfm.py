@@ -21,9 +21,8 @@ points3d.npy (N,3) float32 + points_rgb.npy (N,3) uint8 (background points), spa
 observation: frame (M,) int32, xy (M,2) float32 pixel positions with centres at +0.5, depth (M,) float32 z-depth,
 point (M,) int32 row of points3d.npy), images/<t:05d>.png (the frames), colmap/sparse/0/*.bin (COLMAP's format,
 in our world; image_path = images/), transforms.json (nerfstudio, time normalised to [0, 1]), sfm.json
-(mode, reason, statistics, bounds, normalisation), colmap.log. With --per-object-sfm also objects.json and
-objects/<id>/{cameras.json, registered.npy, sparse_depth.npz, points3d.npy, points_rgb.npy}: camera-from-object
-poses (w2o) from SfM on each object's own pixels (ids of the segment stage; background = the main cameras).
+(mode, reason, statistics, bounds, normalisation), colmap.log. Per-object SfM (--per-object-sfm) is a stage of
+its own (monodyn_cli/stages/object_sfm.py): turning it on leaves this stage's key, and everything after it, alone.
 """
 
 from __future__ import annotations
@@ -102,8 +101,7 @@ def run(ctx: StageContext, cfg: SfmConfig) -> list[str]:
     log_path.touch()
 
     names = write_images(frames, ctx.out / "images")
-    total = 4 + (3 * _count_objects(instances) if cfg.per_object else 0)
-    with ctx.progress.task("sfm", total) as advance_bar:
+    with ctx.progress.task("sfm", 4) as advance_bar:
         done = [0]
 
         def advance(n: int = 1) -> None:
@@ -114,13 +112,6 @@ def run(ctx: StageContext, cfg: SfmConfig) -> list[str]:
         advance(max(0, 4 - done[0]))  # the fallbacks skip some steps
         _warn(ctx, sol, cfg)
         outputs = _write_background(ctx, sol, names, timestamps, W, H)
-        if cfg.per_object and instances is not None:
-            object_focal = focal if focal else (float(sol.K[0, 0]) if sol.focal_source in ("colmap", "rotation")
-                                                else None)
-            outputs += _per_object(ctx, cfg, frames, instances, names, timestamps, object_focal, work, log_path,
-                                   advance)
-        elif cfg.per_object:
-            ctx.progress.warn("sfm: --per-object-sfm needs the segment stage's instances.npy; no objects found")
     shutil.rmtree(work, ignore_errors=True)
     return outputs + [SFM.log]
 
@@ -143,10 +134,6 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
         return mask
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     return np.stack([cv2.dilate(m.astype(np.uint8), kernel) > 0 for m in mask])
-
-
-def _count_objects(instances: np.ndarray | None) -> int:
-    return 0 if instances is None else int((np.unique(instances) > 0).sum())
 
 
 def _subset(n: int, max_frames: int) -> np.ndarray:
@@ -391,88 +378,6 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-# ---- per-object SfM (OSN) ---------------------------------------------------------------------------------------
-
-# Fewer triangulated points than this: a degenerate model (a handful of points fits almost any poses). COLMAP's
-# mapper thresholds are kept at their defaults for objects: relaxed ones (15 inliers, 2 degrees) registered small
-# synthetic objects, but with depth-reversed (Necker-flipped) poses, and flipped a large object that the defaults
-# got right; a clear failure is better than wrong poses.
-MIN_OBJECT_POINTS = 20
-
-
-def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, work, log_path, advance) -> list[str]:
-    """SfM on each object's (dilated) pixels alone: the camera relative to the object, per frame (w2o)."""
-    T, H, W = instances.shape
-    min_pixels = max(64, int(0.002 * H * W))
-    summary, outputs = {}, []
-    for k in [int(v) for v in np.unique(instances) if v > 0]:
-        mask = _dilate(instances == k, cfg.mask_dilate)
-        visible = np.flatnonzero(mask.reshape(T, -1).sum(1) >= min_pixels)
-        entry = {"ok": False, "visible_frames": int(len(visible)), "focal_fixed": focal is not None}
-        summary[str(k)] = entry
-        if len(visible) < 3:
-            entry["reason"] = f"visible (>= {min_pixels} px) in only {len(visible)} frames; SfM needs at least 3"
-            entry["hint"] = ("it appears too briefly for SfM, and OSN needs poses for every object: leave it out of the "
-                             "segmentation (motion: a larger --min-object-area; sam/sam2: no prompt on it)")
-            advance(3)
-            continue
-        visible = visible[_subset(len(visible), cfg.max_frames)]
-        vnames = [names[i] for i in visible]
-        write_masks(mask[visible], work / f"masks_obj{k}", vnames)
-        opts = ColmapOptions(camera_model=cfg.camera_model, focal=focal, max_features=cfg.max_features,
-                             overlap=cfg.overlap, num_threads=cfg.threads, seed=cfg.seed)
-        with open(log_path, "a") as f:
-            f.write(f"\n==== per-object SfM: object {k} ({len(visible)} frames) ====\n")
-        start = time.perf_counter()
-        model, stats = _colmap(ctx.out / "images", vnames, work / f"colmap_obj{k}", opts, work / f"masks_obj{k}",
-                               log_path, advance)
-        entry["colmap"] = stats
-        entry["seconds"] = round(time.perf_counter() - start, 2)
-        reg = 0 if model is None else int(model.registered.sum())
-        n_points = 0 if model is None else len(model.points)
-        if reg < max(3, 0.5 * len(visible)) or n_points < MIN_OBJECT_POINTS:
-            entry["reason"] = (f"COLMAP registered {reg} of {len(visible)} frames with {n_points} points on the "
-                               f"object's pixels ({stats.get('features_per_image', 0):.0f} features per frame)")
-            entry["hint"] = ("the object may be too small (it needs ~100 SIFT features per frame), textureless, "
-                             "non-rigid, or turn too little relative to the camera; try a larger --max-side, more "
-                             "frames (--sfm-max-frames), or, if it is a spurious region, a larger --min-object-area")
-            ctx.progress.warn(f"sfm: per-object SfM failed for object {k}: {entry['reason']}; {entry['hint']}")
-            continue
-        depths = model.obs_depth()
-        center = np.median(model.points, axis=0) if len(model.points) else None
-        sim = upright_normalization(model.w2c[model.registered], depths, origin=center)
-        model.transform(sim)
-        registered = np.zeros(T, bool)
-        registered[visible[model.registered]] = True
-        w2o = np.tile(np.eye(4), (T, 1, 1))
-        w2o[visible] = model.w2c
-        w2o = interpolate_poses(w2o, registered, timestamps)
-        d = model.obs_depth()
-        keep = d > 0
-        obs = {"frame": visible[model.obs_frame[keep]].astype(np.int32), "xy": model.obs_xy[keep].astype(np.float32),
-               "depth": d[keep].astype(np.float32), "point": model.obs_point[keep].astype(np.int32)}
-        folder = ctx.out / SFM.object_cameras.format_id(k).rsplit("/", 1)[0]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / SFM.cameras).write_text(json.dumps(_cameras(model.K, w2o, W, H).to_dict()))
-        np.save(folder / SFM.registered, registered)
-        _write_sparse(folder, model.points, model.colors, obs)
-        entry.update({"ok": True, "registered": int(registered.sum()), "num_points": int(len(model.points)),
-                      "mean_reprojection_error_px": round(model.mean_reprojection_error, 4),
-                      "focal_px": float(model.K[0, 0]), "bounds": _bounds(model.points, obs, w2o),
-                      "normalisation": {"scale": sim.scale, "R": sim.R.tolist(), "t": sim.t.tolist()}})
-        outputs += [o.format_id(k) for o in (SFM.object_cameras, SFM.object_registered, SFM.object_points,
-                                              SFM.object_points_rgb, SFM.object_sparse_depth)]
-    (ctx.out / SFM.objects).write_text(json.dumps(
-        {"objects": summary, "convention": "objects/<id>/cameras.json: w2c = camera-from-object (w2o) per frame; "
-                                           "frames where the object was not registered hold interpolated poses "
-                                           "(registered.npy)"}, indent=2, default=_json_default))
-    ok = sum(e["ok"] for e in summary.values())
-    ctx.extra["objects"] = {k: {"ok": e["ok"], **({"reason": e["reason"]} if "reason" in e else {})}
-                            for k, e in summary.items()}
-    ctx.extra["summary"] = ctx.extra.get("summary", "") + f"; objects {ok}/{len(summary)} ok"
-    return outputs + ["objects.json"]
 
 
 SPEC = StageSpec(NAME, VERSION, ("decode", "segment"), run)
