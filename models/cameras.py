@@ -1,4 +1,4 @@
-"""Pinhole cameras and rays: the geometry every stage and method shares.
+"""Pinhole cameras: intrinsics, extrinsics, projection and back-projection (the geometry every stage and method shares).
 
 Conventions (see DESIGN.md):
 - OpenCV camera axes: x right, y down, z forward. Extrinsics are world-to-camera 4x4 matrices.
@@ -103,30 +103,6 @@ def pixel_grid(width: int, height: int, device=None) -> Float[Tensor, "H W 2"]:
     ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32) + 0.5,
                             torch.arange(width, device=device, dtype=torch.float32) + 0.5, indexing="ij")
     return torch.stack([xs, ys], dim=-1)
-
-
-def rays_from_pixels(K: Float[Tensor, "*#B 3 3"], w2c: Float[Tensor, "*#B 4 4"], xy: Float[Tensor, "*#B 2"]
-                     ) -> tuple[Float[Tensor, "*#B 3"], Float[Tensor, "*#B 3"]]:
-    """World-space ray origins and unit directions through pixel positions `xy`.
-
-    K and w2c broadcast against xy's batch dims (e.g. per-ray cameras gathered by index).
-    """
-    x = (xy[..., 0] - K[..., 0, 2]) / K[..., 0, 0]
-    y = (xy[..., 1] - K[..., 1, 2]) / K[..., 1, 1]
-    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)
-    R = w2c[..., :3, :3]
-    t = w2c[..., :3, 3]
-    d_world = (R.transpose(-1, -2) @ d_cam[..., None])[..., 0]
-    origin = -(R.transpose(-1, -2) @ t[..., None])[..., 0]
-    return origin.expand_as(d_world), torch.nn.functional.normalize(d_world, dim=-1)
-
-
-def camera_rays(cams: Cameras) -> tuple[Float[Tensor, "N H W 3"], Float[Tensor, "N H W 3"]]:
-    """Origins and unit directions of every pixel of every camera."""
-    xy = pixel_grid(cams.width, cams.height, device=cams.K.device)
-    K = cams.K[:, None, None]
-    w2c = cams.w2c[:, None, None]
-    return rays_from_pixels(K, w2c, xy[None].expand(len(cams), -1, -1, -1))
 
 
 def project(points: Float[Tensor, "*#B 3"], K: Float[Tensor, "*#B 3 3"], w2c: Float[Tensor, "*#B 4 4"]

@@ -55,10 +55,9 @@ def osn_scene() -> Scene:
 FIT_RECIPES = {
     "dpdy": (small_scene, dict(steps=45, checkpoint_every=20, static_points=1500, dynamic_points=300, keyframes=3,
                                device="cpu", refine_every=20), 30),
-    "osn": (osn_scene, dict(steps=60, batch_rays=256, checkpoint_every=40, bootstrap_fraction=0.6, round_steps=10,
-                            scale_steps=10, scale_candidates=64, background_resolution=32, object_resolution=16,
-                            n_samples_object=24, n_samples_background=64, zbuffer_pixels=4000, occupancy_warmup=8,
-                            occupancy_every=8, device="cpu"), 50),
+    "osn": (osn_scene, dict(steps=40, checkpoint_every=20, bootstrap_fraction=0.4, round_steps=10, scale_steps=5,
+                            final_scale_steps=20, scale_candidates=64, background_points=800, object_points=200,
+                            keyframes=2, zbuffer_pixels=2000, refine_every=10, device="cpu"), 30),
 }
 PRETRAINED = {"gcd", "dyst"}  # load their shipped small models; the tiny render recipe is the default options
 PER_VIDEO = sorted(n for n in METHODS if n not in PRETRAINED)

@@ -13,64 +13,65 @@ from models.errors import InputError
 class OSNConfig:
     # ---- schedule ---------------------------------------------------------------------------------------
     steps: int = 3000
-    """Optimisation steps of the object fields (stage 1 bootstrap + stage 2 alternation)."""
+    """Optimisation steps of the objects' Gaussians, one input frame each (stage 1 bootstrap + stage 2
+    alternation)."""
     minutes: float = 0.0
     """Time budget in minutes (0 = none); each stage gets its share (see --bootstrap-fraction) and the fit stops
     at whichever of steps / minutes ends first. A budget makes the result depend on the machine's speed."""
     bootstrap_fraction: float = 0.4
-    """Share of the steps (and minutes) spent in stage 1: every object alone on its own masked pixels."""
+    """Share of the steps (and minutes) spent in stage 1: every object rendered alone on its own masked pixels."""
     seed: int = 0
-    """Random seed (initialisation, ray batches, scale samples). Same seed and steps -> same weights on a CPU."""
+    """Random seed (initialisation, frame order, scale samples). Same seed and steps -> same weights on a CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Torch device for fitting: auto picks cuda when available."""
-    batch_rays: int = 2048
-    """Rays per step (stage 1: shared by the objects; stage 2: one composite batch)."""
     checkpoint_every: int = 500
     """Write the resume state (for `monodyn fit --resume`) every this many steps (0 = never: a killed fit starts
     over). The checkpoint itself is written when the fit ends."""
-    lr_grid: float = 0.02
-    """Adam learning rate of the TensoRF factor grids."""
-    lr_net: float = 0.001
-    """Adam learning rate of the colour decoders and of the scale network."""
 
-    # ---- objects (scale-invariant representations) --------------------------------------------------------
-    object_resolution: int = 48
-    """TensoRF-VM texels per axis of every object's unit volume."""
-    background_resolution: int = 96
-    """TensoRF-VM texels per axis of the background (object 0, scale fixed to 1)."""
-    density_rank: int = 8
-    """Density components per VM mode."""
-    app_rank: int = 16
-    """Appearance components per VM mode."""
-    density_shift: float = -1.0
-    """Initial log-density of the fields (TensoRF density shift). A dense start learns fastest; empty space is
-    then cleared by the colour / opacity losses and skipped by the occupancy grids (seeded from depth when the
-    scene has one)."""
-    decoder: Literal["sh", "mlp"] = "sh"
-    """Colour decoder: spherical harmonics (degree 1, fastest) or a small MLP with view encoding."""
-    background_space: Literal["auto", "aabb", "contracted"] = "auto"
-    """Background field box: aabb = the scene box (bounded rooms, synthetic scenes); contracted = the scene sphere
-    kept linear, everything beyond squeezed in (real clips). auto: aabb when the scene declares itself bounded."""
-    object_margin: float = 1.3
-    """Each object's unit volume is its silhouette-derived radius times this margin."""
-    n_samples_object: int = 64
-    """Candidate samples across an object's unit-volume diagonal."""
-    n_samples_background: int = 128
-    """Candidate samples across the background box (or near..far when contracted)."""
-    occupancy_every: int = 16
-    """Update the objects' occupancy grids (empty-space skipping) every this many steps."""
-    occupancy_warmup: int = 64
-    """Steps before empty-space skipping starts."""
+    # ---- objects: poses and Gaussians (models/gaussians) -------------------------------------------------
+    min_posed: float = 0.5
+    """An object counts as posed when PnP on its flow tracks poses at least this share of the frames where it is
+    visible; the others stay part of the background (named in one line)."""
+    background_points: int = 20000
+    """Background Gaussians lifted from the keyframes' depth (plus the SfM points)."""
+    object_points: int = 6000
+    """Object Gaussians over all objects (split by object area), lifted in each object's own frame."""
+    keyframes: int = 6
+    """Frames (evenly spread) whose background / object pixels are lifted."""
+    init_opacity: float = 0.7
+    """Opacity of every Gaussian at the start."""
+    lr_means: float = 1.6e-4
+    """Learning rate of the Gaussians' means, in units of each object's size (decays 100x over the schedule)."""
+    lr_scales: float = 5e-3
+    """Learning rate of the log sizes."""
+    lr_quats: float = 1e-3
+    """Learning rate of the orientations."""
+    lr_opacity: float = 5e-2
+    """Learning rate of the opacity logits."""
+    lr_colors: float = 1e-2
+    """Learning rate of the colour logits."""
+    lr_scale_net: float = 0.001
+    """Adam learning rate of the object scale network."""
+    grow_grad2d: float = 0.0002
+    """Screen-space gradient above which a Gaussian is duplicated (small) or split (large)."""
+    refine_every: int = 50
+    """Densify and prune every this many steps."""
+    refine_stop: float = 0.6
+    """Stop densifying at this point of the schedule."""
+    max_gaussians: int = 100000
+    """Upper bound on Gaussians per object (background included)."""
 
     # ---- losses ---------------------------------------------------------------------------------------
+    ssim_weight: float = 0.2
+    """Share of D-SSIM in the photometric loss (the rest is L1)."""
     depth_weight: float = 0.1
-    """Weight of the depth loss: |rendered depth - s_k * object k's SfM depth| / (s_k * SfM depth)."""
+    """Weight of the depth loss: |rendered depth - s_k * object k's depth| / (s_k * its depth), where the scene
+    has a depth (background: the depth stage; objects: per-object SfM, or a dense depth prediction)."""
     mask_weight: float = 0.1
-    """Stage 1: opacity of an object alone -> 1 on its mask, -> 0 on background pixels it covers."""
+    """Stage 1: opacity of an object alone -> 1 on its mask, -> 0 on background pixels; stage 2: the composite's
+    opacity -> 1 everywhere."""
     seg_weight: float = 0.05
-    """Stage 2: cross-entropy between per-ray object weights of the composite and the instance masks."""
-    tv_weight: float = 0.01
-    """Total variation of the density planes (smooth geometry)."""
+    """Stage 2: cross-entropy between the per-object shares of every pixel in the composite and the masks."""
 
     # ---- object scale network ------------------------------------------------------------------------------
     scale_min: float = 0.05
@@ -84,27 +85,26 @@ class OSNConfig:
     """Frequency bands encoding the normalised log-scales for the scale network: more bands resolve a sharper
     valid boundary (an object resting on the ground is valid up to just the scale where it touches it)."""
     round_steps: int = 100
-    """Stage 2 alternation: object-field steps per round, after which the scale network is trained."""
+    """Stage 2 alternation: object steps per round, after which the scale network is trained."""
     scale_steps: int = 60
     """Scale-network steps per round (each on --scale-candidates fresh scale combinations)."""
     final_scale_steps: int = 600
     """Scale-network steps after the last round, on the final geometry: the valid set renders draw from. Cheap
-    (no volume rendering); too few leave its boundary blurred, cutting off combinations at the edge of validity."""
+    (no rendering); too few leave its boundary blurred, cutting off combinations at the edge of validity."""
     scale_candidates: int = 256
     """H: scale combinations labelled per scale-network step by soft Z-buffer rendering."""
     zbuffer_pixels: int = 60000
     """Pixels (over all frames, on a regular grid) whose per-object depth and opacity the soft Z-buffer uses."""
     zbuffer_temperature: float = 0.01
     """Soft Z-buffer temperature on log-depth (smaller = harder depth test)."""
-    label_tolerance: float = 0.02
+    label_tolerance: float = 0.05
     """A scale combination is valid when, for every object, at most this fraction of its mask pixels (away from
-    mask boundaries) gets another object in front of it."""
-    composite_groups: int = 4
-    """Stage 2: valid scale combinations per composite batch (its rays are split among them)."""
+    mask boundaries) gets another object in front of it (Gaussians spill a little beyond their masks: on small
+    clips the background alone loses ~1% of its pixels to objects at any scale)."""
 
     def validate(self) -> None:
         """Every option in range; runs before the workspace is touched."""
-        for name in ("minutes", "bootstrap_fraction", "scale_min", "scale_max"):
+        for name in ("minutes", "bootstrap_fraction", "scale_min", "scale_max", "min_posed", "init_opacity"):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
@@ -114,6 +114,8 @@ class OSNConfig:
             raise InputError(f"--steps must be at least 1, got {self.steps}")
         if not 0.0 <= self.bootstrap_fraction <= 1.0:
             raise InputError(f"--bootstrap-fraction must be within [0, 1], got {self.bootstrap_fraction}")
+        if not 0.0 <= self.min_posed <= 1.0:
+            raise InputError(f"--min-posed must be within [0, 1], got {self.min_posed}")
         if not 0 < self.scale_min < self.scale_max:
             raise InputError(f"need 0 < --scale-min < --scale-max, got {self.scale_min} and {self.scale_max}")
         if self.final_scale_steps < 1:
@@ -121,8 +123,22 @@ class OSNConfig:
                              f"got {self.final_scale_steps}")
         if self.scale_frequencies < 0:
             raise InputError(f"--scale-frequencies must be >= 0, got {self.scale_frequencies}")
-        if self.batch_rays < 8:
-            raise InputError(f"--batch-rays must be at least 8, got {self.batch_rays}")
+        if not 0 < self.init_opacity < 1:
+            raise InputError(f"--init-opacity must be in (0, 1), got {self.init_opacity}")
+        for name in ("background_points", "object_points"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("keyframes", "refine_every", "max_gaussians", "scale_candidates", "round_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacity", "lr_colors", "lr_scale_net", "grow_grad2d",
+                     "ssim_weight", "depth_weight", "mask_weight", "seg_weight", "zbuffer_temperature",
+                     "label_tolerance", "refine_stop"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise InputError(f"--{name.replace('_', '-')} must be finite and >= 0, got {v}")
+        if self.ssim_weight > 1:
+            raise InputError(f"--ssim-weight must be in [0, 1], got {self.ssim_weight}")
 
 
 @dataclass

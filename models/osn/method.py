@@ -14,6 +14,7 @@ from models.errors import InputError
 from models.fitting import Budget, read_checkpoint_config, resolve_device, run_fit
 from models.osn.config import OSNConfig, OSNRenderOptions
 from models.osn.model import FORMAT, N_CANDIDATES, OSNModel
+from models.osn.objects import dropped_line
 from models.osn.trainer import OSNTask
 from models.registry import FitProgress, RenderOutput, times_per_camera
 from models.scene import Scene
@@ -90,6 +91,25 @@ class OSNMethod:
     Config = OSNConfig
     RenderOptions = OSNRenderOptions
     version = FORMAT
+    reads_object_sfm = True  # the fit uses per-object SfM poses when that optional stage ran
+
+    def fit_notes(self, ckpt: Path) -> list[str]:
+        """One line naming the objects the fit kept as background (poses not recoverable) and why."""
+        import json
+
+        from models.osn.objects import ObjectSet
+
+        try:
+            doc = json.loads((Path(ckpt) / "config.json").read_text())
+            meta = doc["objects"]
+        except (OSError, ValueError, KeyError):
+            return []
+        objects = ObjectSet(meta["ids"], None, None, None, 0, 0, None, [], 0.0, [], [],
+                            {int(k): v for k, v in meta.get("dropped", {}).items()})
+        line = dropped_line(objects)
+        if len(meta["ids"]) == 1:
+            line = (line + "; " if line else "") + "no object has a scale: the one scene OSN renders is the background"
+        return [line] if line else []
 
     def fit(self, scene: Scene, cfg: OSNConfig, out: Path, progress: FitProgress, resume: bool = False) -> Path:
         budget = Budget(cfg.steps, cfg.minutes or None)  # validated before the (slow) task set-up

@@ -1,6 +1,7 @@
-"""The OSN scene model: one `ObjectField` (TensoRF-VM in a unit volume) per object, the object scale network,
-and the per-frame object poses; rendering of any camera at any normalised time under any scale combination;
-saving / loading as `config.json` + `model.safetensors`.
+"""The OSN scene model: one `GaussianSet` per object in its own frame (the background in the world), the object
+scale network and the per-frame object poses; rendering of any camera at any normalised time under any scale
+combination (all objects concatenated into one rasterisation, `models.osn.composite`); saving / loading as
+`config.json` + `model.safetensors`.
 """
 
 from __future__ import annotations
@@ -13,46 +14,30 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from models.cameras import Cameras, camera_rays
-from models.fields import TensoRFVM
+from models.cameras import Cameras
 from models.files import atomic_write
-from models.osn.composite import CompositeOutput, ObjectField, render_composite
-from models.osn.config import OSNConfig
-from models.osn.objects import ObjectSet, frame_from_world, frame_rays
+from models.gaussians.model import GaussianSet
+from models.osn.composite import CompositeOutput, Placed, place, render_composite
+from models.osn.objects import ObjectSet, frame_from_world
 from models.osn.scale_net import ScaleNetwork, ScaleSpace, central_configuration, valid_configurations
 
-FORMAT = 1
+FORMAT = 2  # 1: TensoRF fields per object; 2: Gaussian sets per object
 N_CANDIDATES = 4096  # candidates drawn to list valid scale combinations
 
 
-def field_arch(cfg: OSNConfig, o: int) -> dict:
-    """TensoRF-VM constructor arguments of object o (0 = background)."""
-    return {"resolution": cfg.background_resolution if o == 0 else cfg.object_resolution,
-            "density_rank": cfg.density_rank, "app_rank": cfg.app_rank, "decoder": cfg.decoder, "sh_degree": 1,
-            "hidden": 64, "density_shift": cfg.density_shift}
-
-
 class OSNModel(nn.Module):
-    def __init__(self, objects: ObjectSet, arch: list[dict], n_samples: list[int], space: ScaleSpace,
-                 scale_hidden: int = 64, seed: int = 0, scale_frequencies: int = 4):
+    def __init__(self, objects: ObjectSet, sets: list[GaussianSet], space: ScaleSpace, scale_hidden: int = 64,
+                 seed: int = 0, scale_frequencies: int = 4):
         super().__init__()
         self.objects = objects
-        self.arch = arch
         self.space = space
+        self.sets = nn.ModuleList(sets)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(seed)
-            self.fields = nn.ModuleList(
-                ObjectField(TensoRFVM(**a), objects.spaces[o], n_samples[o], occupancy_res=32 if o else 64,
-                            near=_near(objects.spaces[o])) for o, a in enumerate(arch))
-            self.scale_net = ScaleNetwork(objects.n_objects, hidden=scale_hidden, n_freqs=scale_frequencies)
+            self.scale_net = ScaleNetwork(max(objects.n_objects, 1), hidden=scale_hidden, n_freqs=scale_frequencies)
         self.register_buffer("background_rgb", torch.zeros(3))
         self._valid_cache: dict = {}
-
-    @staticmethod
-    def create(objects: ObjectSet, cfg: OSNConfig, space: ScaleSpace) -> "OSNModel":
-        arch = [field_arch(cfg, o) for o in range(len(objects.ids))]
-        n_samples = [cfg.n_samples_background] + [cfg.n_samples_object] * objects.n_objects
-        return OSNModel(objects, arch, n_samples, space, cfg.scale_hidden, cfg.seed, cfg.scale_frequencies)
+        self._pose_cache: dict = {}
 
     @property
     def n_objects(self) -> int:
@@ -60,11 +45,14 @@ class OSNModel(nn.Module):
 
     def full_scales(self, scales: Float[Tensor, "B K"]) -> Float[Tensor, "B O"]:
         """Prepend the background's fixed scale 1."""
-        return torch.cat([torch.ones_like(scales[:, :1]), scales], dim=1)
+        return torch.cat([scales.new_ones(scales.shape[0], 1), scales], dim=1)
 
     # -- valid configurations ------------------------------------------------------------------------------
     def valid_scales(self, seed: int = 0) -> tuple[Float[Tensor, "M K"], Float[Tensor, " M"]]:
-        """Valid scale combinations (validity > 0.5) in deterministic candidate order (cached per seed)."""
+        """Valid scale combinations (validity > 0.5) in deterministic candidate order (cached per seed). Without
+        objects the one (empty) combination."""
+        if self.n_objects == 0:
+            return torch.zeros(1, 0), torch.ones(1)
         if seed not in self._valid_cache:
             self._valid_cache[seed] = valid_configurations(self.scale_net, self.space, N_CANDIDATES, seed)
         return self._valid_cache[seed]
@@ -75,52 +63,60 @@ class OSNModel(nn.Module):
         scales, _ = self.valid_scales(seed)
         if len(scales) == 0:
             return self.space.from_unit(torch.zeros(1, self.n_objects))[0]
-        return scales[central_configuration(scales, self.space)]
+        return scales[central_configuration(scales, self.space)] if self.n_objects else scales[0]
 
     def validity(self, scales: Float[Tensor, "B K"]) -> Float[Tensor, " B"]:
+        if self.n_objects == 0:
+            return torch.ones(scales.shape[0])
         dev = self.background_rgb.device
         return self.scale_net.validity(self.space.to_unit(scales.to(dev))).cpu()
 
-    # -- rendering -------------------------------------------------------------------------------------------
-    def render_rays_world(self, origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"],
-                          forward: Float[Tensor, "N 3"], frame_from_world_per_object: list[Tensor]) -> CompositeOutput:
-        """World rays (unit dirs) with one world->frame matrix (4,4) or (N,4,4) per object."""
-        rays = []
-        for F in frame_from_world_per_object:
-            F = F.to(origins).expand(origins.shape[0], 4, 4)
-            rays.append(frame_rays(F, origins, dirs))
-        z_factor = (dirs * forward).sum(-1)
-        return render_composite(list(self.fields), rays, z_factor, self.background_rgb)
+    # -- placing and rendering -------------------------------------------------------------------------------
+    def object_to_world(self, o: int, scale: float, time: float) -> Float[Tensor, "4 4"]:
+        """Object o's frame -> world at normalised time and scale (identity for the background)."""
+        dev = self.background_rgb.device
+        if o == 0:
+            return torch.eye(4, device=dev)
+        key = (o, round(float(scale), 9), round(float(time), 9))
+        if key not in self._pose_cache:
+            if len(self._pose_cache) > 4096:
+                self._pose_cache.clear()
+            F = frame_from_world(self.objects, o, float(scale), float(time)).double()
+            self._pose_cache[key] = torch.linalg.inv(F).float()
+        return self._pose_cache[key].to(dev)
+
+    def placed(self, o: int, scale: float, time: float) -> Placed:
+        return place(self.sets[o], self.object_to_world(o, scale, time))
+
+    def render(self, w2c: Float[Tensor, "4 4"], K: Float[Tensor, "3 3"], width: int, height: int, time: float,
+               scales: list[float], objects: list[int] | None = None, backend: str = "auto") -> CompositeOutput:
+        """One camera at normalised time with full scales (background first, = 1). `objects`: render only these
+        (e.g. one object alone for the soft Z-buffer); object_weights then has one channel per listed object."""
+        objects = list(range(len(self.sets))) if objects is None else objects
+        placed = [self.placed(o, scales[o], time) for o in objects]
+        return render_composite(placed, w2c.float(), K.float(), width, height, self.background_rgb, backend)
 
     @torch.no_grad()
-    def render_cameras(self, cameras: Cameras, times: Float[Tensor, " N"], scales: Float[Tensor, " K"],
-                       chunk: int = 16384) -> dict[str, Tensor]:
+    def render_cameras(self, cameras: Cameras, times: Float[Tensor, " N"], scales: Float[Tensor, " K"]
+                       ) -> dict[str, Tensor]:
         """Render each camera at its normalised time with object scales `scales` (objects 1..K). Returns rgb
         (N,H,W,3), depth / alpha (N,H,W), object_weights (N,H,W,O)."""
         dev = self.background_rgb.device
         full = [1.0] + [float(s) for s in scales]
-        origins, dirs = camera_rays(cameras.to(dev))
-        n, h, w = origins.shape[:3]
+        cams = cameras.to(dev)
         outs = {k: [] for k in ("rgb", "depth", "alpha", "object_weights")}
-        for i in range(n):
+        for i in range(len(cams)):
             t = float(times.reshape(-1)[i if times.numel() > 1 else 0])
-            Fs = [frame_from_world(self.objects, o, full[o], t).to(dev) for o in range(len(full))]
-            o_i, d_i = origins[i].reshape(-1, 3), dirs[i].reshape(-1, 3)
-            fwd = cameras.w2c[i, 2, :3].to(dev).expand_as(d_i)
-            parts = [self.render_rays_world(o_i[j:j + chunk], d_i[j:j + chunk], fwd[j:j + chunk], Fs)
-                     for j in range(0, o_i.shape[0], chunk)]
+            out = self.render(cams.w2c[i], cams.K[i], cams.width, cams.height, t, full)
             for k in outs:
-                outs[k].append(torch.cat([getattr(p, k) for p in parts]).reshape(h, w, -1))
-        return {"rgb": torch.stack(outs["rgb"]), "depth": torch.stack(outs["depth"])[..., 0],
-                "alpha": torch.stack(outs["alpha"])[..., 0], "object_weights": torch.stack(outs["object_weights"])}
+                outs[k].append(getattr(out, k))
+        return {k: torch.stack(v) for k, v in outs.items()}
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def meta(self) -> dict:
-        return {"format": FORMAT, "objects": self.objects.to_dict(), "arch": self.arch,
-                "n_samples": [f.n_samples for f in self.fields], "scale_space": self.space.to_dict(),
-                "scale_hidden": self.scale_net.mlp.out.in_features, "scale_frequencies": self.scale_net.n_freqs,
-                "use_occupancy": [f.use_occupancy for f in self.fields],
-                "occupancy_updates": [f.occupancy.n_updates for f in self.fields]}
+        return {"format": FORMAT, "objects": self.objects.to_dict(), "sizes": [len(g) for g in self.sets],
+                "scale_space": self.space.to_dict(), "scale_hidden": self.scale_net.mlp.out.in_features,
+                "scale_frequencies": self.scale_net.n_freqs}
 
     def tensors(self) -> dict[str, Tensor]:
         out = {f"objects.{k}": v.contiguous() for k, v in self.objects.tensors().items()}
@@ -144,23 +140,8 @@ class OSNModel(nn.Module):
         tensors = load_file(str(folder / "model.safetensors"))
         objects = ObjectSet.from_saved(doc["objects"], {k[8:]: v for k, v in tensors.items()
                                                         if k.startswith("objects.")})
-        model = OSNModel(objects, doc["arch"], doc["n_samples"], ScaleSpace.from_dict(doc["scale_space"]),
-                         doc["scale_hidden"], scale_frequencies=doc.get("scale_frequencies", 4))
-        for o, f in enumerate(model.fields):  # grids may have been resized: match the saved shapes first
-            _resize_like(f.field, tensors, f"fields.{o}.field.")
+        model = OSNModel(objects, [GaussianSet.empty(n) for n in doc["sizes"]],
+                         ScaleSpace.from_dict(doc["scale_space"]), doc["scale_hidden"],
+                         scale_frequencies=doc.get("scale_frequencies", 4))
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("objects.")})
-        for f, use, n in zip(model.fields, doc["use_occupancy"], doc["occupancy_updates"]):
-            f.use_occupancy, f.occupancy.n_updates = bool(use), int(n)
         return model.to(device), doc
-
-
-def _near(space: dict) -> float:
-    return 0.02 * float(space["radius"]) if space["kind"] == "contracted" else 0.0
-
-
-def _resize_like(field: TensoRFVM, tensors: dict[str, Tensor], prefix: str) -> None:
-    key = prefix + "density_lines.table"
-    if key in tensors:
-        res = tensors[key].shape[0] // 3
-        if res != field.resolution:
-            field.upsample(res)

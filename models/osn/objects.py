@@ -1,24 +1,26 @@
-"""Objects of an OSN scene: who they are, their per-frame poses relative to the camera, their unit volumes.
+"""Objects of an OSN scene: who they are, their per-frame poses relative to the camera, their sizes.
 
 Object index o = 0 is the static background (scale fixed to 1, the paper's object 1); o = 1..K are the segmented
-objects, in increasing instance id. Every object lives in its own FRAME:
-- background: the world of the input cameras (`scene.cameras`), mapped into its field box by an `AABBMap`
-  (bounded scenes) or a `ContractedMap` (real clips);
-- object k: its per-object SfM frame (`scene.object_cameras[id]`: w2c = camera-from-object, rigid, in that
-  object's own units), re-scaled so that one unit is the object's median depth (then the scale s_k below is
-  the object's median distance from the camera in background units), and mapped into its field box by the
-  cube [-r_k, r_k]^3, r_k from its silhouettes.
+objects whose poses could be recovered, in increasing instance id. Every object lives in its own FRAME:
+- background: the world of the input cameras (`scene.cameras`);
+- object k: camera-from-object poses (rigid) from its flow tracks by PnP (`models.gaussians.motion_init`, the
+  initialiser DpDy uses), or from per-object SfM (`scene.object_cameras[id]`, the optional object_sfm stage)
+  where that succeeded; re-scaled so that one unit is the object's median depth (then the scale s_k below is the
+  object's median distance from the camera in background units). `radius` is its extent in those units, from
+  its silhouettes.
+An object whose poses cannot be recovered (too few tracks, PnP loses it) is `dropped` with the reason, and its
+pixels count as background (label 0): OSN fits the others.
 
-Scale: object k at scale s_k is the SfM object with its camera-to-object translation multiplied by s_k; in
-camera coordinates (background units) the object is s_k times larger and s_k times farther, so its silhouette
-is unchanged and only its depth ordering against other objects moves. As a transform, a WORLD point X seen
-from input frame t maps into object k's frame by
+Scale: object k at scale s_k is the object with its camera-to-object translation multiplied by s_k; in camera
+coordinates (background units) the object is s_k times larger and s_k times farther, so its silhouette is
+unchanged and only its depth ordering against other objects moves. As a transform, a WORLD point X seen from
+input frame t maps into object k's frame by
 
     F_k,t(s) = P_k,t  S(1 / s)  w2c_t          (P_k,t: camera -> object frame, rigid; S: uniform scaling)
 
-and distances along a ray in the object's frame are 1 / s those in the world (`frame_rays`). For the background
-P_0,t = c2w_t and s = 1, so F = identity. Novel times interpolate the object-to-world similarities F^-1
-between the neighbouring frames (`frame_from_world`).
+so object k's Gaussians, placed in the world, are F^-1 applied to them: means and sizes times s about the camera.
+For the background P_0,t = c2w_t and s = 1, so F = identity. Novel times interpolate the object-to-world
+similarities F^-1 between the neighbouring frames (`frame_from_world`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from models.errors import InputError, StageError
+from models.gaussians.motion_init import DepthSource, object_poses
 from models.scene import Scene
 
 MIN_PIXELS = 16  # frames where an object covers fewer pixels do not count as "visible" for its statistics
@@ -41,9 +44,11 @@ MIN_PIXELS = 16  # frames where an object covers fewer pixels do not count as "v
 class ObjectSet:
     """ids: instance ids per object index (ids[0] = 0, background). frame_from_camera: (O, T, 4, 4) rigid
     P_o,t. w2c / K: (T, 4, 4) / (T, 3, 3) input cameras. times: (T,) normalised times of the frames.
-    spaces: per object the field-box map as a dict (`models.fields.space_map_from_dict`). ref_depth: the
+    radius: per object its extent (object units; the background's: the scene radius). ref_depth: the
     background's median depth (world units), the unit of the scale search range. unit: per object the
-    re-scaling applied to its SfM frame (1 SfM unit = 1 / unit[o] object units; 1 for the background)."""
+    re-scaling applied to its pose frame (1 pose unit = 1 / unit[o] object units; 1 for the background).
+    source: per object where its poses came from ("world", "tracks", "sfm"). dropped: instance id -> why its
+    poses could not be recovered (those objects are background here)."""
 
     ids: list[int]
     frame_from_camera: Float[Tensor, "O T 4 4"]
@@ -52,9 +57,11 @@ class ObjectSet:
     width: int
     height: int
     times: Float[Tensor, " T"]
-    spaces: list[dict]
+    radius: list[float]
     ref_depth: float
     unit: list[float]
+    source: list[str]
+    dropped: dict[int, str]
 
     @property
     def n_objects(self) -> int:
@@ -62,8 +69,9 @@ class ObjectSet:
         return len(self.ids) - 1
 
     def to_dict(self) -> dict:
-        return {"ids": self.ids, "width": self.width, "height": self.height, "spaces": self.spaces,
-                "ref_depth": self.ref_depth, "unit": self.unit}
+        return {"ids": self.ids, "width": self.width, "height": self.height, "radius": self.radius,
+                "ref_depth": self.ref_depth, "unit": self.unit, "source": self.source,
+                "dropped": {str(k): v for k, v in self.dropped.items()}}
 
     def tensors(self) -> dict[str, Tensor]:
         return {"frame_from_camera": self.frame_from_camera, "w2c": self.w2c, "K": self.K, "times": self.times}
@@ -71,95 +79,87 @@ class ObjectSet:
     @staticmethod
     def from_saved(meta: dict, tensors: dict[str, Tensor]) -> "ObjectSet":
         return ObjectSet(list(meta["ids"]), tensors["frame_from_camera"], tensors["w2c"], tensors["K"],
-                         int(meta["width"]), int(meta["height"]), tensors["times"], list(meta["spaces"]),
-                         float(meta["ref_depth"]), list(meta["unit"]))
+                         int(meta["width"]), int(meta["height"]), tensors["times"], list(meta["radius"]),
+                         float(meta["ref_depth"]), list(meta["unit"]), list(meta["source"]),
+                         {int(k): v for k, v in meta.get("dropped", {}).items()})
 
 
 # ---- building from a Scene ---------------------------------------------------------------------------------------
 
 def object_ids(scene: Scene) -> list[int]:
-    """The instance ids (> 0) present in the masks, or an InputError saying segmentation found nothing."""
+    """The instance ids (> 0) present in the masks (none: OSN fits the background alone, the one scene there is),
+    or an InputError when the scene has no segmentation at all."""
     if scene.instances is None:
         raise InputError("OSN needs instance masks, and this workspace has no segment stage result: run "
                          "`monodyn preprocess` with segmentation (point prompts on the moving objects: --point X,Y)")
-    ids = sorted(int(v) for v in np.unique(np.asarray(scene.instances)) if v > 0)
-    if not ids:
-        raise InputError(f"segmentation found no object in the {scene.num_frames} frames (every pixel is "
-                         "background): OSN needs at least one segmented object; rerun `monodyn preprocess` with "
-                         "point prompts on the moving objects (--point X,Y) or another --segment method")
-    return ids
+    return sorted(int(v) for v in np.unique(np.asarray(scene.instances)) if v > 0)
 
 
-def build_object_set(scene: Scene, margin: float = 1.3, background_space: str = "auto") -> ObjectSet:
-    """Per-object frames, unit volumes and the scale reference from a preprocessed scene (see module doc)."""
+def build_object_set(scene: Scene, depth: DepthSource | None = None, min_posed: float = 0.5,
+                     seed: int = 0) -> ObjectSet:
+    """Per-object frames, sizes and the scale reference from a preprocessed scene (see module doc). Poses: per-object
+    SfM where the scene has it, else flow tracks + PnP (`min_posed`: the share of its visible frames PnP must
+    pose); objects with neither are dropped with the reason."""
     ids = object_ids(scene)
     inst = np.asarray(scene.instances)
     T = scene.num_frames
-    _check_object_poses(scene, ids, inst)
+    depth = depth or DepthSource(scene)
     cams = scene.cameras
     c2w = torch.linalg.inv(cams.w2c.double()).float()
-    frames, spaces, units = [c2w], [_background_space(scene, background_space)], [1.0]
+    frames, radii, units, sources, kept, dropped = [c2w], [float(scene.radius)], [1.0], ["world"], [0], {}
     for k in ids:
         visible = (inst == k).reshape(T, -1).sum(1) >= MIN_PIXELS
-        w2o = scene.object_cameras[k].w2c.double()
-        if w2o.shape[0] != T:
-            raise InputError(f"object {k} has {w2o.shape[0]} per-object SfM poses but the clip has {T} frames; rerun "
-                             "`monodyn preprocess --force sfm --per-object-sfm`")
         if not visible.any():
             visible = (inst == k).reshape(T, -1).any(1)
-        m = _median_depth(w2o, scene.object_depth.get(k), inst == k, visible)
+        if k in scene.object_cameras and scene.object_cameras[k].w2c.shape[0] == T:
+            w2o, obj_K, source = scene.object_cameras[k].w2c.double(), scene.object_cameras[k].K.double(), "sfm"
+            known = scene.object_depth.get(k)
+        else:
+            poses = object_poses(scene, depth, k, min_solved=min_posed, seed=seed)
+            if poses.reason is not None:
+                dropped[k] = poses.reason
+                continue
+            w2o, obj_K, source = torch.as_tensor(poses.w2o), cams.K.double(), "tracks"
+            known = None
+        try:
+            m = _median_depth(w2o, known, inst == k, visible)
+        except StageError as e:
+            dropped[k] = str(e)
+            continue
         w2o = w2o.clone()
         w2o[:, :3, 3] /= m  # one object unit = the object's median depth
-        obj_K = scene.object_cameras[k].K.double()
-        radius = _silhouette_radius(w2o, obj_K, inst == k, visible) * margin
+        radius = _silhouette_radius(w2o, obj_K, inst == k, visible)
         cam_in_obj = -(w2o[:, :3, :3].transpose(1, 2) @ w2o[:, :3, 3:])[..., 0]  # camera centres, object frame
-        radius = min(radius, 0.95 * float(cam_in_obj[torch.as_tensor(visible)].abs().amax(-1).min()))
+        near = float(torch.linalg.vector_norm(cam_in_obj[torch.as_tensor(visible)], dim=-1).min())
         frames.append(torch.linalg.inv(w2o).float())
-        spaces.append({"kind": "aabb", "aabb": [[-radius] * 3, [radius] * 3]})
+        radii.append(float(min(radius, 0.95 * near)))
         units.append(float(m))
-    return ObjectSet([0] + ids, torch.stack(frames), cams.w2c.float(), cams.K.float(), scene.width, scene.height,
-                     scene.times.float(), spaces, _reference_depth(scene, inst), units)
+        sources.append(source)
+        kept.append(k)
+    return ObjectSet(kept, torch.stack(frames), cams.w2c.float(), cams.K.float(), scene.width, scene.height,
+                     scene.times.float(), radii, _reference_depth(scene, inst), units, sources, dropped)
 
 
-def _check_object_poses(scene: Scene, ids: list[int], inst: np.ndarray) -> None:
-    """A StageError naming every segmented object without per-object SfM poses: why (the SfM stage's reason, in
-    `scene.object_sfm`) and what to try."""
-    missing = [k for k in ids if k not in scene.object_cameras]
-    if not missing:
-        return
-    report = scene.object_sfm
-    if not any(k in report for k in missing):
-        raise StageError(
-            f"no per-object SfM poses for object{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of "
-            f"{len(ids)}: per-object SfM did not run; run `monodyn preprocess --per-object-sfm` (OSN needs each "
-            "object's camera-to-object poses)")
-    T = scene.num_frames
-    parts = []
-    for k in missing:
-        frames = int(((inst == k).reshape(T, -1).sum(1) >= MIN_PIXELS).sum())
-        why = report.get(k, {}).get("reason", "no result recorded")
-        parts.append(f"object {k} (masked in {frames} of {T} frames, {100 * float((inst == k).mean()):.1f}% of the "
-                     f"pixels): {why}")
-    hint = next((report[k]["hint"] for k in missing if report.get(k, {}).get("hint")),
-                "try a larger --max-side or more frames")
-    raise StageError(f"per-object SfM failed for {len(missing)} of {len(ids)} segmented objects, and OSN needs "
-                     f"every object's camera-to-object poses: {'; '.join(parts)}. {hint[0].upper() + hint[1:]}; "
-                     "then `monodyn preprocess ... --per-object-sfm` again (details in sfm/objects.json)")
+def dropped_line(objects: ObjectSet) -> str | None:
+    """One line naming every object left in the background and why, or None."""
+    if not objects.dropped:
+        return None
+    n = objects.n_objects + len(objects.dropped)
+    parts = "; ".join(f"object {k}: {why}" for k, why in sorted(objects.dropped.items()))
+    return (f"OSN could not pose {len(objects.dropped)} of {n} segmented objects and keeps them as part of the "
+            f"background ({parts}); the other {objects.n_objects} get scales")
 
 
-def _background_space(scene: Scene, kind: str) -> dict:
-    if kind == "auto":
-        kind = "aabb" if scene.aabb is not None else "contracted"
-    center = np.asarray(scene.center, np.float64)
-    if kind == "aabb":
-        aabb = scene.aabb if scene.aabb is not None else [center - scene.radius, center + scene.radius]
-        return {"kind": "aabb", "aabb": [list(map(float, aabb[0])), list(map(float, aabb[1]))]}
-    return {"kind": "contracted", "center": center.tolist(), "radius": float(scene.radius), "order": "inf"}
+def background_labels(objects: ObjectSet, instances: np.ndarray) -> np.ndarray:
+    """Per pixel the object index (0 = background, dropped objects included) of instance masks (T,H,W)."""
+    lut = np.zeros(256, np.int64)
+    lut[np.asarray(objects.ids, np.int64)] = np.arange(len(objects.ids))
+    return lut[np.asarray(instances).astype(np.int64)]
 
 
 def _median_depth(w2o: Tensor, depth: np.ndarray | None, mask: np.ndarray, visible: np.ndarray) -> float:
-    """The object's median z-depth in its SfM units: from its depth map on its mask when known, else the depth
-    of its frame origin (the SfM stage puts that at the median of the object's points)."""
+    """The object's median z-depth in its pose units: from its depth map on its mask when known, else the depth
+    of its frame origin (per-object SfM and the track poses put that at the centre of the object's points)."""
     if depth is not None:
         d = np.asarray(depth)[mask]
         d = d[np.isfinite(d) & (d > 0)]
@@ -168,8 +168,7 @@ def _median_depth(w2o: Tensor, depth: np.ndarray | None, mask: np.ndarray, visib
     z = w2o[torch.as_tensor(visible), 2, 3]
     z = z[z > 0]
     if len(z) == 0:
-        raise StageError("per-object SfM put the object behind the camera in every frame; rerun `monodyn preprocess "
-                         "--force sfm --per-object-sfm`")
+        raise StageError("its poses put it behind the camera in every frame")
     return float(z.median())
 
 
@@ -216,17 +215,6 @@ def frame_from_world_at_frames(frame_from_camera: Float[Tensor, "*B 4 4"], w2c: 
                                scale: Float[Tensor, "*B"]) -> Float[Tensor, "*B 4 4"]:
     """F = P S(1/s) w2c: world -> object frame at input frames (see module doc)."""
     return frame_from_camera @ scaling(1.0 / scale) @ w2c
-
-
-def frame_rays(frame_from_world: Float[Tensor, "N 4 4"], origins: Float[Tensor, "N 3"], dirs: Float[Tensor, "N 3"]
-               ) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 3"], Float[Tensor, " N"]]:
-    """World rays (unit directions) -> rays in an object's frame: origins, unit directions, and the world
-    distance per frame distance along each ray (= s for a similarity with scale 1/s)."""
-    A, b = frame_from_world[..., :3, :3], frame_from_world[..., :3, 3]
-    o = (A @ origins[..., None])[..., 0] + b
-    d = (A @ dirs[..., None])[..., 0]
-    n = torch.linalg.vector_norm(d, dim=-1)
-    return o, d / n[..., None], 1.0 / n
 
 
 # ---- novel times: interpolating object poses --------------------------------------------------------------------

@@ -45,6 +45,11 @@ class ScaleReport:
 def scale_report(model: OSNModel, seed: int = 0, n_curve: int = 200, n_map: int = 96) -> ScaleReport:
     space = model.space
     K = model.n_objects
+    if K == 0:
+        from models.errors import InputError
+
+        raise InputError("this OSN fit has no object with a scale (none was segmented, or none could be posed; see "
+                         "the note `monodyn fit` printed): the one scene it renders is the background")
     valid, _ = model.valid_scales(seed)
     default = model.default_scales(seed)
     nan = torch.full((K,), float("nan"))

@@ -16,7 +16,31 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from models.fields.mlp import TinyMLP, frequency_encoding, frequency_encoding_dim
+
+def frequency_encoding(x: Float[Tensor, "B D"], n_freqs: int) -> Float[Tensor, "B E"]:
+    """[x, sin(2^k x), cos(2^k x)] for k < n_freqs: E = D * (2 * n_freqs + 1)."""
+    if n_freqs <= 0:
+        return x
+    freqs = 2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)
+    xf = (x[..., None, :] * freqs[:, None]).flatten(-2)
+    return torch.cat([x, torch.sin(xf), torch.cos(xf)], dim=-1)
+
+
+class MLP(nn.Module):
+    """Linear-ReLU stack in_dim -> hidden (x n_hidden_layers) -> out_dim, no output activation."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, n_hidden_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for _ in range(n_hidden_layers):
+            layers += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+            d = hidden
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(d, out_dim)
+
+    def forward(self, x: Float[Tensor, "N I"]) -> Float[Tensor, "N O"]:
+        return self.out(self.body(x))
 
 
 class ScaleSpace:
@@ -55,7 +79,7 @@ class ScaleNetwork(nn.Module):
         super().__init__()
         self.n_objects, self.n_freqs = n_objects, n_freqs
         # frequencies 2^k * pi/2: the lowest period spans the whole box, the highest resolves ~1/16 of it
-        self.mlp = TinyMLP(frequency_encoding_dim(n_objects, n_freqs), hidden, 1, n_hidden_layers=3)
+        self.mlp = MLP(n_objects * (2 * n_freqs + 1), hidden, 1, n_hidden_layers=3)
 
     def forward(self, z: Float[Tensor, "B K"]) -> Float[Tensor, " B"]:
         return self.mlp(frequency_encoding(z * (math.pi / 2), self.n_freqs))[:, 0]

@@ -1,226 +1,251 @@
-"""OSN training: stage 1 bootstraps every object alone, stage 2 alternates scaled composite rendering (objects)
-with soft Z-buffer pseudo-labels (scale network).
+"""OSN training on the Gaussian core: stage 1 bootstraps every object alone, stage 2 alternates scaled composite
+rendering (objects) with soft Z-buffer pseudo-labels (scale network).
 
-Stage 1 (a share `bootstrap_fraction` of the steps): each step renders every object ALONE at unit scale on its
-own rays: the background on background pixels (colour, opacity -> 1, depth), object k on its mask pixels
-(colour, opacity -> 1, depth in its own SfM units) and on background pixels that its box covers (opacity -> 0).
+Every step takes one input frame, rendered whole (as DpDy's fit).
+
+Stage 1 (a share `bootstrap_fraction` of the steps): every object is rendered ALONE at unit scale: the
+background on background pixels (colour, opacity -> 1, depth), object k on its mask (colour, opacity -> 1, depth in
+its own units where known) and transparent on background pixels (opacity -> 0).
 
 Stage 2, in rounds of `round_steps`:
-  - scale network: every object is rendered alone once at unit scale on a grid of pixels of all frames (the
-    Z-buffer cache; mask-boundary pixels, which mix objects, are left out); then each step draws H scale
-    combinations (half uniform in the search box, half near the currently valid ones), labels them 0/1 by
-    soft Z-buffer segmentation against the masks, and takes a BCE step;
-  - objects: each step draws `composite_groups` valid combinations from the scale network (validity > 0.5),
-    splits the batch of rays among them and renders the scaled composite of all objects; losses: colour, depth
-    (rendered depth vs s_k * the SfM depth of the pixel's object), segmentation cross-entropy (per-object weights
-    vs masks).
-The scale network is trained once more after the last round (`final_scale_steps`, longer: it sharpens the valid
-boundary), so it matches the final geometry.
+  - scale network: every object is rendered alone once at unit scale in every frame (the Z-buffer cache: depth
+    and opacity on a grid of pixels; mask-boundary pixels, which mix objects, are left out); then each step draws
+    H scale combinations (half uniform in the search box, half near the currently valid ones), labels them 0/1
+    by soft Z-buffer segmentation against the masks, and takes a BCE step;
+  - objects: each step draws one valid combination from the scale network (validity > 0.5) and renders the
+    scaled composite (all objects concatenated into one rasterisation); losses: photometric (L1 + D-SSIM), depth
+    (rendered depth vs s_k * the depth of the pixel's object), segmentation cross-entropy (per-object shares vs
+    masks), opacity -> 1.
+The scale network is trained once more after the last round (`final_scale_steps`), so it matches the final
+geometry. Densification and pruning (gsplat's default strategy) run per object.
 
-`OSNTask` is the `models.fitting.FitTask` of OSN: `models.fitting.run_fit` owns the device, budgets, resume
-state and metrics; the task maps both stages onto `train_step(step, progress)` and the final scale-network pass
-onto `finish`. With a minutes budget, stage 1 ends at the schedule position `bootstrap_fraction` at the latest.
-
-Determinism: every step draws from a generator seeded by (seed, step), so a resumed fit continues exactly.
-Checkpoint: `config.json` + `model.safetensors`, written once at the end.
+`OSNTask` is the `models.fitting.FitTask` of OSN. Determinism: every step draws from generators seeded by
+(seed, step), so a resumed fit continues exactly. Checkpoint: `config.json` + `model.safetensors`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from models.fitting import resolve_device
-from models.osn.composite import render_composite
+from models.gaussians.init import InitOptions, gaussian_set, static_gaussians
+from models.gaussians.losses import photometric_loss
+from models.gaussians.model import GaussianSet
+from models.gaussians.motion_init import DepthSource, grid_pixels, object_depth
+from models.gaussians.strategy import DensifyStrategy, StrategyOptions
 from models.osn.config import OSNConfig
 from models.osn.model import OSNModel
-from models.osn.objects import ObjectSet, build_object_set, log_scale_range
+from models.osn.objects import ObjectSet, background_labels, build_object_set, log_scale_range
 from models.osn.scale_net import ScaleNetwork, ScaleSpace, random_unit
 from models.osn.zbuffer import ZBufferCache
-from models.rendering.volume import ray_aabb
 from models.scene import Scene
 
+# ---- initial Gaussians ---------------------------------------------------------------------------------------------
 
-@dataclass
-class PixelData:
-    """Every pixel of every frame, flattened (P = T*H*W). rgb (P,3) in [0,1]; label (P,) object index (0 =
-    background); frame (P,); dirs (P,3) unit ray directions in CAMERA coordinates; depth (P,) z-depth of the
-    pixel's own object in that object's units (0 = unknown); interior (P,): the 4-neighbours share the pixel's label
-    (mask boundaries, where pixels mix objects, are left out of validity labels); negatives[o]: indices of background pixels whose
-    rays cross object o's box (o >= 1); by_label[o]: indices of pixels labelled o."""
-
-    rgb: Float[Tensor, "P 3"]
-    label: Int[Tensor, " P"]
-    frame: Int[Tensor, " P"]
-    dirs: Float[Tensor, "P 3"]
-    depth: Float[Tensor, " P"]
-    interior: Bool[Tensor, " P"]
-    by_label: list[Tensor]
-    negatives: list[Tensor]
-    shape: tuple[int, int, int]
+def object_unit_depth(scene: Scene, objects: ObjectSet, depth: DepthSource, o: int, t: int,
+                      xy: np.ndarray) -> np.ndarray:
+    """z-depth of object o's pixels `xy` in frame t, in its own units: track-posed objects the depth they were
+    posed at (the depth stage's, or the background's just around them) over its unit; SfM-posed ones their sparse
+    SfM depth where known, else their median (1)."""
+    k = objects.ids[o]
+    inst = np.asarray(scene.instances[t])
+    if objects.source[o] == "tracks":
+        z = object_depth(depth, inst, t, k, xy)
+        return np.ones(len(xy), np.float32) if z is None else (z / objects.unit[o]).astype(np.float32)
+    out = np.ones(len(xy), np.float32)
+    if k in scene.object_depth:
+        d = np.asarray(scene.object_depth[k][t])[xy[:, 1].astype(int), xy[:, 0].astype(int)] / objects.unit[o]
+        out = np.where(d > 0, d, 1.0).astype(np.float32)
+    return out
 
 
-def pixel_data(scene: Scene, objects: ObjectSet) -> PixelData:
-    T, H, W = scene.num_frames, scene.height, scene.width
-    rgb = scene.images().reshape(-1, 3)
-    inst = torch.from_numpy(np.asarray(scene.instances).astype(np.int64)).reshape(-1)
-    lut = torch.full((256,), -1, dtype=torch.long)
-    lut[torch.tensor(objects.ids)] = torch.arange(len(objects.ids))
-    label = lut[inst]
-    frame = torch.arange(T).repeat_interleave(H * W)
-    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
-    K = objects.K
-    x = (xs.reshape(1, -1) - K[:, 0, 2, None]) / K[:, 0, 0, None]
-    y = (ys.reshape(1, -1) - K[:, 1, 2, None]) / K[:, 1, 1, None]
-    dirs = F.normalize(torch.stack([x, y, torch.ones_like(x)], -1), dim=-1).reshape(-1, 3)
-    depth = torch.zeros(T * H * W)
-    if scene.depth is not None:
-        d = torch.from_numpy(np.array(scene.depth, np.float32)).reshape(-1)  # a copy: workspaces map it read-only
-        bg = (label == 0) & torch.isfinite(d)
-        depth[bg] = d[bg]
-    for o, k in enumerate(objects.ids[1:], start=1):
-        if k in scene.object_depth:
-            d = torch.from_numpy(np.array(scene.object_depth[k], np.float32)).reshape(-1) / objects.unit[o]
-            sel = (label == o) & torch.isfinite(d)
-            depth[sel] = d[sel]
-    depth = torch.where(torch.isfinite(depth) & (depth > 0), depth, torch.zeros_like(depth))
-    lab_img = label.reshape(T, H, W)
-    pad = torch.nn.functional.pad(lab_img[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
-    interior = torch.ones(T, H, W, dtype=torch.bool)
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):  # the 4-neighbours carry the same label
-        interior &= pad[:, dy:dy + H, dx:dx + W] == lab_img
-    by_label = [(label == o).nonzero()[:, 0] for o in range(len(objects.ids))]
-    negatives = [torch.zeros(0, dtype=torch.long)]
-    bg_idx = by_label[0]
+def initial_sets(scene: Scene, objects: ObjectSet, depth: DepthSource, cfg: OSNConfig) -> list[GaussianSet]:
+    """The background's Gaussians (DpDy's static initialiser, with the dropped objects part of the background) and
+    every object's Gaussians in its own frame: its pixels at a few keyframes lifted with its depth and mapped
+    through that frame's camera-to-object pose."""
+    rng = np.random.default_rng(cfg.seed)
+    labels = background_labels(objects, scene.instances)
+    bg_scene = dataclasses.replace(scene, instances=labels.astype(np.uint8))
+    opts = InitOptions(static_points=cfg.background_points, keyframes=cfg.keyframes, opacity=cfg.init_opacity,
+                       seed=cfg.seed)
+    sets = [static_gaussians(bg_scene, depth, opts, rng)]
+    T = scene.num_frames
+    areas = [(labels == o).reshape(T, -1).sum(1) for o in range(len(objects.ids))]
+    total = sum(int(a.max()) for a in areas[1:]) or 1
+    K = objects.K.numpy()
     for o in range(1, len(objects.ids)):
-        P = objects.frame_from_camera[o][frame[bg_idx]]
-        orig = P[:, :3, 3]
-        d = (P[:, :3, :3] @ dirs[bg_idx, :, None])[..., 0]
-        _, _, hit = ray_aabb(orig, d, torch.tensor(objects.spaces[o]["aabb"]))
-        negatives.append(bg_idx[hit])
-    return PixelData(rgb, label, frame, dirs, depth, interior.reshape(-1), by_label, negatives, (T, H, W))
+        seen = np.nonzero(areas[o] > 0)[0]
+        keys = np.unique(np.r_[np.linspace(seen[0], seen[-1], cfg.keyframes).round(), areas[o].argmax()]).astype(int)
+        budget = max(16, cfg.object_points * int(areas[o].max()) // total) // len(keys)
+        means, colors, sizes = [], [], []
+        for t in keys:
+            mask = labels[t] == o
+            xy = grid_pixels(mask, budget, rng)
+            if len(xy) == 0:
+                continue
+            d = object_unit_depth(scene, objects, depth, o, int(t), xy)
+            rays = np.stack([(xy[:, 0] - K[t, 0, 2]) / K[t, 0, 0], (xy[:, 1] - K[t, 1, 2]) / K[t, 1, 1],
+                             np.ones(len(xy))], -1)
+            P = objects.frame_from_camera[o, t].double().numpy()
+            means.append((rays * d[:, None]) @ P[:3, :3].T + P[:3, 3])
+            colors.append(np.asarray(scene.frames[t], np.float32)[xy[:, 1].astype(int), xy[:, 0].astype(int)] / 255)
+            sizes.append(0.5 * np.sqrt(mask.sum() / len(xy)) * d / K[t, 0, 0])
+        sets.append(gaussian_set(np.concatenate(means), np.concatenate(colors), np.concatenate(sizes),
+                                 cfg.init_opacity, rng))
+    return sets
 
+
+# ---- per-frame targets -------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FrameData:
+    """Per frame: images (T,H,W,3) in [0,1]; labels (T,H,W) object index (0 = background, dropped objects
+    included); interior (T,H,W): the 8-neighbours share the label (mask boundaries mix objects); depth (T,H,W):
+    z-depth of the pixel's own object in that object's units (0 = unknown); w2c, K, times."""
+
+    images: Float[Tensor, "T H W 3"]
+    labels: Int[Tensor, "T H W"]
+    interior: Tensor
+    depth: Float[Tensor, "T H W"]
+    w2c: Float[Tensor, "T 4 4"]
+    K: Float[Tensor, "T 3 3"]
+    times: Float[Tensor, " T"]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.labels.shape)
+
+
+def frame_data(scene: Scene, objects: ObjectSet, depth: DepthSource, device: torch.device) -> FrameData:
+    T, H, W = scene.num_frames, scene.height, scene.width
+    labels = torch.as_tensor(background_labels(objects, scene.instances))
+    target = torch.zeros(T, H, W)
+    if scene.depth is not None:
+        d = torch.as_tensor(np.array(scene.depth, np.float32))
+        bg = (labels == 0) & torch.isfinite(d) & (d > 0)
+        target[bg] = d[bg]
+    for o in range(1, len(objects.ids)):
+        k = objects.ids[o]
+        if objects.source[o] == "sfm" and k in scene.object_depth:
+            d = torch.as_tensor(np.array(scene.object_depth[k], np.float32)) / objects.unit[o]
+        elif objects.source[o] == "tracks" and depth.dense and depth.plane is None:
+            d = torch.as_tensor(np.stack([depth(t) for t in range(T)]).astype(np.float32)) / objects.unit[o]
+        else:
+            continue
+        sel = (labels == o) & torch.isfinite(d) & (d > 0)
+        target[sel] = d[sel]
+    pad = F.pad(labels[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    interior = torch.ones(T, H, W, dtype=torch.bool)
+    for dy in range(3):  # the 8-neighbours carry the same label
+        for dx in range(3):
+            interior &= pad[:, dy:dy + H, dx:dx + W] == labels
+    images = torch.as_tensor(np.array(scene.frames)).float() / 255.0
+    return FrameData(images.to(device), labels.to(device), interior.to(device), target.to(device),
+                     objects.w2c.to(device), objects.K.to(device), objects.times.to(device))
+
+
+# ---- the fit task ---------------------------------------------------------------------------------------------------
 
 class OSNTask:
-    """OSN's `models.fitting.FitTask`: stage 1 then stage 2 rounds, one object-field step per `train_step`."""
+    """OSN's `models.fitting.FitTask`: stage 1 then stage 2 rounds, one input frame per `train_step`."""
 
     def __init__(self, scene: Scene, cfg: OSNConfig):
         self.cfg = cfg
         cfg.validate()
         self.device = resolve_device(cfg.device)
-        objects = build_object_set(scene, cfg.object_margin, cfg.background_space)
+        depth = DepthSource(scene)
+        objects = build_object_set(scene, depth, cfg.min_posed, cfg.seed)
         lo, hi = log_scale_range(objects, cfg.scale_min, cfg.scale_max)
-        self.model = OSNModel.create(objects, cfg, ScaleSpace(lo, hi)).to(self.device)
-        self.data = _to_device(pixel_data(scene, objects), self.device)
-        self.frames_P = self.model.objects.frame_from_camera.to(self.device)  # (O, T, 4, 4)
-        self.seed_occupancy()
-        self.opt = torch.optim.Adam(self._field_groups(), betas=(0.9, 0.99))
-        self.opt_scale = torch.optim.Adam(self.model.scale_net.parameters(), lr=cfg.lr_net)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            sets = initial_sets(scene, objects, depth, cfg)
+        self.model = OSNModel(objects, sets, ScaleSpace(lo, hi), cfg.scale_hidden, cfg.seed,
+                              cfg.scale_frequencies).to(self.device)
+        self.data = frame_data(scene, objects, depth, self.device)
+        opts = StrategyOptions(grow_grad2d=cfg.grow_grad2d, refine_every=cfg.refine_every, refine_stop=cfg.refine_stop,
+                               max_gaussians=cfg.max_gaussians)
+        self.strategies = [DensifyStrategy(g, self.model, (), r, opts) for g, r in zip(self.model.sets, objects.radius)]
+        self.opt = self._make_optimizer()
+        self.opt_scale = torch.optim.Adam(self.model.scale_net.parameters(), lr=cfg.lr_scale_net)
         self.step = 0  # seeds the step's generators
         self.stage2_start: int | None = None  # the step stage 2 began at (rounds count from it)
         self.scale_metrics: dict[str, float] = {}  # of the last scale-network pass, shown with stage 2 steps
         self.cache: ZBufferCache | None = None  # rebuilt before every scale-network pass: no resume state
         self._scale_updates = 0
 
-    def _field_groups(self) -> list[dict]:
+    # -- optimiser and schedule ------------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
         groups = []
-        for f in self.model.fields:
-            groups += f.field.param_groups(self.cfg.lr_grid, self.cfg.lr_net)
-        return groups
+        for o, (g, r) in enumerate(zip(self.model.sets, self.model.objects.radius)):
+            for name, lr in (("means", c.lr_means * r), ("log_scales", c.lr_scales), ("quats", c.lr_quats),
+                             ("opacity_logits", c.lr_opacity), ("color_logits", c.lr_colors)):
+                groups.append({"params": [getattr(g, name)], "lr": lr, "base_lr": lr, "name": f"{o}.{name}"})
+        return torch.optim.Adam(groups, eps=1e-15)
 
-    # -- schedule --------------------------------------------------------------------------------------------
+    def _set_lr(self, progress: float) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * (0.01 ** progress if g["name"].endswith("means") else 1.0)
+
     @property
     def stage1_steps(self) -> int:
         return int(round(self.cfg.steps * self.cfg.bootstrap_fraction))
 
-    def _set_lr(self, progress: float) -> None:
-        decay = 0.1 ** progress
-        for g in self.opt.param_groups:
-            g["lr"] = (self.cfg.lr_grid if g["name"] == "grid" else self.cfg.lr_net) * decay
-
     def generator(self, salt: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
-        """A generator seeded by (seed, step, salt): on the CPU for index draws, on the device for jitter."""
+        """A generator seeded by (seed, step, salt)."""
         g = torch.Generator(device=device)
         g.manual_seed((self.cfg.seed * 1_000_003 + self.step * 7919 + salt) % (2 ** 63))
         return g
 
-    # -- rays ------------------------------------------------------------------------------------------------
-    def object_rays(self, idx: Tensor, scales: Float[Tensor, "N O"]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Rays of pixels idx in every object's frame under per-ray scales (background column = 1)."""
-        d = self.data
-        rays = []
-        for o in range(len(self.model.fields)):
-            P = self.frames_P[o][d.frame[idx]]
-            # camera at the origin: x' = x_cam / s, p = R x' + t -> origin t, direction R d, world per frame = s
-            rays.append((P[:, :3, 3], (P[:, :3, :3] @ d.dirs[idx, :, None])[..., 0], scales[:, o]))
-        return rays
-
-    @torch.no_grad()
-    def seed_occupancy(self, min_coverage: float = 0.5) -> None:
-        """Objects whose pixels mostly have a depth start with empty-space skipping seeded from the observed
-        surfaces (fast from the first step, and no haze where nothing was seen)."""
-        d = self.data
-        for o, f in enumerate(self.model.fields):
-            idx = d.by_label[o]
-            idx = idx[d.depth[idx] > 0]
-            if idx.numel() < max(min_coverage * d.by_label[o].numel(), 1):
-                continue
-            P = self.frames_P[o][d.frame[idx]]
-            x_cam = d.dirs[idx] * (d.depth[idx] / d.dirs[idx, 2])[:, None]  # unit scale: camera units = object units
-            pts = (P[:, :3, :3] @ x_cam[..., None])[..., 0] + P[:, :3, 3]
-            f.seed_occupancy(pts)
-
-    def _pick(self, pool: Tensor, n: int, g: torch.Generator) -> Tensor:
-        if pool.numel() == 0 or n <= 0:
-            return pool[:0]
-        return pool[torch.randint(pool.numel(), (n,), generator=g).to(pool.device)]
+    def _frame(self) -> int:
+        return int(torch.randint(self.data.shape[0], (1,), generator=self.generator(salt=1)))
 
     # -- stage 1 ---------------------------------------------------------------------------------------------
     def bootstrap_step(self, progress: float) -> dict[str, float]:
-        cfg, d, g = self.cfg, self.data, self.generator()
-        O = len(self.model.fields)
-        n_bg = cfg.batch_rays // 2
-        n_obj = max((cfg.batch_rays - n_bg) // max(O - 1, 1), 2)
+        cfg, d, m = self.cfg, self.data, self.model
+        t = self._frame()
+        T, H, W = d.shape
+        ones = [1.0] * len(m.sets)
         loss = torch.zeros((), device=self.device)
-        mse_sum, count = 0.0, 0
-        for o in range(O):
-            if o == 0:
-                pos, neg = self._pick(d.by_label[0], n_bg, g), d.by_label[0][:0]
-            else:
-                pos = self._pick(d.by_label[o], n_obj - n_obj // 2, g)
-                neg = self._pick(d.negatives[o], n_obj // 2, g)
-            idx = torch.cat([pos, neg])
-            if idx.numel() == 0:
+        metas, sq, count = [], 0.0, 0
+        for o in range(len(m.sets)):
+            own = d.labels[t] == o
+            if not bool(own.any()):
+                metas.append(None)
                 continue
-            ones = torch.ones(idx.numel(), 1, device=self.device)
-            ray = self.object_rays(idx, ones.expand(-1, O))[o]
-            out = render_composite([self.model.fields[o]], [ray], d.dirs[idx, 2], None, stratified=True,
-                                   generator=self.generator(salt=10 + o, device=self.device))
-            is_pos = torch.arange(idx.numel(), device=self.device) < pos.numel()
-            mse = ((out.rgb - d.rgb[idx]) ** 2).sum(-1)
-            l_rgb = mse[is_pos].mean()
-            l_mask = ((out.alpha - is_pos.float()) ** 2).mean()
-            l_depth = _depth_loss(out.depth[is_pos], d.depth[pos])
+            out = m.render(d.w2c[t], d.K[t], W, H, float(d.times[t]), ones, objects=[o])
+            err = (out.rgb - d.images[t]).abs().sum(-1)
+            l_rgb = err[own].mean() / 3
+            region = own if o == 0 else own | (d.labels[t] == 0)
+            l_mask = ((out.alpha - own.float())[region] ** 2).mean()
+            l_depth = _depth_loss(out.depth, d.depth[t], own & (out.alpha.detach() > 0.5))
             loss = loss + l_rgb + cfg.mask_weight * l_mask + cfg.depth_weight * l_depth
-            mse_sum += float(mse[is_pos].detach().sum())
-            count += int(pos.numel())
-        loss = loss + cfg.tv_weight * self._tv()
+            with torch.no_grad():
+                sq += float(((out.rgb - d.images[t]) ** 2).sum(-1)[own].sum())
+                count += int(own.sum())
+            self._retain(out.meta)
+            metas.append(out.meta)
         self._backward(loss, progress)
-        return {"loss": float(loss.detach()), "psnr": _psnr(mse_sum / max(count, 1) / 3)}
+        for o, meta in enumerate(metas):
+            if meta is not None:
+                self._observe(o, meta["means2d"], meta["radii"], slice(None))
+        return {"loss": float(loss.detach()), "psnr": _psnr(sq / max(count, 1) / 3)}
 
     # -- stage 2 ---------------------------------------------------------------------------------------------
     def sample_valid(self, n_groups: int, g: torch.Generator) -> Float[Tensor, "G K"]:
         """n_groups valid combinations (objects 1..K) from the scale network; the best-scored ones if fewer
         are valid."""
         net, space = self.model.scale_net, self.model.space
+        if self.model.n_objects == 0:
+            return torch.zeros(n_groups, 0, device=self.device)
         z = random_unit(1024, self.model.n_objects, g).to(self.device)
         score = net.validity(z)
         valid = (score > 0.5).nonzero()[:, 0]
@@ -230,57 +255,55 @@ class OSNTask:
         return space.from_unit(z[pick])
 
     def composite_step(self, progress: float) -> dict[str, float]:
-        cfg, d, g = self.cfg, self.data, self.generator()
-        O = len(self.model.fields)
-        n = cfg.batch_rays
-        uniform = torch.randint(d.label.numel(), (n // 2,), generator=g).to(self.device)
-        per_obj = (n - n // 2) // max(O - 1, 1)
-        idx = torch.cat([uniform] + [self._pick(d.by_label[o], per_obj, g) for o in range(1, O)])
-        groups = self.sample_valid(cfg.composite_groups, g)
-        full = self.model.full_scales(groups)  # (G, O)
-        scales = full[torch.arange(idx.numel(), device=self.device) % full.shape[0]]
-        out = self._render(idx, scales, self.generator(salt=10, device=self.device))
-        label = d.label[idx]
-        mse = ((out.rgb - d.rgb[idx]) ** 2).sum(-1)
-        l_rgb = mse.mean()
-        known = label >= 0
-        target = d.depth[idx] * scales.gather(1, label.clamp_min(0)[:, None])[:, 0]
-        l_depth = _depth_loss(out.depth[known], target[known])
-        logp = torch.log(out.object_weights + 1e-4) - torch.log(out.object_weights.sum(-1, keepdim=True) + O * 1e-4)
-        l_seg = F.nll_loss(logp[known], label[known])
-        loss = l_rgb + cfg.depth_weight * l_depth + cfg.seg_weight * l_seg + cfg.tv_weight * self._tv()
+        cfg, d, m = self.cfg, self.data, self.model
+        t = self._frame()
+        T, H, W = d.shape
+        full = m.full_scales(self.sample_valid(1, self.generator(salt=2)))[0]
+        out = m.render(d.w2c[t], d.K[t], W, H, float(d.times[t]), full.tolist())
+        label = d.labels[t]
+        l_rgb = photometric_loss(out.rgb, d.images[t], cfg.ssim_weight)
+        target = d.depth[t] * full.to(self.device)[label]
+        l_depth = _depth_loss(out.depth, target, out.alpha.detach() > 0.5)
+        O = len(m.sets)
+        w = out.object_weights
+        logp = torch.log(w + 1e-4) - torch.log(w.sum(-1, keepdim=True) + O * 1e-4)
+        l_seg = F.nll_loss(logp.reshape(-1, O), label.reshape(-1))
+        l_mask = ((out.alpha - 1.0) ** 2).mean()
+        loss = l_rgb + cfg.depth_weight * l_depth + cfg.seg_weight * l_seg + cfg.mask_weight * l_mask
+        self._retain(out.meta)
         self._backward(loss, progress)
-        return {"loss": float(loss.detach()), "psnr": _psnr(float(mse.detach().mean()) / 3), "seg": float(l_seg.detach())}
-
-    def _render(self, idx: Tensor, scales: Tensor, g: torch.Generator):
-        return render_composite(list(self.model.fields), self.object_rays(idx, scales), self.data.dirs[idx, 2],
-                                self.model.background_rgb, stratified=True, generator=g)
+        start = 0
+        for o, n in enumerate(out.meta["counts"]):
+            self._observe(o, out.meta["means2d"], out.meta["radii"], slice(start, start + n))
+            start += n
+        with torch.no_grad():
+            mse = float(((out.rgb - d.images[t]) ** 2).mean())
+        return {"loss": float(loss.detach()), "psnr": _psnr(mse), "seg": float(l_seg.detach())}
 
     # -- scale network ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def refresh_cache(self) -> ZBufferCache:
-        """Render every object alone at unit scale on a grid of pixels of all frames (the soft Z-buffer input)."""
-        d = self.data
+        """Render every object alone at unit scale in every frame; keep a regular grid of pixels (the soft
+        Z-buffer input)."""
+        d, m = self.data, self.model
         T, H, W = d.shape
         stride = max(1, math.ceil(math.sqrt(T * H * W / max(self.cfg.zbuffer_pixels, 1))))
         ys, xs = torch.meshgrid(torch.arange(stride // 2, H, stride), torch.arange(stride // 2, W, stride),
                                 indexing="ij")
-        flat = (ys * W + xs).reshape(-1)
-        idx = (torch.arange(T)[:, None] * (H * W) + flat[None]).reshape(-1).to(self.device)
-        O = len(self.model.fields)
-        alpha, depth = [], []
-        for i in range(0, idx.numel(), 16384):
-            part = idx[i:i + 16384]
-            rays = self.object_rays(part, torch.ones(part.numel(), O, device=self.device))
+        ys, xs = ys.reshape(-1).to(self.device), xs.reshape(-1).to(self.device)
+        ones = [1.0] * len(m.sets)
+        alpha, depth, labels = [], [], []
+        for t in range(T):
             a_cols, d_cols = [], []
-            for o in range(O):
-                out = render_composite([self.model.fields[o]], [rays[o]], d.dirs[part, 2])
-                a_cols.append(out.alpha)
-                d_cols.append(out.depth)
+            for o in range(len(m.sets)):
+                out = m.render(d.w2c[t], d.K[t], W, H, float(d.times[t]), ones, objects=[o])
+                a_cols.append(out.alpha[ys, xs])
+                d_cols.append(out.depth[ys, xs])
             alpha.append(torch.stack(a_cols, -1))
             depth.append(torch.stack(d_cols, -1))
-        labels = torch.where(d.interior[idx], d.label[idx], torch.full_like(d.label[idx], -1))
-        self.cache = ZBufferCache.build(torch.cat(depth), torch.cat(alpha), labels)
+            lab = d.labels[t, ys, xs]
+            labels.append(torch.where(d.interior[t, ys, xs], lab, torch.full_like(lab, -1)))
+        self.cache = ZBufferCache.build(torch.cat(depth), torch.cat(alpha), torch.cat(labels))
         return self.cache
 
     def scale_step(self) -> dict[str, float]:
@@ -290,6 +313,8 @@ class OSNTask:
                                   self.cfg.scale_candidates, g, self.cfg.zbuffer_temperature, self.cfg.label_tolerance)
 
     def train_scale_net(self, steps: int) -> dict[str, float]:
+        if self.model.n_objects == 0:  # nothing to scale: the one scene is the background
+            return {}
         self.refresh_cache()
         info: dict[str, float] = {}
         for _ in range(steps):
@@ -297,8 +322,9 @@ class OSNTask:
         return info
 
     # -- shared ----------------------------------------------------------------------------------------------
-    def _tv(self) -> Tensor:
-        return sum(f.field.tv_loss(1.0, 0.0) for f in self.model.fields)
+    def _retain(self, meta: dict) -> None:
+        if meta["means2d"].requires_grad:
+            meta["means2d"].retain_grad()
 
     def _backward(self, loss: Tensor, progress: float) -> None:
         self._set_lr(progress)
@@ -306,11 +332,18 @@ class OSNTask:
         loss.backward()
         self.opt.step()
 
-    def _maybe_update_occupancy(self) -> None:
-        cfg = self.cfg
-        if self.step >= cfg.occupancy_warmup and self.step % max(cfg.occupancy_every, 1) == 0:
-            for o, f in enumerate(self.model.fields):
-                f.update_occupancy(self.generator(salt=1000 + o, device=self.device))
+    def _observe(self, o: int, means2d: Tensor, radii: Tensor, rows: slice) -> None:
+        if means2d.grad is None:
+            return
+        T, H, W = self.data.shape
+        self.strategies[o].observe(means2d.grad[0][rows], radii[0][rows], W, H)
+
+    def _densify(self, step: int, progress: float, metrics: dict) -> None:
+        if not self.strategies[0].due(step, progress):
+            return
+        for o, s in enumerate(self.strategies):
+            s.g = self.model.sets[o]
+            metrics[f"n_{o}"] = s.refine(self.opt, self.generator(salt=5000 + o))["after"]
 
     # -- the FitTask protocol ---------------------------------------------------------------------------------
     def train_step(self, step: int, progress: float) -> dict[str, float]:
@@ -327,8 +360,7 @@ class OSNTask:
                 first = step == self.stage2_start
                 self.scale_metrics = self.train_scale_net(cfg.scale_steps * (3 if first else 1))
             metrics = {**self.scale_metrics, **self.composite_step(progress)}
-        self.step = step + 1  # the occupancy update after step k draws as it did at step k + 1
-        self._maybe_update_occupancy()
+        self._densify(step, progress, metrics)
         return metrics
 
     def finish(self, step: int) -> dict[str, float]:
@@ -338,16 +370,19 @@ class OSNTask:
         return self.scale_metrics
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "opt_scale": self.opt_scale.state_dict(),
-                "occupancy": [(f.use_occupancy, f.occupancy.n_updates) for f in self.model.fields],
-                "stage2_start": self.stage2_start, "scale_updates": self._scale_updates,
-                "scale_metrics": self.scale_metrics}
+        return {"sizes": [len(g) for g in self.model.sets], "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(), "opt_scale": self.opt_scale.state_dict(),
+                "strategies": [s.state_dict() for s in self.strategies], "stage2_start": self.stage2_start,
+                "scale_updates": self._scale_updates, "scale_metrics": self.scale_metrics}
 
     def load_state_dict(self, state: dict) -> None:
+        for o, n in enumerate(state["sizes"]):
+            self.model.sets[o] = GaussianSet.empty(n).to(self.device)
         self.model.load_state_dict(state["model"])
-        for f, (use, n) in zip(self.model.fields, state["occupancy"]):
-            f.use_occupancy, f.occupancy.n_updates = bool(use), int(n)
+        for o, s in enumerate(self.strategies):
+            s.g = self.model.sets[o]
+            s.load_state_dict(state["strategies"][o])
+        self.opt = self._make_optimizer()
         self.opt.load_state_dict(state["opt"])
         self.opt_scale.load_state_dict(state["opt_scale"])
         self.stage2_start, self._scale_updates = state["stage2_start"], int(state["scale_updates"])
@@ -362,20 +397,22 @@ def scale_network_step(net: ScaleNetwork, space: ScaleSpace, cache: ZBufferCache
                        n_combinations: int, generator: torch.Generator, temperature: float = 0.01,
                        tolerance: float = 0.02) -> dict[str, float]:
     """One BCE step of the scale network on `n_combinations` fresh combinations labelled by the soft Z-buffer:
-    half uniform in the search box, half jittered copies of currently valid ones (the boundary is where labels
-    are informative)."""
+    half uniform in the search box, half jittered copies of valid ones (the boundary is where labels are
+    informative): those the network or the labels call valid among the uniform half, else the uniform ones with
+    the smallest error (a small valid set is found even before the network knows it)."""
     device = next(net.parameters()).device
     H, K = n_combinations, space.n_objects
-    z = random_unit(H, K, generator).to(device)
+    full = lambda z: torch.cat([torch.ones_like(z[:, :1]), space.from_unit(z)], dim=1)  # noqa: E731
+    z = random_unit(H - H // 2, K, generator).to(device)
+    labels, err = cache.validity_labels(full(z), temperature, tolerance)
     with torch.no_grad():
-        valid_now = z[net.validity(z) > 0.5]
-    if valid_now.shape[0] > 0:
-        near = valid_now[torch.randint(valid_now.shape[0], (H // 2,), generator=generator).to(device)]
-        near = (near + 0.15 * torch.randn(near.shape, generator=generator).to(device)).clamp(-1, 1)
-        z = torch.cat([z[: H - H // 2], near])
-    scales = space.from_unit(z)
-    full = torch.cat([torch.ones_like(scales[:, :1]), scales], dim=1)
-    labels, _ = cache.validity_labels(full, temperature, tolerance)
+        seeds = z[labels | (net.validity(z) > 0.5)]
+    if seeds.shape[0] == 0:
+        seeds = z[err.amax(-1).argsort()[:max(1, z.shape[0] // 8)]]
+    near = seeds[torch.randint(seeds.shape[0], (H // 2,), generator=generator).to(device)]
+    near = (near + 0.15 * torch.randn(near.shape, generator=generator).to(device)).clamp(-1, 1)
+    near_labels, _ = cache.validity_labels(full(near), temperature, tolerance)
+    z, labels = torch.cat([z, near]), torch.cat([labels, near_labels])
     loss = F.binary_cross_entropy_with_logits(net(z), labels.float())
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -383,15 +420,9 @@ def scale_network_step(net: ScaleNetwork, space: ScaleSpace, cache: ZBufferCache
     return {"bce": float(loss.detach()), "valid_frac": float(labels.float().mean())}
 
 
-def _to_device(data: PixelData, device) -> PixelData:
-    return PixelData(data.rgb.to(device), data.label.to(device), data.frame.to(device), data.dirs.to(device),
-                     data.depth.to(device), data.interior.to(device), [x.to(device) for x in data.by_label],
-                     [x.to(device) for x in data.negatives], data.shape)
-
-
-def _depth_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean relative depth error over the rays with a known target (0 when none)."""
-    known = target > 0
+def _depth_loss(pred: Float[Tensor, "H W"], target: Float[Tensor, "H W"], sel: Tensor) -> Tensor:
+    """Mean relative depth error over the selected pixels with a known target (0 when none)."""
+    known = sel & (target > 0)
     if not bool(known.any()):
         return pred.sum() * 0.0
     return ((pred[known] - target[known]).abs() / target[known]).mean()

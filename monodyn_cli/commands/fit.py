@@ -48,9 +48,11 @@ def fit(
     from monodyn_cli.scene_loader import load_scene, resolve_workspace
 
     ws = resolve_workspace(workspace)
-    scene, input_keys = load_scene(ws)
+    scene, input_keys = load_scene(ws, object_sfm=getattr(impl, "reads_object_sfm", False))
     with ws.lock():
         log = RunLog(ws.root, "fit")
         out = fit_cached(ws, name, impl, cfg, scene, input_keys, RichProgress(quiet, log), resume, force, log)
         log.close()
+    for note in getattr(impl, "fit_notes", lambda ckpt: [])(out):  # e.g. objects a fit left in the background
+        stdout.print(f"note: {note}", markup=False, highlight=False)
     stdout.print(f"checkpoint: {out}")
