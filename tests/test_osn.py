@@ -389,3 +389,34 @@ def test_osn_scales_command(fitted):
     rep = scale_report(load_model(ckpt))
     assert rep.curve_validity.shape == (2, 200) and rep.map2d[2].shape == (96, 96)
     assert bool(((rep.curve_validity >= 0) & (rep.curve_validity <= 1)).all())
+
+
+def test_dpdy_places_objects_at_osn_scales(fitted):
+    """DpDy takes OSN's scales: each object's lifted Gaussians have the chosen OSN scale as their median depth in
+    the frame where the object is largest (the others keep theirs)."""
+    from models.dpdy.config import DpDyConfig
+    from models.gaussians.init import InitOptions, initialise
+    from models.osn.method import object_placements
+
+    ws, ckpt, scene, method = fitted
+    centre, near, far = (object_placements(ckpt, c) for c in ("centre", "near", "far"))
+    assert set(centre) == {1, 2} and sum(map(np.log, near.values())) <= sum(map(np.log, far.values()))
+    model = method.load(ckpt, scene, OSNRenderOptions(), "cpu").model
+    assert torch.allclose(torch.tensor(list(centre.values())), model.default_scales())
+    cfg = DpDyConfig(object_scales=",".join(f"{k}:{v}" for k, v in centre.items()))
+    cfg.validate()
+    assert cfg.placements() == pytest.approx(centre, rel=1e-6)
+    with pytest.raises(InputError, match="--object-scales"):
+        DpDyConfig(object_scales="1:-2").validate()
+    opts = dict(static_points=300, dynamic_points=600, bases_per_object=1, seed=0)
+    plain = initialise(scene, InitOptions(**opts))
+    placed = initialise(scene, InitOptions(**opts, object_scales={1: 2 * centre[1]}))
+    inst = np.asarray(scene.instances)
+    for k in (1, 2):
+        t = int((inst == k).sum((1, 2)).argmax())
+        w2c = scene.cameras.w2c[t]
+        z = lambda m: (m.dynamic_pose(float(scene.times[t]))[0][m.instance_ids == k] @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]  # noqa: E731
+        if k == 1:
+            assert float(z(placed).detach().median()) == pytest.approx(2 * centre[1], rel=0.1)
+        else:
+            assert torch.allclose(z(placed), z(plain), atol=1e-5)

@@ -32,6 +32,16 @@ class DpDyConfig:
     """Rigid motion bases per segmented object (initialised from flow tracks clustered by motion)."""
     init_opacity: float = 0.7
     """Opacity of every Gaussian at the start."""
+    osn_scale: Literal["centre", "near", "far", "off"] = "centre"
+    """Where to place the segmented objects when an OSN fit exists in the workspace (`monodyn fit --method osn`):
+    centre = OSN's default valid scale combination (the valid one nearest the centre of its valid set), near / far
+    = the valid combination with the objects nearest to / farthest from the camera; each object is lifted so that
+    its median depth is its OSN scale (`monodyn osn scales` prints the valid ranges). off, or no OSN fit: objects
+    start at the depth the depth stage (or the background around them) gives. Objects OSN could not pose keep
+    that depth too."""
+    object_scales: str = ""
+    """Explicit placement ID:DEPTH,... (median depth of object ID in scene units, e.g. 1:0.8,2:1.5); set from the
+    OSN fit by --osn-scale when empty."""
 
     # ---- densification (gsplat DefaultStrategy semantics) ------------------------------------------------
     grow_grad2d: float = 0.0002
@@ -123,7 +133,8 @@ class DpDyConfig:
                   ("max_gaussians", self.max_gaussians >= 1, ">= 1"),
                   ("ssim_weight", 0 <= self.ssim_weight <= 1, "in [0, 1]"),
                   ("guidance_size", self.guidance_size >= 8, ">= 8"), ("track_window", self.track_window >= 1, ">= 1"),
-                  ("track_points", self.track_points >= 1, ">= 1")]
+                  ("track_points", self.track_points >= 1, ">= 1"),
+                  ("osn_scale", self.osn_scale in ("centre", "near", "far", "off"), "one of centre, near, far, off")]
         for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacity", "lr_colors", "lr_motion", "lr_motion_weights",
                      "depth_weight", "track_weight", "mask_weight", "motion_smooth_weight", "grow_grad2d",
                      "long_track_weight", "isometry_weight",
@@ -133,3 +144,19 @@ class DpDyConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise InputError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
+        self.placements()
+
+    def placements(self) -> dict[int, float]:
+        """--object-scales as {instance id: median depth}."""
+        from models.errors import InputError
+
+        out = {}
+        for part in filter(None, (p.strip() for p in self.object_scales.split(","))):
+            try:
+                k, v = part.split(":")
+                out[int(k)] = float(v)
+            except ValueError:
+                raise InputError(f"--object-scales: expected ID:DEPTH,... (e.g. 1:0.8,2:1.5), got {part!r}") from None
+            if not (out[int(k)] > 0 and out[int(k)] < float("inf")):
+                raise InputError(f"--object-scales: object {k}'s depth must be positive, got {v}")
+        return out

@@ -100,7 +100,8 @@ class DpDyTask:
             from models.errors import InputError
             raise InputError(f"scene radius must be positive, got {scene.radius}; check the sfm stage's bounds")
         init = InitOptions(static_points=cfg.static_points, keyframes=cfg.keyframes, dynamic_points=cfg.dynamic_points,
-                           bases_per_object=cfg.bases_per_object, opacity=cfg.init_opacity, seed=cfg.seed)
+                           bases_per_object=cfg.bases_per_object, opacity=cfg.init_opacity, seed=cfg.seed,
+                           object_scales=cfg.placements())
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             self.model = initialise(scene, init).to(device)

@@ -62,6 +62,25 @@ def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list
     return [model.default_scales(seed)]
 
 
+def object_placements(ckpt: Path, choice: str = "centre", seed: int = 0) -> dict[int, float]:
+    """{instance id: OSN scale} of one valid combination of the fit in `ckpt`: "centre" (the default
+    combination), "near" / "far" (the valid one with the smallest / largest product of scales). Objects OSN could
+    not pose are absent."""
+    model = load_model(ckpt)
+    if model.n_objects == 0:
+        return {}
+    if choice == "centre":
+        scales = model.default_scales(seed)
+    else:
+        valid, _ = model.valid_scales(seed)
+        if len(valid) == 0:
+            scales = model.default_scales(seed)
+        else:
+            total = torch.log(valid).sum(-1)
+            scales = valid[int(total.argmin() if choice == "near" else total.argmax())]
+    return {k: float(s) for k, s in zip(model.objects.ids[1:], scales.tolist())}
+
+
 class OSNRenderer:
     """One fitted OSN model and the scale combinations chosen for this render."""
 

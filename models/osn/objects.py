@@ -120,7 +120,9 @@ def build_object_set(scene: Scene, depth: DepthSource | None = None, min_posed: 
                 dropped[k] = poses.reason
                 continue
             w2o, obj_K, source = torch.as_tensor(poses.w2o), cams.K.double(), "tracks"
-            known = None
+            # its median depth on its pixels where the scene has a dense depth (the track poses are in world
+            # units), else the depth of the centre of its lifted points
+            known = np.asarray(scene.depth) if depth.dense and depth.plane is None else None
         try:
             m = _median_depth(w2o, known, inst == k, visible)
         except StageError as e:

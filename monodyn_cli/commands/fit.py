@@ -49,10 +49,31 @@ def fit(
 
     ws = resolve_workspace(workspace)
     scene, input_keys = load_scene(ws, object_sfm=getattr(impl, "reads_object_sfm", False))
+    placed = _osn_placements(ws, name, cfg)
     with ws.lock():
         log = RunLog(ws.root, "fit")
         out = fit_cached(ws, name, impl, cfg, scene, input_keys, RichProgress(quiet, log), resume, force, log)
         log.close()
     for note in getattr(impl, "fit_notes", lambda ckpt: [])(out):  # e.g. objects a fit left in the background
         stdout.print(f"note: {note}", markup=False, highlight=False)
+    if placed:
+        stdout.print(f"note: objects placed at OSN's {cfg.osn_scale} scales (median depth): {placed}", markup=False,
+                     highlight=False)
     stdout.print(f"checkpoint: {out}")
+
+
+def _osn_placements(ws, name: str, cfg) -> str:
+    """DpDy with --osn-scale: the object placements from the workspace's OSN fit, written into the config (so they
+    are part of the fit's key); "" when not asked for or there is no OSN fit."""
+    if getattr(cfg, "osn_scale", "off") == "off" or getattr(cfg, "object_scales", None) != "" or name == "osn":
+        return ""
+    from models.errors import InputError
+    from models.osn.method import object_placements
+    from monodyn_cli.fits import current_checkpoint
+
+    try:
+        _, ckpt = current_checkpoint(ws, "osn")
+    except InputError:  # no OSN fit here: objects keep their depth
+        return ""
+    cfg.object_scales = ",".join(f"{k}:{v:.4g}" for k, v in object_placements(ckpt, cfg.osn_scale).items())
+    return cfg.object_scales
