@@ -309,6 +309,9 @@ def object_poses(scene: Scene, depth: DepthSource, obj: int, n_tracks: int = 384
         return none("no optical flow to track it (run the flow stage)")
     if not visible.any():
         return none(f"it covers at most {int(areas.max())} pixels of a frame (too small to track)")
+    if not (visible & with_depth).any():
+        return none("no depth to lift its tracks in the frames where it is visible (neither the depth stage nor "
+                    "SfM points there)")
     rng = np.random.default_rng(seed + obj)
     xy = grid_pixels(inst[canonical] == obj, n_tracks, rng)
     z = object_depth(depth, inst[canonical], canonical, obj, xy)
