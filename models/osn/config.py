@@ -97,10 +97,9 @@ class OSNConfig:
     """Pixels (over all frames, on a regular grid) whose per-object depth and opacity the soft Z-buffer uses."""
     zbuffer_temperature: float = 0.01
     """Soft Z-buffer temperature on log-depth (smaller = harder depth test)."""
-    label_tolerance: float = 0.05
+    label_tolerance: float = 0.02
     """A scale combination is valid when, for every object, at most this fraction of its mask pixels (away from
-    mask boundaries) gets another object in front of it (Gaussians spill a little beyond their masks: on small
-    clips the background alone loses ~1% of its pixels to objects at any scale)."""
+    mask boundaries) gets another object in front of it."""
 
     def validate(self) -> None:
         """Every option in range; runs before the workspace is touched."""

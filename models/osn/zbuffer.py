@@ -12,9 +12,12 @@ composite. For H combinations this costs H x pixels x O^2 multiply-adds instead 
 
 Validity pseudo-label of a combination (the paper's p-bar): for each object j, the share of its mask pixels on
 which it does not win, err_j = sum_{r in mask j} (1 - w_j(r) / sum_o w_o(r)) / |mask j|; valid <=> max_j err_j <=
-tolerance. Opacities are binarised for labelling (an object is a layer where its alone opacity exceeds 1/2): only
-pixels where the true object is present count (where it is missing no scale can help), and pixels where no other
-object is present are skipped (they are right for every scale).
+tolerance over the objects j >= 1. The background's own error is left out: silhouettes do not change with scale,
+so an object that spills onto background pixels covers them at every scale that keeps it in front of the
+background (its error is a floor set by the reconstruction, not by the scales). Opacities are binarised for
+labelling (an object is a layer where its alone opacity exceeds 1/2): only pixels where the true object is present
+count (where it is missing no scale can help), and pixels where no other object is present are skipped (they are
+right for every scale).
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class ZBufferCache:
 
     def validity_labels(self, scales: Float[Tensor, "H O"], temperature: float = 0.01, tolerance: float = 0.02
                         ) -> tuple[Bool[Tensor, " H"], Float[Tensor, "H O"]]:
-        """0/1 pseudo-labels (valid <=> every object's error <= tolerance) and the errors."""
+        """0/1 pseudo-labels (valid <=> every object's error <= tolerance; the background's is not counted, see
+        the module doc) and the errors (background included)."""
         err = self.errors(scales, temperature)
-        return err.amax(-1) <= tolerance, err
+        worst = err[:, 1:].amax(-1) if err.shape[1] > 1 else err.new_zeros(err.shape[0])
+        return worst <= tolerance, err
