@@ -120,6 +120,29 @@ def test_track_poses_match_the_ground_truth_motion():
     assert objects.source == ["world", "tracks", "tracks"] and objects.n_objects == 2
 
 
+def test_tracks_triangulated_over_the_poses_give_the_shape_not_a_relief():
+    """Without depth on the objects (sparse background depth only), every object is lifted as a flat relief at
+    the depth around it; triangulating its tracks over the PnP poses (alternating with PnP) recovers its shape:
+    the points' depths in the canonical view follow the true depths, and the tracks are explained better."""
+    sc = synth(14, 8, 128, 96)
+    scene = tracked_scene(sc)
+    inst = np.asarray(scene.instances)
+    true = np.asarray(scene.depth).copy()
+    sparse = true.copy()
+    keep = np.zeros_like(sparse, bool)
+    keep.reshape(-1)[::7] = True
+    sparse[(inst > 0) | ~keep] = 0
+    flat = dataclasses.replace(scene, depth=sparse)
+    for k in (1, 2):
+        poses = object_poses(flat, DepthSource(flat), k)
+        assert poses.reason is None and poses.triangulated >= 0.4 * len(poses.points), poses.triangulated
+        assert poses.error_px < 0.2, poses.error_px
+        c = poses.canonical
+        z = poses.points @ poses.w2o[c, 2, :3] + poses.w2o[c, 2, 3]  # depth in the canonical view
+        gt = true[c][poses.pixels[:, 1].astype(int), poses.pixels[:, 0].astype(int)]
+        assert np.corrcoef(z, gt)[0, 1] > 0.5  # measured 0.83 / 0.62; the relief: 0.07 / 0.21
+
+
 def test_objects_without_poses_stay_background_and_are_named():
     sc = synth(0, 6, 32, 24)
     scene, _ = osn_scene(sc)

@@ -8,8 +8,9 @@
 - Poses: the object's rigid motion through the clip by PnP of its lifted canonical points onto their tracks,
   outward from the canonical frame, re-seeding tracks where too few survive (`track_object`, `pnp_frames`).
 - `object_poses`: every segmented object's camera-from-object poses (up to one scale per object: the depth it
-  was lifted at), or the reason they cannot be recovered (no flow, no depth, too few tracks, too few frames
-  posed). OSN's object frames come from here when no per-object SfM ran.
+  was lifted at) and its tracks triangulated over them (alternating with PnP: its shape), or the reason they
+  cannot be recovered (no flow, no depth, too few tracks, too few frames posed). OSN's object frames come from
+  here when no per-object SfM ran.
 - `object_motion`: DpDy's motion bases (clusters of tracks, each refined by PnP on its own tracks).
 """
 
@@ -277,9 +278,11 @@ class ObjectPoses:
     world frame of its canonical frame (where it is largest), moved to the centroid of its lifted points. Frames
     where PnP failed or the object is not visible hold the nearest solved pose. solved (T,): frames posed by PnP.
     visible (T,): frames where it covers >= MIN_PIXELS pixels. points (P,3): its tracked points in the object
-    frame. error_px: median reprojection error of the live tracks over the solved frames (a rigid object that
-    PnP follows: about a pixel; a non-rigid one, more). reason: None, or one line saying why the poses cannot be
-    recovered (w2o is then None)."""
+    frame, triangulated over the poses where the tracks see parallax (`refine_shape`: a shape, not a relief at the
+    depth they were lifted at; `triangulated` of them). error_px: median reprojection error of the live tracks
+    over the solved frames (a rigid object that PnP follows: under a pixel; a non-rigid one, more). reason: None,
+    or one line saying why the poses cannot be recovered (w2o is then None). pixels (P,2): where each point's
+    track starts, in the canonical frame."""
 
     id: int
     canonical: int
@@ -289,6 +292,8 @@ class ObjectPoses:
     points: Float[np.ndarray, "P 3"]
     error_px: float = float("nan")
     reason: str | None = None
+    triangulated: int = 0
+    pixels: Float[np.ndarray, "P 2"] | None = None
 
 
 def object_poses(scene: Scene, depth: DepthSource, obj: int, n_tracks: int = 384, min_solved: float = 0.5,
@@ -335,14 +340,87 @@ def object_poses(scene: Scene, depth: DepthSource, obj: int, n_tracks: int = 384
     M[:, :3, :3] = R
     M[:, :3, 3] = (R @ centre) + t
     w2o = scene.cameras.w2c.double().numpy() @ M
-    err = []
     K = scene.cameras.K.double().numpy()
-    for f in np.nonzero(have & visible)[0]:
-        live = ok[f]
-        if live.sum() == 0:
+    w2o, shape, error, n_tri = refine_shape(w2o, K, pts - centre, pos, ok, have & visible, canonical)
+    return ObjectPoses(obj, canonical, w2o, have, visible, shape, error, triangulated=n_tri, pixels=xy)
+
+
+def reprojection_error(w2o: Float[np.ndarray, "T 4 4"], K: Float[np.ndarray, "T 3 3"], points: Float[np.ndarray, "P 3"],
+                       tracks: Float[np.ndarray, "T P 2"], valid: Bool[np.ndarray, "T P"], frames: Bool[np.ndarray, " T"]
+                       ) -> float:
+    """Median pixel distance between the object-frame points projected by camera-from-object poses and their tracks
+    (live observations of `frames`); inf without any."""
+    errs = []
+    for f in np.nonzero(frames)[0]:
+        live = valid[f]
+        if not live.any():
             continue
-        cam = (w2o[f, :3, :3] @ (pts[live] - centre).T).T + w2o[f, :3, 3]
-        proj = (K[f] @ cam.T).T
-        err.append(np.linalg.norm(proj[:, :2] / np.maximum(proj[:, 2:], 1e-9) - pos[f, live], axis=1))
-    error = float(np.median(np.concatenate(err))) if err else float("nan")
-    return ObjectPoses(obj, canonical, w2o, have, visible, pts - centre, error)
+        proj = (points[live] @ w2o[f, :3, :3].T + w2o[f, :3, 3]) @ K[f].T
+        errs.append(np.linalg.norm(proj[:, :2] / np.maximum(proj[:, 2:], 1e-9) - tracks[f, live], axis=1))
+    return float(np.median(np.concatenate(errs))) if errs else float("inf")
+
+
+def triangulate_tracks(w2o: Float[np.ndarray, "T 4 4"], K: Float[np.ndarray, "T 3 3"], tracks: Float[np.ndarray, "T P 2"],
+                       valid: Bool[np.ndarray, "T P"], frames: Bool[np.ndarray, " T"], min_views: int = 3,
+                       min_angle_deg: float = 1.0) -> tuple[Float[np.ndarray, "P 3"], Bool[np.ndarray, " P"]]:
+    """Object-frame points from their tracks over camera-from-object poses (linear triangulation, DLT). A track
+    counts when it is seen in `min_views` of `frames`, in front of every camera, and its rays span at least
+    `min_angle_deg` (else its depth is not determined); returns the points and which ones count."""
+    P = np.einsum("fij,fjk->fik", K, w2o[:, :3, :])
+    centres = -np.einsum("fji,fj->fi", w2o[:, :3, :3], w2o[:, :3, 3])  # cameras in the object frame
+    X = np.zeros((tracks.shape[1], 3))
+    good = np.zeros(tracks.shape[1], bool)
+    for p in range(tracks.shape[1]):
+        fs = np.nonzero(valid[:, p] & frames)[0]
+        if len(fs) < min_views:
+            continue
+        uv = tracks[fs, p].astype(np.float64)
+        A = np.concatenate([uv[:, :1] * P[fs, 2] - P[fs, 0], uv[:, 1:] * P[fs, 2] - P[fs, 1]])
+        h = np.linalg.svd(A)[2][-1]
+        if abs(h[3]) < 1e-12:
+            continue
+        x = h[:3] / h[3]
+        if ((w2o[fs, 2, :3] @ x + w2o[fs, 2, 3]) <= 0).any():
+            continue
+        rays = x - centres[fs]
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        if np.degrees(np.arccos(np.clip(rays @ rays.T, -1, 1))).max() < min_angle_deg:
+            continue
+        X[p], good[p] = x, True
+    return X, good
+
+
+def refine_shape(w2o: Float[np.ndarray, "T 4 4"], K: Float[np.ndarray, "T 3 3"], points: Float[np.ndarray, "P 3"],
+                 tracks: Float[np.ndarray, "T P 2"], valid: Bool[np.ndarray, "T P"], frames: Bool[np.ndarray, " T"],
+                 canonical: int, iters: int = 3) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Alternate triangulating the tracks over the poses and re-solving every pose by PnP on the triangulated points
+    (a small bundle adjustment): the lifted relief becomes the object's shape where its tracks see parallax. The
+    gauge stays: the points' median depth in the canonical view. A round is kept only while the reprojection error
+    does not grow. Returns poses, points, the median reprojection error and the number of triangulated tracks."""
+    err = reprojection_error(w2o, K, points, tracks, valid, frames)
+    z0 = float(np.median(points @ w2o[canonical, 2, :3] + w2o[canonical, 2, 3]))
+    n_tri = 0
+    for _ in range(iters):
+        X, good = triangulate_tracks(w2o, K, tracks, valid, frames)
+        if good.sum() < 2 * MIN_TRACKS:
+            break
+        new = np.where(good[:, None], X, points)
+        poses = w2o.copy()
+        for f in np.nonzero(frames)[0]:
+            live = valid[f]
+            if live.sum() < MIN_TRACKS:
+                continue
+            r, tv = cv2.Rodrigues(w2o[f, :3, :3])[0], w2o[f, :3, 3:].copy()
+            ok, r, tv = cv2.solvePnP(new[live], tracks[f, live].astype(np.float64), K[f], None, r, tv,
+                                     useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+            if ok and np.all(np.isfinite(tv)):
+                poses[f, :3, :3], poses[f, :3, 3] = cv2.Rodrigues(r)[0], tv[:, 0]
+        z1 = float(np.median(new @ poses[canonical, 2, :3] + poses[canonical, 2, 3]))
+        if not z1 > 0:
+            break
+        new, poses[:, :3, 3] = new * (z0 / z1), poses[:, :3, 3] * (z0 / z1)
+        new_err = reprojection_error(poses, K, new, tracks, valid, frames)
+        if not new_err <= err * 1.05:
+            break
+        w2o, points, err, n_tri = poses, new, new_err, int(good.sum())
+    return w2o, points, err, n_tri

@@ -26,7 +26,7 @@ similarities F^-1 between the neighbouring frames (`frame_from_world`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,7 +48,8 @@ class ObjectSet:
     background's median depth (world units), the unit of the scale search range. unit: per object the
     re-scaling applied to its pose frame (1 pose unit = 1 / unit[o] object units; 1 for the background).
     source: per object where its poses came from ("world", "tracks", "sfm"). dropped: instance id -> why its
-    poses could not be recovered (those objects are background here)."""
+    poses could not be recovered (those objects are background here). shape: per track-posed object its tracks
+    triangulated over its poses (object units; for the initialisation, not saved)."""
 
     ids: list[int]
     frame_from_camera: Float[Tensor, "O T 4 4"]
@@ -62,6 +63,7 @@ class ObjectSet:
     unit: list[float]
     source: list[str]
     dropped: dict[int, str]
+    shape: dict[int, np.ndarray] = field(default_factory=dict)  # o -> its tracked points (object units); not saved
 
     @property
     def n_objects(self) -> int:
@@ -107,6 +109,7 @@ def build_object_set(scene: Scene, depth: DepthSource | None = None, min_posed: 
     cams = scene.cameras
     c2w = torch.linalg.inv(cams.w2c.double()).float()
     frames, radii, units, sources, kept, dropped = [c2w], [float(scene.radius)], [1.0], ["world"], [0], {}
+    shapes: dict[int, np.ndarray] = {}
     for k in ids:
         visible = (inst == k).reshape(T, -1).sum(1) >= MIN_PIXELS
         if not visible.any():
@@ -133,13 +136,15 @@ def build_object_set(scene: Scene, depth: DepthSource | None = None, min_posed: 
         radius = _silhouette_radius(w2o, obj_K, inst == k, visible)
         cam_in_obj = -(w2o[:, :3, :3].transpose(1, 2) @ w2o[:, :3, 3:])[..., 0]  # camera centres, object frame
         near = float(torch.linalg.vector_norm(cam_in_obj[torch.as_tensor(visible)], dim=-1).min())
+        if source == "tracks":
+            shapes[len(kept)] = poses.points / m
         frames.append(torch.linalg.inv(w2o).float())
         radii.append(float(min(radius, 0.95 * near)))
         units.append(float(m))
         sources.append(source)
         kept.append(k)
     return ObjectSet(kept, torch.stack(frames), cams.w2c.float(), cams.K.float(), scene.width, scene.height,
-                     scene.times.float(), radii, _reference_depth(scene, inst), units, sources, dropped)
+                     scene.times.float(), radii, _reference_depth(scene, inst), units, sources, dropped, shapes)
 
 
 def dropped_line(objects: ObjectSet) -> str | None:

@@ -52,11 +52,25 @@ from models.scene import Scene
 
 def object_unit_depth(scene: Scene, objects: ObjectSet, depth: DepthSource, o: int, t: int,
                       xy: np.ndarray) -> np.ndarray:
-    """z-depth of object o's pixels `xy` in frame t, in its own units: track-posed objects the depth they were
-    posed at (the depth stage's, or the background's just around them) over its unit; SfM-posed ones their sparse
-    SfM depth where known, else their median (1)."""
+    """z-depth of object o's pixels `xy` in frame t, in its own units: track-posed objects their triangulated
+    tracks' depth there (without a dense depth prediction), else the depth they were posed at (the depth stage's)
+    over its unit; SfM-posed ones their sparse SfM depth where known, else their median (1)."""
     k = objects.ids[o]
     inst = np.asarray(scene.instances[t])
+    shape = objects.shape.get(o)
+    if objects.source[o] == "tracks" and shape is not None and len(shape) >= 8 and (not depth.dense or
+                                                                                     depth.plane is not None):
+        # no depth prediction: its tracks triangulated over its poses give the shape (median of the 4 nearest)
+        from scipy.spatial import cKDTree
+
+        P = torch.linalg.inv(objects.frame_from_camera[o, t].double()).numpy()  # camera-from-object
+        cam = shape @ P[:3, :3].T + P[:3, 3]
+        K = objects.K[t].double().numpy()
+        front = cam[:, 2] > 1e-6
+        uv = cam[front, :2] / cam[front, 2:] * np.diag(K)[:2] + K[:2, 2]
+        if front.sum() >= 8:
+            _, near = cKDTree(uv).query(xy, k=4)
+            return np.median(cam[front, 2][near], axis=1).astype(np.float32)
     if objects.source[o] == "tracks":
         z = object_depth(depth, inst, t, k, xy)
         return np.ones(len(xy), np.float32) if z is None else (z / objects.unit[o]).astype(np.float32)
