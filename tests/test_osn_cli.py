@@ -59,7 +59,7 @@ def test_fit_osn_without_segmented_objects_fits_the_background(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     notes = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "no object has a scale" in notes[0]
-    cli("render", "-w", ws, "--method", "osn", "--stabilize", "0", "--frames", "1", "--scale-samples", "1", "-q",
+    cli("render", "-w", ws, "--method", "osn", "--stabilize", "0", "--frames", "1", "--scale-samples", "4", "-q",
         "-o", tmp_path / "bg.mp4")
 
 

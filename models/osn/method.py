@@ -38,7 +38,8 @@ def load_model(ckpt: Path, device: str | torch.device = "cpu") -> OSNModel:
 def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list[float] | None = None,
                   scale_samples: int | None = None, seed: int = 0) -> list[Float[Tensor, " K"]]:
     """The scale combinations (objects 1..K) a render asks for: explicit `scales`, the `scale_sample`-th valid
-    one, the first `scale_samples` valid ones, or by default the valid one nearest the centre of the valid set."""
+    one, the first `scale_samples` valid ones, or by default the valid one nearest the centre of the valid set.
+    Without objects (K = 0) the one scene there is."""
     K = model.n_objects
     given = [v is not None for v in (scale_sample, scales, scale_samples)]
     if sum(given) > 1:
@@ -50,6 +51,8 @@ def choose_scales(model: OSNModel, scale_sample: int | None = None, scales: list
         if any(v <= 0 for v in values):
             raise InputError(f"--scales must be positive, got {values}")
         return [torch.tensor(values)]
+    if K == 0:  # no object has a scale: the background is the one scene, whatever is asked for
+        return [torch.zeros(0)]
     valid, _ = model.valid_scales(seed)
     if scale_sample is not None or scale_samples is not None:
         wanted = list(range(scale_samples)) if scale_samples is not None else [int(scale_sample)]
