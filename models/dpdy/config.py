@@ -101,7 +101,7 @@ class DpDyConfig:
     """Query pixels per frame for the long-range tracks (3/4 on moving objects)."""
     long_track_weight: float = 0.002
     """Weight of the long-range track loss (pseudo-Huber, pixels of error)."""
-    isometry_weight: float = 0.1
+    isometry_weight: float = 1.0
     """Local rigidity: distances between neighbouring dynamic Gaussians of one object keep their length across
     time (relative change; bending and turning are free)."""
     temporal_opacity: bool = True
