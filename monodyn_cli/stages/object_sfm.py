@@ -22,13 +22,20 @@ import time
 import numpy as np
 
 from models.errors import InputError
-from models.sfm.align import upright_normalization
 from models.sfm.colmap import ColmapOptions, write_images, write_masks
-from models.sfm.validate import interpolate_poses
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.stages.configs import ObjectSfmConfig, SfmConfig
 from monodyn_cli.stages.outputs import DECODE, OBJECT_SFM, SEGMENT, SFM
-from monodyn_cli.stages.sfm import _bounds, _cameras, _colmap, _dilate, _json_default, _subset, _write_sparse
+from monodyn_cli.stages.sfm import (
+    _bounds,
+    _cameras,
+    _colmap,
+    _dilate,
+    _json_default,
+    _subset,
+    _write_sparse,
+    posed_clip,
+)
 from monodyn_cli.workspace import StageContext
 
 NAME, VERSION = "object_sfm", 1
@@ -115,19 +122,8 @@ def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, image_dir
                              "frames (--sfm-max-frames), or, if it is a spurious region, a larger --min-object-area")
             ctx.progress.warn(f"object_sfm: per-object SfM failed for object {k}: {entry['reason']}; {entry['hint']}")
             continue
-        depths = model.obs_depth()
         center = np.median(model.points, axis=0) if len(model.points) else None
-        sim = upright_normalization(model.w2c[model.registered], depths, origin=center)
-        model.transform(sim)
-        registered = np.zeros(T, bool)
-        registered[visible[model.registered]] = True
-        w2o = np.tile(np.eye(4), (T, 1, 1))
-        w2o[visible] = model.w2c
-        w2o = interpolate_poses(w2o, registered, timestamps)
-        d = model.obs_depth()
-        keep = d > 0
-        obs = {"frame": visible[model.obs_frame[keep]].astype(np.int32), "xy": model.obs_xy[keep].astype(np.float32),
-               "depth": d[keep].astype(np.float32), "point": model.obs_point[keep].astype(np.int32)}
+        sim, registered, w2o, obs = posed_clip(model, visible, T, timestamps, origin=center)
         folder = ctx.out / OBJECT_SFM.object_cameras.format_id(k).rsplit("/", 1)[0]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "cameras.json").write_text(json.dumps(_cameras(model.K, w2o, W, H).to_dict()))

@@ -214,9 +214,12 @@ def _colmap_failure(model: SparseModel | None, stats: dict, cfg: SfmConfig, n: i
     return None
 
 
-def _from_colmap(model: SparseModel, subset: np.ndarray, T: int, timestamps: np.ndarray, focal: float | None,
-                 stats: dict) -> Solution:
-    sim = upright_normalization(model.w2c[model.registered], model.obs_depth())
+def posed_clip(model: SparseModel, subset: np.ndarray, T: int, timestamps: np.ndarray,
+               origin: np.ndarray | None = None) -> tuple:
+    """A COLMAP model of the frames `subset` (of T) in our normalisation (upright, unit scale; about `origin` when
+    given), as per-frame poses for the whole clip (interpolated between registered frames) and its observations.
+    Returns (sim, registered (T,) bool, w2c (T,4,4), obs {frame, xy, depth, point}). Transforms `model` in place."""
+    sim = upright_normalization(model.w2c[model.registered], model.obs_depth(), origin=origin)
     model.transform(sim)
     registered = np.zeros(T, bool)
     registered[subset[model.registered]] = True
@@ -227,6 +230,12 @@ def _from_colmap(model: SparseModel, subset: np.ndarray, T: int, timestamps: np.
     keep = depth > 0
     obs = {"frame": subset[model.obs_frame[keep]].astype(np.int32), "xy": model.obs_xy[keep].astype(np.float32),
            "depth": depth[keep].astype(np.float32), "point": model.obs_point[keep].astype(np.int32)}
+    return sim, registered, w2c, obs
+
+
+def _from_colmap(model: SparseModel, subset: np.ndarray, T: int, timestamps: np.ndarray, focal: float | None,
+                 stats: dict) -> Solution:
+    sim, registered, w2c, obs = posed_clip(model, subset, T, timestamps)
     stats.update({"sfm_frames": subset.tolist(), "registered": int(registered.sum()),
                   "num_points": int(len(model.points)),
                   "mean_reprojection_error_px": round(model.mean_reprojection_error, 4),
