@@ -3,7 +3,6 @@
 A method hands `run_fit` a `FitTask` (one optimisation step, its full state, its portable checkpoint); the
 driver owns everything around the steps:
 
-- the device: `resolve_device` is the one place that turns `--device auto|cpu|cuda|cuda:N` into a device;
 - budgets: steps and/or minutes; the elapsed time carries across resume;
 - the schedule position `progress` in [0, 1] = max(step / steps, elapsed / minutes budget), handed to each step;
 - resume state: ONE file `train_state.pt` (task state incl. parameters, step, elapsed seconds) written
@@ -77,48 +76,6 @@ class Budget:
         if self.minutes:
             p = max(p, seconds / (60.0 * self.minutes))
         return min(p, 1.0)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` -> CUDA when present, else the CPU; `cpu`; `cuda` / `cuda:N` (an InputError when absent)."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise InputError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: no CUDA device is available here; use --device cpu (or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                             f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-        return device
-    raise InputError(f"--device {name}: unknown device; use auto, cpu, cuda or cuda:N")
-
-
-def read_checkpoint_config(ckpt: Path, method: str, version: int, fix: str, version_key: str = "version",
-                           files: tuple[str, str] = ("config.json", "model.safetensors")) -> dict:
-    """The `config.json` of checkpoint folder `ckpt`, checked: both `files` exist, it reads, it is `method`'s
-    and of format `version` (under `version_key`). Every failure is one InputError ending with `fix`."""
-    ckpt = Path(ckpt)
-    config = ckpt / files[0]
-    if not all((ckpt / f).exists() for f in files):
-        raise InputError(f"{ckpt} is not a {method} checkpoint (needs {' and '.join(files)}); {fix}")
-    try:
-        doc = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{config} is corrupt ({e}); {fix}") from None
-    if not isinstance(doc, dict) or doc.get("method") != method:
-        raise InputError(f"{ckpt} holds a {doc.get('method') if isinstance(doc, dict) else None!r} checkpoint, "
-                         f"not {method}")
-    if doc.get(version_key) != version:
-        raise InputError(f"{ckpt} is a {method} checkpoint of format {doc.get(version_key)} (this monodyn reads "
-                         f"{version}); {fix}")
-    return doc
 
 
 def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, checkpoint_every: int = 0,

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import fitting
+from models.devices import resolve_device
 from models.errors import InputError
 from models.files import atomic_write
-from models.fitting import Budget, resolve_device, run_fit
+from models.fitting import Budget, run_fit
 
 # ---- device ------------------------------------------------------------------------------------------------
 

@@ -19,11 +19,13 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from models.cameras import Cameras
+from models.checkpoints import read_checkpoint_config
+from models.devices import resolve_device
 from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance
 from models.dpdy.task import CONFIG, VERSION, WEIGHTS, DpDyTask
 from models.errors import InputError
-from models.fitting import Budget, read_checkpoint_config, resolve_device, run_fit
+from models.fitting import Budget, run_fit
 from models.gaussians.model import DynamicGaussians
 from models.registry import FitProgress, NoRenderOptions, RenderOutput, times_per_camera
 from models.scene import Scene

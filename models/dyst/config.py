@@ -67,6 +67,6 @@ class DySTConfig:
 
 def read_meta(ckpt: Path) -> dict:
     """config.json of a checkpoint folder, checked: method dyst, this format version."""
-    from models.fitting import read_checkpoint_config
+    from models.checkpoints import read_checkpoint_config
 
     return read_checkpoint_config(ckpt, "dyst", VERSION, RETRAIN, files=(CONFIG, WEIGHTS))

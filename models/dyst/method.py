@@ -185,7 +185,7 @@ class DySTMethod:
 
     def load(self, ckpt: Path | None, scene: Scene, options: DySTRenderOptions | None = None,
              device: str = "auto") -> DySTRenderer:
-        from models.fitting import resolve_device
+        from models.devices import resolve_device
 
         options = options or DySTRenderOptions()
         options.validate()

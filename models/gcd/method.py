@@ -223,7 +223,7 @@ class GCDMethod:
 
     def load(self, ckpt: Path | None, scene: Scene, options: GCDRenderOptions | None = None,
              device: str = "auto") -> GCDRenderer:
-        from models.fitting import resolve_device
+        from models.devices import resolve_device
 
         options = options or GCDRenderOptions()
         options.validate()

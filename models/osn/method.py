@@ -10,8 +10,10 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from models.cameras import Cameras
+from models.checkpoints import read_checkpoint_config
+from models.devices import resolve_device
 from models.errors import InputError
-from models.fitting import Budget, read_checkpoint_config, resolve_device, run_fit
+from models.fitting import Budget, run_fit
 from models.osn.config import OSNConfig, OSNRenderOptions
 from models.osn.model import FORMAT, N_CANDIDATES, OSNModel
 from models.osn.objects import dropped_line

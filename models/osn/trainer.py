@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from models.fitting import resolve_device
+from models.devices import resolve_device
 from models.gaussians.init import InitOptions, gaussian_set, static_gaussians
 from models.gaussians.losses import photometric_loss
 from models.gaussians.model import GaussianSet

@@ -59,10 +59,10 @@ def pca(
     import numpy as np
     import torch
 
+    from models.devices import resolve_device
     from models.dyst.analysis import pca as run_pca
     from models.dyst.analysis import sweep
     from models.dyst.method import ClipLatents, find_checkpoint, load_model
-    from models.fitting import resolve_device
     from monodyn_cli.outputs import Outputs
     from monodyn_cli.scene_loader import WORKSPACE_ARGUMENT, load_scene, resolve_workspace
     from monodyn_cli.video_io import write_mp4
@@ -156,10 +156,10 @@ def eval_(
 
     from rich.table import Table
 
+    from models.devices import resolve_device
     from models.dyst.data import load_training_set
     from models.dyst.evaluate import evaluate_real, evaluate_synth
     from models.dyst.method import find_checkpoint, load_model
-    from models.fitting import resolve_device
     from models.weights import cache_dir
     from monodyn_cli.dyst_data import EVAL_SEED0, build_set, default_real_dirs, find_clips
     from monodyn_cli.outputs import Outputs, check_output

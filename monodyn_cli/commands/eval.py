@@ -70,8 +70,8 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
 
     import torch
 
+    from models.devices import resolve_device
     from models.errors import InputError
-    from models.fitting import resolve_device
     from monodyn_cli import evaluation, metrics, render_cache
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.fits import fit_cached

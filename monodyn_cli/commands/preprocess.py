@@ -107,7 +107,7 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
     import importlib
     import shutil
 
-    from models.fitting import resolve_device
+    from models.devices import resolve_device
     from monodyn_cli import pipeline
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.stages import decode

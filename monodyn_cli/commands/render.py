@@ -122,8 +122,8 @@ def _render(*, workspace, method, impl, options, kind, orbit, bullet_time, dolly
             hold_time, frames, fps, scale, depth, side_by_side, png, allow_empty, output, device, quiet) -> None:
     import time
 
+    from models.devices import resolve_device
     from models.errors import InputError
-    from models.fitting import resolve_device
     from monodyn_cli import paths, render_cache
     from monodyn_cli.console import RichProgress, stdout
     from monodyn_cli.fits import current_checkpoint

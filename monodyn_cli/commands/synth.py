@@ -67,8 +67,8 @@ def synth(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
+    from models.devices import resolve_device
     from models.errors import InputError
-    from models.fitting import resolve_device
     from monodyn_cli.outputs import Outputs, check_output, empty_folder
     from monodyn_cli.synth import SynthConfig, parse_scale_variants, synthesize
 

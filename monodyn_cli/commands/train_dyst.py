@@ -94,9 +94,10 @@ def _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget,
            quiet) -> Path:
     import time
 
+    from models.devices import resolve_device
     from models.dyst.data import load_training_set
     from models.dyst.train import DySTTask
-    from models.fitting import resolve_device, run_fit
+    from models.fitting import run_fit
     from monodyn_cli.dyst_data import TRAIN_SEED0, build_set
 
     progress = RichProgress(quiet)

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from models.devices import resolve_device
 from models.errors import InputError, StageError
-from models.fitting import resolve_device
 from monodyn_cli.outputs import colorize_depth
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.stages.configs import DepthConfig

@@ -99,7 +99,7 @@ def run(ctx: StageContext, cfg: SegmentConfig) -> list[str]:
             raise InputError(f"--segment {cfg.backend} needs at least one prompt: --point X,Y[@FRAME] or "
                              "--box X0,Y0,X1,Y1[@FRAME] (pixels of the original video)")
         info["prompts"] = [p.describe() for p in prompts]
-        from models.fitting import resolve_device  # torch: only for the sam backends
+        from models.devices import resolve_device  # torch: only for the sam backends
 
         if cfg.backend == "sam":
             from models.segmentation.sam_tam import sam_predictor, track_prompts
