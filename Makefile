@@ -25,8 +25,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m monodyn_cli preprocess samples/synth_scene/input.mp4 --workspace $(DEMO)
 	$(PY) -m monodyn_cli fit --method dpdy --workspace $(DEMO) --minutes 3
-	$(PY) -m monodyn_cli render --orbit 90 --frames 24 --workspace $(DEMO) --depth --side-by-side --output $(DEMO)/orbit90.mp4
-	@echo "demo video: $(DEMO)/orbit90.mp4 (and orbit90-depth.mp4, orbit90-sbs.mp4)"
+	$(PY) -m monodyn_cli render --orbit 90 --frames 24 --workspace $(DEMO) --depth --side-by-side --output $(DEMO)/renders/orbit90.mp4
+	@echo "demo video: $(DEMO)/renders/orbit90.mp4 (and orbit90-depth.mp4, orbit90-sbs.mp4 beside it)"
 
 # lint first (seconds), then the suite
 test: lint
