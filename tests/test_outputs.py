@@ -425,3 +425,13 @@ def test_every_option_any_message_names_exists_somewhere():
     wrong = sorted({f"{path.relative_to(ROOT)}: {flag}" for path in sources for text in _messages(path)
                     for flag in FLAG.findall(text) if flag not in every and not flag.endswith("-")})
     assert not wrong, "\n".join(wrong)
+
+
+def test_make_demo_renders_where_the_output_policy_allows(site):
+    """`make demo` passes `--output` inside its workspace: that path must be one the policy accepts (it once
+    refused `build/demo/orbit90.mp4` and the README's first command failed)."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    demo_ws = re.search(r"^DEMO\s*:=\s*(\S+)", makefile, re.M).group(1)
+    out = re.search(r"render .*--output \$\(DEMO\)(\S*)", makefile).group(1)
+    assert demo_ws == "build/demo"
+    check_output(Path(str(site / "ws") + out), workspace=site / "ws")
