@@ -47,6 +47,9 @@ def run(workspace, method, output, frames, every, static_only, dynamic_only, qui
         raise InputError("--frames/--every choose per-frame files, which --static-only does not write")
     if method not in METHODS:
         get_method(method)  # the registry's error for an unknown name, with the list of methods
+    if method == "osn":  # Gaussians too, but one scene per valid scale combination: not exported yet
+        raise InputError("export writes the dpdy fit's Gaussians; OSN's scenes (one per valid scale combination) are "
+                         "not exported yet: use `monodyn render --method osn --scale-samples N` for their views")
     if method not in GAUSSIAN_METHODS:
         raise InputError(f"export writes 3D Gaussians and needs a Gaussian method ({', '.join(GAUSSIAN_METHODS)}); "
                          f"{method} is not one: use `monodyn render` for its views")

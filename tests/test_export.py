@@ -341,7 +341,7 @@ def test_export_errors_are_one_line(workspace, tmp_path):
     assert "--every must be at least 1" in one_error_line("export", "-w", workspace, "--every", "0")
     assert "choose one" in one_error_line("export", "-w", workspace, "--static-only", "--dynamic-only")
     line = one_error_line("export", "-w", workspace, "--method", "osn")
-    assert "needs a Gaussian method (dpdy)" in line and "osn" in line
+    assert "not exported yet" in line and "--scale-samples" in line
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     assert "cannot write to" in one_error_line("export", "-w", workspace, "-o", blocker / "sub")
