@@ -164,3 +164,16 @@ def test_per_object_sfm_is_a_stage_of_its_own(fitted):
     assert load_scene(w)[1] == keys_before  # DpDy (and every method that does not read it) sees the same inputs
     scene, keys = load_scene(w, object_sfm=True)
     assert keys["object_sfm"] == objects.key and set(scene.object_sfm) == ids
+
+
+def test_eval_scores_the_dpdy_fit_a_user_gets_at_osn_scales(fitted):
+    """With an OSN fit in the workspace, `fit --method dpdy` places the objects at OSN's scales; `eval` must fit
+    the same way, or it scores a model the user never has."""
+    root, ws, _, _ = fitted
+    fit_out = cli("fit", "--method", "dpdy", "-w", ws, "-q", "--steps", "2", "--static-points", "500",
+                  "--dynamic-points", "100", "--keyframes", "2", "--device", "cpu")
+    placed = re.search(r"scales \(median depth\): (\S+)", fit_out).group(1)
+    cli("eval", "--protocol", "holdout", "-w", ws, "-q", "--every", "8", "--steps", "2", "--static-points", "500",
+        "--dynamic-points", "100", "--keyframes", "2", "--device", "cpu")
+    configs = [json.loads(p.read_text())["config"] for p in (ws / "fit" / "dpdy").glob("*/config.json")]
+    assert len(configs) == 2 and all(c["object_scales"] == placed for c in configs)

@@ -90,8 +90,11 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
         keys = {"multiview": _file_key(gt)}
         train_scene, tag = scene, "-multiview"
     else:
+        from monodyn_cli.commands.fit import osn_placements
+
         ws = resolve_workspace(workspace)
-        scene, keys = load_scene(ws)
+        scene, keys = load_scene(ws, object_sfm=getattr(impl, "reads_object_sfm", False))
+        osn_placements(ws, method, cfg)  # the fit a user's `monodyn fit` makes: DpDy at OSN's scales when it has them
         if protocol == "holdout":
             train_scene, held = evaluation.holdout_split(scene)
             views_list, tag = [held], "-holdout"

@@ -49,7 +49,7 @@ def fit(
 
     ws = resolve_workspace(workspace)
     scene, input_keys = load_scene(ws, object_sfm=getattr(impl, "reads_object_sfm", False))
-    placed = _osn_placements(ws, name, cfg)
+    placed = osn_placements(ws, name, cfg)
     with ws.lock():
         log = RunLog(ws.root, "fit")
         out = fit_cached(ws, name, impl, cfg, scene, input_keys, RichProgress(quiet, log), resume, force, log)
@@ -62,7 +62,7 @@ def fit(
     stdout.print(f"checkpoint: {out}")
 
 
-def _osn_placements(ws, name: str, cfg) -> str:
+def osn_placements(ws, name: str, cfg) -> str:
     """DpDy with --osn-scale: the object placements from the workspace's OSN fit, written into the config (so they
     are part of the fit's key); "" when not asked for or there is no OSN fit."""
     if getattr(cfg, "osn_scale", "off") == "off" or getattr(cfg, "object_scales", None) != "" or name == "osn":
