@@ -131,8 +131,9 @@ class Scene:
             return {}
         from models.flow_ops import compose_flow
 
-        as_t = lambda a, i: torch.as_tensor(np.asarray(a[i], np.float32))[None]
-        valid = lambda v, i: None if v is None else torch.as_tensor(np.asarray(v[i], bool))[None]
+        # np.array copies: the stage outputs are read-only memory maps
+        as_t = lambda a, i: torch.from_numpy(np.array(a[i], np.float32))[None]
+        valid = lambda v, i: None if v is None else torch.from_numpy(np.array(v[i], bool))[None]
         fw, bw, vfw, vbw = [], [], [], []
         for a, b in zip(idx[:-1], idx[1:]):
             f, v = as_t(self.flow_fw, a), valid(self.valid_fw, a)
