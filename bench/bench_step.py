@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from tables import table  # noqa: E402
-
+sys.path.insert(0, str(ROOT))
+from bench.tables import table  # noqa: E402
 from models.dpdy.config import DpDyConfig  # noqa: E402
 from models.dpdy.task import DpDyTask  # noqa: E402
 from monodyn_cli.scene_loader import load_scene  # noqa: E402

@@ -9,9 +9,10 @@ import torch
 
 from models.cameras import project
 from models.gaussians.coverage import concat_sets, empty_background_share, fill_static_holes
-from models.gaussians.init import DepthSource, InitOptions, static_gaussians
+from models.gaussians.init import InitOptions, static_gaussians
 from models.gaussians.losses import isometry_loss, long_track_loss, neighbour_pairs
 from models.gaussians.model import GaussianSet
+from models.gaussians.motion_init import DepthSource
 from models.gaussians.tracks import window_tracks
 from tests.test_dpdy import scene_from, synth
 

@@ -28,7 +28,7 @@ from models.cameras import Cameras, pixel_grid
 from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance, novel_cameras
 from models.files import atomic_write
-from models.gaussians.init import DENSE_DEPTH, InitOptions, initialise
+from models.gaussians.init import InitOptions, initialise
 from models.gaussians.losses import (
     affine_invariant_loss,
     isometry_loss,
@@ -40,6 +40,7 @@ from models.gaussians.losses import (
     track_loss,
 )
 from models.gaussians.model import DynamicGaussians
+from models.gaussians.motion_init import DENSE_DEPTH
 from models.gaussians.strategy import DensifyStrategy, StrategyOptions
 from models.gaussians.tracks import window_tracks
 from models.scene import Scene

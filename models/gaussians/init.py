@@ -23,7 +23,6 @@ import torch
 from models.gaussians.coverage import fill_static_holes, seen_background
 from models.gaussians.model import DynamicGaussians, GaussianSet, MotionBases
 from models.gaussians.motion_init import (
-    DENSE_DEPTH,
     DepthSource,
     grid_pixels,
     lift_pixels,
@@ -32,8 +31,6 @@ from models.gaussians.motion_init import (
 )
 from models.scene import Scene
 from models.splatting.project import quat_to_rotmat
-
-__all__ = ["DENSE_DEPTH", "DepthSource", "InitOptions", "initialise", "static_gaussians", "dynamic_gaussians"]
 
 
 @dataclass

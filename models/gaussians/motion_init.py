@@ -68,7 +68,6 @@ def lift_pixels(scene: Scene, t: int, xy: Float[np.ndarray, "P 2"], z: Float[np.
     return pts.numpy()
 
 
-
 def grid_pixels(mask: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """About `count` jittered pixel positions (x, y) spread evenly over `mask` (H, W) bool."""
     area = int(mask.sum())
@@ -81,7 +80,6 @@ def grid_pixels(mask: np.ndarray, count: int, rng: np.random.Generator) -> np.nd
     xy = np.clip(xy, 0, [w - 1e-3, h - 1e-3])
     keep = mask[xy[:, 1].astype(int), xy[:, 0].astype(int)]
     return xy[keep].astype(np.float32)
-
 
 
 def object_depth(depth: DepthSource, instances: np.ndarray, t: int, obj: int, xy: np.ndarray, factor: float = 1.0
@@ -259,8 +257,6 @@ def _smooth(x: np.ndarray, radius: int = 1) -> np.ndarray:
     """Moving average over time (T,C) with edge padding: removes the frame-to-frame jitter of lifted tracks."""
     pad = np.pad(x, ((radius, radius), (0, 0)), mode="edge")
     return np.mean([pad[i:i + len(x)] for i in range(2 * radius + 1)], axis=0)
-
-
 
 
 # ---- every object's poses (OSN's object frames) ---------------------------------------------------------------
