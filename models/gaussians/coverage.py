@@ -56,18 +56,14 @@ def fill_static_holes(gaussians: GaussianSet, scene: Scene,
     """`gaussians` plus, for every input frame in turn, the Gaussians `lift(t, empty)` makes for the background
     pixels `empty` (H,W) bool that the set so far leaves empty in frame t (frames with fewer than `min_pixels`
     such pixels are skipped). `lift` returns None when it has no depth there."""
-    parts = [gaussians]
     current = gaussians
     for t in range(scene.num_frames):
         empty = seen_background(scene, t) & (static_alpha(current, scene, t) < EMPTY_ALPHA)
         if int(empty.sum()) < min_pixels:
             continue
         new = lift(t, empty)
-        if new is None or len(new) == 0:
-            continue
-        parts.append(new)
-        current = concat_sets(parts)
-        parts = [current]
+        if new is not None and len(new):
+            current = concat_sets([current, new])
     return current
 
 
