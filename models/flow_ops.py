@@ -51,6 +51,13 @@ def backward_warp(
     return out.permute(0, 2, 3, 1)
 
 
+def _lands_inside(flow: Float[Tensor, "B H W 2"]) -> Bool[Tensor, "B H W"]:
+    """Pixels whose flow target lies inside the image."""
+    _, h, w, _ = flow.shape
+    target = _pixel_grid(h, w, flow.device) + flow
+    return (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
+
+
 def forward_backward_consistency(
     flow_fw: Float[Tensor, "B H W 2"], flow_bw: Float[Tensor, "B H W 2"], alpha: float = 0.01, beta: float = 0.5
 ) -> Bool[Tensor, "B H W"]:
@@ -60,13 +67,10 @@ def forward_backward_consistency(
     |fw + bw'|^2 < alpha * (|fw|^2 + |bw'|^2) + beta and p + flow_fw(p) lands inside frame b. Occluded and
     out-of-frame pixels come out False.
     """
-    _, h, w, _ = flow_fw.shape
     bw_at_target = backward_warp(flow_bw, flow_fw)
     mismatch = (flow_fw + bw_at_target).square().sum(-1)
     tolerance = alpha * (flow_fw.square().sum(-1) + bw_at_target.square().sum(-1)) + beta
-    target = _pixel_grid(h, w, flow_fw.device) + flow_fw
-    inside = (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
-    return (mismatch < tolerance) & inside
+    return (mismatch < tolerance) & _lands_inside(flow_fw)
 
 
 def compose_flow(
@@ -76,10 +80,8 @@ def compose_flow(
     """Flow a -> c from `first` (a -> b) and `second` (b -> c): first(p) + second(p + first(p)), bilinear. A pixel
     stays valid where both steps were valid (the second's validity read where the first lands) and it lands
     inside frame b."""
-    _, h, w, _ = first.shape
     composed = first + backward_warp(second, first)
-    target = _pixel_grid(h, w, first.device) + first
-    valid = (target[..., 0] >= 0) & (target[..., 0] <= w - 1) & (target[..., 1] >= 0) & (target[..., 1] <= h - 1)
+    valid = _lands_inside(first)
     if first_valid is not None:
         valid &= first_valid
     if second_valid is not None:
