@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from models.errors import InputError
@@ -167,12 +167,12 @@ def axes_meeting_point(cams: Cameras, fallback_distance: float | None = None) ->
     return (eye.mean(0) + fallback_distance * mean_fwd).float()
 
 
-def visible_points(points: Float[Tensor, "P 3"], cams: Cameras) -> tuple[Float[Tensor, "N P"], Bool[Tensor, "N P"]]:
-    """Camera-space z of every point in every camera, and whether the point lies in front of that camera and
-    inside its image."""
+def visible_points(points: Float[Tensor, "P 3"], cams: Cameras, with_xy: bool = False) -> tuple:
+    """Camera-space z (N,P) of every point in every camera, and whether the point lies in front of that camera and
+    inside its image (N,P) bool; with `with_xy` also the pixel positions (N,P,2)."""
     xy, z = project(points[None].to(cams.w2c), cams.K[:, None], cams.w2c[:, None])
     inside = (z > 0) & (xy >= 0).all(-1) & (xy[..., 0] <= cams.width) & (xy[..., 1] <= cams.height)
-    return z, inside
+    return (z, inside, xy) if with_xy else (z, inside)
 
 
 def scene_look_at(cams: Cameras, center: Float[Tensor, "3"] | None = None,

@@ -101,9 +101,11 @@ class Scene:
             return None
         return pts[torch.linspace(0, len(pts) - 1, min(max_points, len(pts))).long()]
 
-    def look_at_point(self) -> Float[Tensor, "3"]:
-        """The point camera paths turn around and look at (`models.cameras.scene_look_at` on this scene's content)."""
-        return scene_look_at(self.cameras, torch.as_tensor(self.center, dtype=torch.float32), self.content_points())
+    def look_at_point(self, content: Float[Tensor, "P 3"] | None = None) -> Float[Tensor, "3"]:
+        """The point camera paths turn around and look at (`models.cameras.scene_look_at` on this scene's content;
+        pass `content_points()` when already computed: lifting the depth maps is the costly part)."""
+        content = self.content_points() if content is None else content
+        return scene_look_at(self.cameras, torch.as_tensor(self.center, dtype=torch.float32), content)
 
     def subset(self, idx: np.ndarray) -> "Scene":
         """The scene restricted to frames `idx` (e.g. every other frame for held-out evaluation).

@@ -27,7 +27,6 @@ from models.cameras import (
     mean_image_up,
     opencv_w2c_to_opengl_c2w,
     opengl_c2w_to_opencv_w2c,
-    project,
     visible_points,
 )
 from models.errors import InputError
@@ -405,8 +404,7 @@ GRID = 4  # coverage: the image as GRID x GRID cells
 
 def coverage(cams: Cameras, points: Float[Tensor, "P 3"], grid: int = GRID) -> Float[Tensor, " N"]:
     """Share of each camera's image, as grid x grid cells, in which some of `points` lie in front of it."""
-    z, inside = visible_points(points, cams)
-    xy = project(points[None], cams.K[:, None], cams.w2c[:, None])[0]
+    _, inside, xy = visible_points(points, cams, with_xy=True)
     cell = (xy[..., 0] / cams.width * grid).long().clamp(0, grid - 1) * grid \
         + (xy[..., 1] / cams.height * grid).long().clamp(0, grid - 1)
     hit = torch.zeros(len(cams), grid * grid, dtype=torch.bool)
@@ -430,7 +428,7 @@ def path_warning(scene, path: CameraPath, kind: str) -> str | None:
     content = scene.content_points()
     # without points or depth the scene centre stands for the content: it must at least be in view
     points, grid = (content, GRID) if content is not None else (torch.as_tensor(scene.center).float()[None], 1)
-    cams, center = path.cameras, scene.look_at_point()
+    cams, center = path.cameras, scene.look_at_point(content)
     wanted = MIN_COVERAGE * float(coverage(scene.cameras, points, grid).median())
     low = coverage(cams, points, grid) < wanted
     away = angle_from_inputs(cams, scene.cameras, center)
