@@ -111,6 +111,7 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
     from monodyn_cli import pipeline
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.stages import decode
+    from monodyn_cli.stages.outputs import OPTIONAL_STAGES
     from monodyn_cli.workspace import Workspace
 
     torch_device = str(resolve_device(device))  # a string: stage configs are JSON
@@ -128,7 +129,7 @@ def _run(input: str, workspace: Optional[Path], configs: dict, wanted: tuple[str
     decode_spec = pipeline.StageSpec(decode.NAME, decode.VERSION, (), run=lambda ctx, cfg: decode.run(ctx, source, cfg))
     requests = [pipeline.StageRequest(decode_spec, dcfg, decode.config_for(source, dcfg))]
     for stage in wanted[1:]:  # stage modules are imported only when asked for (sfm needs pycolmap)
-        if stage == "object_sfm" and not configs[stage].enabled:
+        if stage in OPTIONAL_STAGES and not configs[stage].enabled:
             continue
         module = importlib.import_module(f"monodyn_cli.stages.{stage}")
         spec = module.SPEC_WITH_SEGMENT if stage == "depth" else module.SPEC

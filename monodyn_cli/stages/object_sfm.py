@@ -25,13 +25,14 @@ from models.errors import InputError
 from models.sfm.colmap import ColmapOptions, write_images, write_masks
 from monodyn_cli.pipeline import StageSpec
 from monodyn_cli.stages.configs import ObjectSfmConfig, SfmConfig
-from monodyn_cli.stages.outputs import DECODE, OBJECT_SFM, SEGMENT, SFM
+from monodyn_cli.stages.outputs import DECODE, OBJECT_SFM, SFM
 from monodyn_cli.stages.sfm import (
     _bounds,
     _cameras,
     _colmap,
     _dilate,
     _json_default,
+    _load_instances,
     _subset,
     _write_sparse,
     posed_clip,
@@ -46,14 +47,10 @@ def run(ctx: StageContext, cfg: ObjectSfmConfig) -> list[str]:
     frames = np.load(decode.file(DECODE.frames))
     timestamps = np.load(decode.file(DECODE.timestamps))
     T, H, W = frames.shape[:3]
-    seg = ctx.inputs.get("segment")
-    if seg is None or not seg.file(SEGMENT.instances).exists():
+    instances = _load_instances(ctx, (T, H, W))
+    if instances is None:
         raise InputError("--per-object-sfm needs the segment stage's instance masks; run `monodyn preprocess` "
                          "with segmentation")
-    instances = np.load(seg.file(SEGMENT.instances))
-    if instances.shape != (T, H, W):
-        raise InputError(f"segment instances {instances.shape} do not match the frames {(T, H, W)}; "
-                         "rerun `monodyn preprocess --force segment`")
     known = {f.name for f in dataclasses.fields(SfmConfig)}
     sfm_cfg = SfmConfig(**{k: v for k, v in sfm.manifest.get("config", {}).items() if k in known})
     info = json.loads(sfm.file(SFM.info).read_text())
@@ -70,8 +67,7 @@ def run(ctx: StageContext, cfg: ObjectSfmConfig) -> list[str]:
     log_path.touch()
     n_objects = int((np.unique(instances) > 0).sum())
     with ctx.progress.task("object_sfm", 3 * max(n_objects, 1)) as advance:
-        outputs = _per_object(ctx, sfm_cfg, frames, instances, names, timestamps, focal, image_dir, work, log_path,
-                              advance)
+        outputs = _per_object(ctx, sfm_cfg, instances, names, timestamps, focal, image_dir, work, log_path, advance)
     shutil.rmtree(work, ignore_errors=True)
     return outputs + [OBJECT_SFM.log]
 
@@ -83,7 +79,7 @@ def run(ctx: StageContext, cfg: ObjectSfmConfig) -> list[str]:
 MIN_OBJECT_POINTS = 20
 
 
-def _per_object(ctx, cfg, frames, instances, names, timestamps, focal, image_dir, work, log_path, advance
+def _per_object(ctx, cfg, instances, names, timestamps, focal, image_dir, work, log_path, advance
                 ) -> list[str]:
     """SfM on each object's (dilated) pixels alone: the camera relative to the object, per frame (w2o)."""
     T, H, W = instances.shape
