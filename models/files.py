@@ -59,6 +59,24 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: Path) -> None:
+    """`fsync` a file, or every file below a folder."""
+    path = Path(path)
+    for f in (path.rglob("*") if path.is_dir() else [path]):
+        if f.is_file():
+            fsync(f)
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Put the finished folder `tmp` at `target` by renames: an existing `target` is moved aside first and deleted
+    after, so `target` is never half written."""
+    old = temp_name(target)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    remove(old)
+
+
 def writer_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

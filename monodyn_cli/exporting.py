@@ -33,7 +33,7 @@ from models.registry import get_method
 from monodyn_cli import paths
 from monodyn_cli.console import RichProgress, human_bytes, stdout
 from monodyn_cli.fits import current_checkpoint
-from monodyn_cli.outputs import Outputs
+from monodyn_cli.outputs import Outputs, empty_folder
 from monodyn_cli.scene_loader import load_scene, resolve_workspace
 from monodyn_cli.workspace import load_manifest
 
@@ -75,7 +75,7 @@ def run(workspace, method, output, frames, every, static_only, dynamic_only, qui
 
 def _earlier_export(folder: Path) -> bool:
     """An export folder may replace an empty one or an earlier export (its export.json is written last)."""
-    return not any(folder.iterdir()) or (folder / "export.json").is_file()
+    return empty_folder(folder) or (folder / "export.json").is_file()
 
 
 def _export(ws, scene, method, ckpt, out: Path, indices, dynamic_only, static_only, progress):

@@ -25,7 +25,17 @@ from typing import Callable, Iterable
 import numpy as np
 
 from models.errors import InputError
-from models.files import fsync, remove, remove_stale_temps, stale_temps, temp_name, write_json_atomic, writer_alive
+from models.files import (
+    fsync,
+    fsync_tree,
+    remove,
+    remove_stale_temps,
+    replace_folder,
+    stale_temps,
+    temp_name,
+    write_json_atomic,
+    writer_alive,
+)
 from monodyn_cli.workspace import OUTPUT_FOLDERS
 
 JOURNAL = re.compile(r"^\.outputs-(?P<pid>\d+)-[0-9a-f]{8}\.json$")
@@ -153,14 +163,9 @@ class Outputs:
     def commit(self) -> None:
         """Put every result in place (a replaced folder is swapped, then deleted); the run succeeded."""
         for tmp, target in self.pending:
-            for f in (tmp.rglob("*") if tmp.is_dir() else [tmp]):
-                if f.is_file():
-                    fsync(f)
+            fsync_tree(tmp)
             if tmp.is_dir() and target.is_dir():
-                old = temp_name(target)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                remove(old)
+                replace_folder(tmp, target)
             else:
                 os.replace(tmp, target)
             fsync(target.parent)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from models.errors import InputError, MonodynError
-from models.files import fsync, write_json_atomic
+from models.files import fsync_tree, write_json_atomic
 
 MANIFEST = "manifest.json"
 # folders of a workspace that hold what commands write for people (not stage results): the only places inside a
@@ -283,7 +283,7 @@ class Workspace:
         missing = [o for o in outputs if not (folder / o).exists()]
         if missing:
             raise MonodynError(f"stage {stage} did not write {missing} (bug)")
-        _fsync_tree(folder)
+        fsync_tree(folder)
         manifest = {"stage": stage, "version": version, "key": key, "inputs": input_keys, "config": config,
                     "outputs": outputs, "sizes": output_sizes(folder, outputs), "seconds": round(seconds, 3),
                     "created": time.time(), **ctx.extra}
@@ -297,7 +297,3 @@ class Workspace:
             shutil.rmtree(trash, ignore_errors=True)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.rglob("*"):
-        if f.is_file():
-            fsync(f)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 
 from models.cameras import Cameras
 from models.errors import InputError
-from models.files import remove_stale_temps, temp_name
+from models.files import remove_stale_temps, replace_folder, temp_name
 from monodyn_cli.synth.raycast import ViewGT, render_view
 from monodyn_cli.synth.scene import SceneSpec, SynthConfig, Variant, build_scene
 from monodyn_cli.workspace import Progress
@@ -140,12 +139,7 @@ def _prepare(out_dir: Path, force: bool) -> Path:
 
 def _commit(tmp: Path, out_dir: Path) -> None:
     """Put the finished folder in place with renames, so OUT_DIR is never half written."""
-    out_dir = Path(out_dir)
-    old = temp_name(out_dir)
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, Path(out_dir))
 
 
 def _view_folder(root: Path, variant: str | None, camera: str) -> Path:
