@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from packaging.markers import Marker
+from packaging.utils import canonicalize_name
 
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"  # beside pyproject.toml in a checkout
 
@@ -17,18 +19,6 @@ class Drift:
     installed: str | None  # None: not installed
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _applies(marker: str) -> bool:
-    if not marker:
-        return True
-    from packaging.markers import Marker  # packaging comes with pip and setuptools; only markers need it
-
-    return Marker(marker).evaluate()
-
-
 def read_lock(path: Path | None = None) -> dict[str, str]:
     """{normalised name: pinned version} for every `name==version[ ; marker]` line whose marker holds here."""
     pins = {}
@@ -38,8 +28,8 @@ def read_lock(path: Path | None = None) -> dict[str, str]:
             continue
         spec, _, marker = line.partition(";")
         name, sep, version = spec.partition("==")
-        if sep and _applies(marker.strip()):
-            pins[_normalise(name.strip())] = version.strip()
+        if sep and (not marker.strip() or Marker(marker.strip()).evaluate()):
+            pins[canonicalize_name(name.strip())] = version.strip()
     return pins
 
 

@@ -6,6 +6,7 @@ import tomllib
 from importlib import metadata
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from typer.testing import CliRunner
 
 from monodyn_cli import lockfile
@@ -23,7 +24,7 @@ def test_the_lock_pins_every_declared_dependency_inside_its_range():
     for req in _declared():
         if req.marker is not None and not req.marker.evaluate():
             continue
-        name = lockfile._normalise(req.name)
+        name = canonicalize_name(req.name)
         if name == "decord" and name not in pins:  # optional, locked only where wheels exist
             continue
         assert name in pins, f"{req.name} is a dependency but requirements.lock does not pin it: run `make lock`"
