@@ -120,7 +120,7 @@ def static_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: n
 
     def lift_holes(t: int, empty: np.ndarray) -> GaussianSet | None:
         lifted = _lift_background(scene, depth, t, empty, max(1, round(per_pixel * empty.sum())), rng)
-        return None if lifted is None or not len(lifted[0]) else gaussian_set(*lifted, opts.opacity, rng)
+        return None if lifted is None else gaussian_set(*lifted, opts.opacity, rng)  # an empty set is skipped
 
     return fill_static_holes(gset, scene, lift_holes)
 

@@ -34,10 +34,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from models.errors import InputError, StageError
-from models.gaussians.motion_init import DepthSource, object_poses
+from models.gaussians.motion_init import MIN_PIXELS, DepthSource, object_poses
 from models.scene import Scene
-
-MIN_PIXELS = 16  # frames where an object covers fewer pixels do not count as "visible" for its statistics
 
 
 @dataclass

@@ -236,14 +236,15 @@ class OSNTask:
                 metas.append(None)
                 continue
             out = m.render(d.w2c[t], d.K[t], W, H, float(d.times[t]), ones, objects=[o])
-            err = (out.rgb - d.images[t]).abs().sum(-1)
+            diff = out.rgb - d.images[t]
+            err = diff.abs().sum(-1)
             l_rgb = err[own].mean() / 3
             region = own if o == 0 else own | (d.labels[t] == 0)
             l_mask = ((out.alpha - own.float())[region] ** 2).mean()
             l_depth = _depth_loss(out.depth, d.depth[t], own & (out.alpha.detach() > 0.5))
             loss = loss + l_rgb + cfg.mask_weight * l_mask + cfg.depth_weight * l_depth
             with torch.no_grad():
-                sq += float(((out.rgb - d.images[t]) ** 2).sum(-1)[own].sum())
+                sq += float((diff ** 2).sum(-1)[own].sum())
                 count += int(own.sum())
             self._retain(out.meta)
             metas.append(out.meta)
