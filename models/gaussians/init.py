@@ -30,7 +30,6 @@ from models.gaussians.motion_init import (
     object_motion,
 )
 from models.scene import Scene
-from models.splatting.project import quat_to_rotmat
 
 
 @dataclass
@@ -167,7 +166,6 @@ def dynamic_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: 
         spacing = max(float(np.ptp(times[seen])) / max(len(keys) - 1, 1), float(times[1] - times[0]) if n_frames > 1
                       else 1.0)
         budget = max(32, opts.dynamic_points * int(areas[k].max()) // total) // len(keys)
-        R = quat_to_rotmat(torch.as_tensor(rots)).numpy()  # (b,T,3,3)
         for key in keys:
             inst = np.asarray(scene.instances[key])
             kxy = grid_pixels(inst == k, budget, rng)
@@ -180,7 +178,7 @@ def dynamic_gaussians(scene: Scene, depth: DepthSource, opts: InitOptions, rng: 
                 lab = labels[live[((kxy[:, None] - pos[key, live][None]) ** 2).sum(-1).argmin(1)]]
             else:
                 lab = np.full(len(kxy), np.bincount(labels).argmax())
-            canon = np.einsum("nji,nj->ni", R[lab, key], world - trans[lab, key])  # R^T (x - t)
+            canon = np.einsum("nji,nj->ni", rots[lab, key], world - trans[lab, key])  # R^T (x - t)
             colors = np.asarray(scene.frames[key], np.float32)[kxy[:, 1].astype(int), kxy[:, 0].astype(int)] / 255
             stride = np.sqrt((inst == k).sum() / len(kxy))
             parts.append(dict(means=canon, colors=colors, scales=0.5 * stride * kz / focal, label=lab,

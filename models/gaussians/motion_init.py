@@ -25,7 +25,6 @@ from jaxtyping import Bool, Float
 
 from models.cameras import unproject
 from models.depth import densify_sparse_depth
-from models.gaussians.model import rotmat_to_quat
 from models.gaussians.tracks import chain_tracks, kmeans
 from models.scene import Scene
 
@@ -102,7 +101,7 @@ def object_depth(depth: DepthSource, instances: np.ndarray, t: int, obj: int, xy
 
 def object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, seeds_xy: np.ndarray,
                   seeds_xyz: np.ndarray, n_bases: int, seed: int, factor: float = 1.0) -> tuple:
-    """Rotations (b,T,4), translations (b,T,3) of the object's bases, each seed's basis (P,), and the seeds' tracks
+    """Rotation matrices (b,T,3,3), translations (b,T,3) of the object's bases, each seed's basis (P,), and the seeds' tracks
     (T,P,2) with their validity (T,P) (None without flow).
 
     With flow: the object's rigid motion by PnP on flow tracks through the whole clip (`track_object`), then each
@@ -113,7 +112,7 @@ def object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, se
     t_obj = np.zeros((n_frames, 3))
     if scene.flow_fw is None or len(seeds_xy) < 3:
         _centroid_motion(scene, depth, obj, canonical, t_obj, factor)
-        return (np.tile(np.array([1, 0, 0, 0], np.float32), (1, n_frames, 1)), t_obj[None].astype(np.float32),
+        return (np.tile(np.eye(3, dtype=np.float32), (1, n_frames, 1, 1)), t_obj[None].astype(np.float32),
                 np.zeros(len(seeds_xy), np.int64), None, None)
     pos, ok = masked_tracks(scene, obj, canonical, seeds_xy)
     have = track_object(scene, depth, obj, canonical, seeds_xyz, pos, ok, R_obj, t_obj, factor=factor)
@@ -124,13 +123,13 @@ def object_motion(scene: Scene, depth: DepthSource, obj: int, canonical: int, se
     feats = _fill_nearest(rel, ok).transpose(1, 0, 2).reshape(len(seeds_xy), -1)
     labels = kmeans(feats, n_bases, seed=seed)
     n_bases = int(labels.max()) + 1
-    rots = np.zeros((n_bases, n_frames, 4), np.float32)
+    rots = np.zeros((n_bases, n_frames, 3, 3), np.float32)
     trans = np.zeros((n_bases, n_frames, 3), np.float32)
     for b in range(n_bases):
         R_b, t_b = R_obj.copy(), t_obj.copy()
         pnp_frames(scene, None, seeds_xyz[labels == b], pos[:, labels == b], ok[:, labels == b], R_b, t_b)
         trans[b] = _smooth(t_b)
-        rots[b] = rotmat_to_quat(torch.as_tensor(R_b, dtype=torch.float32)).numpy()
+        rots[b] = R_b
     return rots, trans, labels, pos, ok
 
 
