@@ -14,9 +14,7 @@ Cases: the clips in ../shared/data/clips by name, synth-moving and synth-static 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_pipeline import run  # noqa: E402
 from bench.tables import table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +33,7 @@ PATHS = {"orbit 40": ("orbit", {"orbit_degrees": 40}), "bullet 0.5/40": ("bullet
 
 
 def monodyn(*args, cwd: Path) -> None:
-    cmd = [sys.executable, "-m", "monodyn_cli", *map(str, args), "--quiet"]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"monodyn {' '.join(map(str, args))} failed:\n{proc.stderr[-2000:]}")
+    run(list(args), cwd)  # bench_pipeline's runner (its seconds and memory are not needed here)
 
 
 def prepare(case: str, work: Path, max_side: int, max_frames: int, fit_args: list[str]) -> Path:
