@@ -47,7 +47,7 @@ lock:
 	  $(LOCKVENV)/bin/python -m pip freeze --all --exclude-editable | sed -e 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' \
 	    -e 's/^\(decord==.*\)$$/\1 ; platform_machine == "x86_64"/'; } > $(LOCKVENV)/requirements.lock
 	$(LOCKVENV)/bin/python -m ruff check .
-	$(LOCKVENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	MONODYN_LOCK=$(LOCKVENV)/requirements.lock $(LOCKVENV)/bin/python -m pytest -q -n 2 --dist loadfile
 	mv $(LOCKVENV)/requirements.lock requirements.lock
 	@echo "requirements.lock updated: review 'git diff requirements.lock', then commit it"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
-LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"  # beside pyproject.toml in a checkout
+# beside pyproject.toml in a checkout; `make lock` points MONODYN_LOCK at the candidate lock it is testing
+LOCK = Path(os.environ.get("MONODYN_LOCK") or Path(__file__).resolve().parents[1] / "requirements.lock")
 
 
 @dataclass(frozen=True)

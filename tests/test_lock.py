@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from importlib import metadata
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -14,7 +15,7 @@ from monodyn_cli.app import app
 
 
 def _declared() -> list[Requirement]:
-    project = tomllib.loads((lockfile.LOCK.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     return [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["decord"]]
 
