@@ -149,6 +149,23 @@ def covisible_mask(view_depth: np.ndarray, view_cams: Cameras, view_inst: np.nda
     return mask
 
 
+def _input_cameras_as_estimated(cams: Cameras, view_gt: Cameras, input_gt: Cameras, estimated: Cameras,
+                                tol: float = 1e-4) -> Cameras:
+    """A held-out view's frames whose ground-truth camera *is* one of the input cameras (a stabilised view, the
+    NVIDIA rig's camera 0) take the workspace's own estimate of that input camera, as `render` does for them: the
+    Sim(3) of the whole trajectory would add its alignment error (and a focal/depth trade-off SfM cannot resolve on a
+    short baseline) to a view the reconstruction holds exactly. Others keep their aligned camera."""
+    diff = (view_gt.w2c[:, None, :3].double() - input_gt.w2c[None, :, :3].double()).abs().amax(dim=(-1, -2))
+    best, idx = diff.min(dim=1)  # (N,) nearest input camera of each view frame
+    same = best < tol * max(1.0, float(input_gt.w2c[:, :3, 3].abs().max()))
+    if not bool(same.any()):
+        return cams
+    w2c, K = cams.w2c.clone(), cams.K.clone()
+    w2c[same] = estimated.w2c[idx[same]].to(w2c.dtype)
+    K[same] = estimated.K[idx[same]].to(K.dtype)
+    return Cameras(K, w2c, cams.width, cams.height)
+
+
 def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> list[EvalViews]:
     """Held-out cameras of a `monodyn synth` scene, expressed in the workspace's (SfM) world and image size, with the
     workspace's estimated intrinsics."""
@@ -180,6 +197,7 @@ def synth_views(gt_dir: Path, scene: Scene, names: list[str] | None = None) -> l
         # assumed one of a static camera) must not be scored as a zoom
         cams = Cameras(scene.cameras.K.median(dim=0).values.expand(len(cams), 3, 3).clone(), cams.w2c,
                        cams.width, cams.height)
+        cams = _input_cameras_as_estimated(cams, v.cameras, inp.cameras, scene.cameras)
         if factor != 1.0:
             size = (cams.width, cams.height)
             images = np.stack([cv2.resize(im, size, interpolation=cv2.INTER_AREA) for im in images])

@@ -151,3 +151,22 @@ def test_synth_views_score_the_rig_camera_and_moving_object_pixels(tmp_path):
     shifted = score(torch.roll(view.images, 2, dims=2), view)
     assert all(math.isfinite(r["dpsnr"]) and math.isfinite(r["msharpness"]) for r in shifted)
     assert set(FLOOR_METRICS) <= set(rows[0])
+
+
+def test_views_from_an_input_camera_take_its_estimate_not_the_aligned_ground_truth(tmp_path):
+    """A stabilised view is rendered through the workspace's own estimate of that input camera (as `render` does):
+    an estimate off the best-fitting similarity (and its focal) is kept exactly; a held-out camera stays aligned."""
+    from monodyn_cli.synth import SynthConfig, load_gt, synthesize
+
+    out = synthesize(SynthConfig(seed=4, frames=4, width=32, height=24, objects=1, heldout_azimuths=(30.0,),
+                                 fixed_cameras=0, stabilized_frames=(1,)), tmp_path / "s")
+    inp = load_gt(out).view("input")
+    w2c, K = inp.cameras.w2c.clone(), inp.cameras.K.clone()
+    w2c[1, :3, 3] += torch.tensor([0.05, -0.03, 0.02])  # frame 1's estimate is off the similarity of the others
+    K[1, :2, :2] *= 1.3  # and so is its focal
+    scene = Scene(frames=np.asarray(inp.rgb), timestamps=np.arange(4) / 12.0, cameras=Cameras(K, w2c, 32, 24))
+    views = {v.name: v for v in synth_views(out, scene)}
+    stab = views["stabilized1"].cameras
+    assert torch.equal(stab.w2c, w2c[1].expand_as(stab.w2c)) and torch.equal(stab.K, K[1].expand_as(stab.K))
+    held = views["heldout_az30"].cameras
+    assert not any(torch.allclose(held.w2c[i], w2c[j], atol=1e-3) for i in range(len(held)) for j in range(4))
