@@ -114,6 +114,29 @@ def test_camera_model_selection_and_residuals():
     assert np.median(bw_res[square]) > 1.5
 
 
+def test_a_room_is_two_static_planes_and_only_the_moving_square_is_left():
+    """A camera translating and turning in a room: the floor (bottom 70%) and the back wall (top 30%) are two
+    homographies. One homography reads the wall as moving; the further plane explains it, and
+    the only residual left is the square moving on the floor, not explained by the wall's plane next to it."""
+    h, w = 96, 128
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    flow = np.zeros((h, w, 2), np.float32)
+    floor = ys > 0.3 * h
+    # nearer floor rows move more; the far wall, under the camera's turn, drifts the other way
+    flow[..., 0] = np.where(floor, -4.0 - 6.0 * (ys - 0.3 * h) / (0.7 * h), 0.5)
+    square = (ys > 70) & (ys < 86) & (xs > 40) & (xs < 56)
+    flow[square] = (1.5, 2.5)
+    valid = np.ones((h, w), bool)
+    single = fit_camera_model(flow, valid, MotionConfig(max_planes=1))
+    rooms = fit_camera_model(flow, valid, MotionConfig())
+    assert single.kind == rooms.kind == "homography" and len(single.planes) == 0 and len(rooms.planes) == 1
+    wall = ~floor
+    assert np.median(camera_residuals(single, flow, -flow)[0][wall]) > 0.5  # one plane: the wall "moves"
+    fw_res, bw_res = camera_residuals(rooms, flow, -flow)
+    assert np.median(fw_res[wall]) < 0.3 and np.median(fw_res[floor & ~square]) < 0.3
+    assert np.median(fw_res[square]) > 1.5 and np.median(bw_res[square]) > 1.5
+
+
 def test_tracking_splits_objects_that_touch():
     """Two squares approach, merge into one component (one hides the other for a frame), separate: each
     keeps its id throughout, also while merged (split back from where they separate)."""

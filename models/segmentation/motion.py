@@ -10,7 +10,13 @@ consistent, textured correspondences, choosing between three models:
 
 The homography is preferred whenever it explains most textured correspondences: a fundamental matrix
 explains nearly any flow that has one moving object in it (the object reads as nearer or farther along the
-epipolar lines), which Torr's GRIC does not guard against once objects cover more than ~10% of the image.
+epipolar lines), which Torr's GRIC does not guard against once objects cover more than ~10% of the image
+(measured on `monodyn synth` rooms: at a 1 px threshold it explains every moving correspondence of every pair).
+A translating camera in a room sees more than one plane, though: up to `max_planes` homographies are fitted in
+turn to what the previous ones leave, each kept when it is large and spread out (a wall, a street: a moving
+object is compact) and applied only in the connected block of the image where its inliers lie. On five
+synthetic scenes this lifted the moving-pixel IoU from 0.43 to 0.60 on average (none worse); on the duck clip it
+removes the street that one homography read as moving.
 
 Residuals are divided by a threshold set from the pair's robust noise level, accumulated over
 neighbouring frames along the flow, thresholded with hysteresis, cleaned with morphology, snapped to
@@ -36,6 +42,8 @@ from scipy.optimize import linear_sum_assignment
 
 from models.segmentation import warp_labels, warp_scalar
 
+REGION_CELLS = 8  # a further static plane holds in the cells of this grid where its inliers are
+
 
 @dataclass
 class MotionConfig:
@@ -59,6 +67,9 @@ class MotionConfig:
     min_frames: int = 3           # objects seen in fewer frames join a nearby object or are dropped
     max_gap: int = 5              # frames an object may vanish and still get its id back
     match_iou: float = 0.1        # least IoU between a component and an object carried by the flow
+    max_planes: int = 3           # static planes (homographies) per frame pair: a room's floor, walls
+    plane_share: float = 0.08     # a further plane must explain this share of the correspondences ...
+    plane_extent: float = 0.5     # ... spread over this share of the image width or height (an object is compact)
 
 
 @dataclass
@@ -68,6 +79,8 @@ class CameraModel:
     kind: str                       # static | homography | fundamental | none (too few correspondences)
     matrix: np.ndarray | None = None  # H (x_{t+1} ~ H x_t) or F (x_{t+1}^T F x_t = 0)
     inlier_ratio: float = 0.0
+    planes: list[np.ndarray] = field(default_factory=list)  # further static planes' H (homography kind) ...
+    regions: list[np.ndarray] = field(default_factory=list)  # ... and where each holds: (8,8) cells of the image
 
 
 @dataclass
@@ -137,7 +150,7 @@ def fit_camera_model(flow: Float[np.ndarray, "H W 2"], valid: Bool[np.ndarray, "
     # farther along the epipolar lines), so it is used only when no homography explains the background.
     ratio_h = float(np.mean(transfer_error(H, p, q) < cfg.ransac_px))
     if ratio_h >= cfg.h_inlier_ratio:
-        return CameraModel("homography", H, ratio_h)
+        return CameraModel("homography", H, ratio_h, *_further_planes(H, p, q, cfg, flow.shape[1], flow.shape[0]))
     try:
         F, _ = cv2.findFundamentalMat(p.astype(np.float32), q.astype(np.float32), cv2.USAC_ACCURATE, cfg.ransac_px,
                                       0.999, 2000)
@@ -146,6 +159,49 @@ def fit_camera_model(flow: Float[np.ndarray, "H W 2"], valid: Bool[np.ndarray, "
     if F is None or F.shape != (3, 3):
         return CameraModel("homography", H, ratio_h)
     return CameraModel("fundamental", F, float(np.mean(sampson_distance(F, p, q) < cfg.ransac_px)))
+
+
+def _further_planes(H: np.ndarray, p: np.ndarray, q: np.ndarray, cfg: MotionConfig, width: int, height: int
+                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Homographies of further static planes among the correspondences the main one leaves (a translating camera in
+    a room: the floor, then the walls, whose parallax would otherwise read as motion). A plane counts when it
+    explains `plane_share` of all correspondences spread over `plane_extent` of the image's width or height:
+    a moving object is compact, a wall is not. Each plane holds only in the cells of an 8x8 grid over the image where
+    its inliers are (and their neighbours): an object passing in front of a wall elsewhere is not explained away."""
+    planes, regions = [], []
+    left = transfer_error(H, p, q) >= cfg.ransac_px
+    for _ in range(cfg.max_planes - 1):
+        if left.sum() < max(8, cfg.plane_share * len(p)):
+            break
+        try:
+            Hk, _ = cv2.findHomography(p[left].astype(np.float32), q[left].astype(np.float32), cv2.USAC_ACCURATE,
+                                       cfg.ransac_px, maxIters=2000, confidence=0.999)
+        except cv2.error:
+            break
+        if Hk is None:
+            break
+        inl = left & (transfer_error(Hk, p, q) < cfg.ransac_px)
+        span = np.ptp(np.percentile(p[inl], [10, 90], axis=0), axis=0) / [width, height] if inl.any() else np.zeros(2)
+        if inl.sum() < cfg.plane_share * len(p) or span.max() < cfg.plane_extent:
+            break
+        planes.append(Hk)
+        regions.append(_plane_region(p[inl], width, height))
+        left &= ~inl
+    return planes, regions
+
+
+def _plane_region(points: Float[np.ndarray, "N 2"], width: int, height: int) -> Bool[np.ndarray, "C C"]:
+    """Where a plane holds: the largest connected block of grid cells holding its inliers, grown by one cell. A
+    homography can also fit a compact moving object far from the wall it was found on; that object's cells are
+    not connected to the wall's, so they stay out."""
+    ix = np.clip((points / [width, height] * REGION_CELLS).astype(int), 0, REGION_CELLS - 1)
+    counts = np.zeros((REGION_CELLS, REGION_CELLS), np.int32)
+    np.add.at(counts, (ix[:, 1], ix[:, 0]), 1)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((counts >= 2).astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return np.zeros((REGION_CELLS, REGION_CELLS), bool)
+    main = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return cv2.dilate((labels == main).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
 
 
 def camera_residuals(model: CameraModel, flow_fw: Float[np.ndarray, "H W 2"], flow_bw: Float[np.ndarray, "H W 2"]
@@ -157,10 +213,14 @@ def camera_residuals(model: CameraModel, flow_fw: Float[np.ndarray, "H W 2"], fl
     fw, bw = flow_fw.astype(np.float64), flow_bw.astype(np.float64)
     if model.kind == "static":
         return np.linalg.norm(fw, axis=-1).astype(np.float32), np.linalg.norm(bw, axis=-1).astype(np.float32)
-    if model.kind == "homography":
-        H = model.matrix
-        return (transfer_error(H, grid, grid + fw).astype(np.float32),
-                transfer_error(np.linalg.inv(H), grid, grid + bw).astype(np.float32))
+    if model.kind == "homography":  # the nearest of the static planes, each where it holds
+        res_fw = transfer_error(model.matrix, grid, grid + fw)
+        res_bw = transfer_error(np.linalg.inv(model.matrix), grid, grid + bw)
+        for H, cells in zip(model.planes, model.regions):
+            inside = cv2.resize(cells.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            res_fw = np.where(inside, np.minimum(res_fw, transfer_error(H, grid, grid + fw)), res_fw)
+            res_bw = np.where(inside, np.minimum(res_bw, transfer_error(np.linalg.inv(H), grid, grid + bw)), res_bw)
+        return res_fw.astype(np.float32), res_bw.astype(np.float32)
     if model.kind == "fundamental":
         F = model.matrix
         # backward: pixel y of frame t+1 matches y + bw(y) in frame t, so the pair is (p=y+bw, q=y)

@@ -29,7 +29,7 @@ from monodyn_cli.stages.configs import SegmentConfig
 from monodyn_cli.stages.outputs import DECODE, FLOW, SEGMENT
 from monodyn_cli.workspace import StageContext
 
-NAME, VERSION = "segment", 1
+NAME, VERSION = "segment", 2  # 2: further static planes in the motion backend
 
 
 
