@@ -60,10 +60,11 @@ RESNET_INNER = {"norm1.": "in_layers.0.", "conv1.": "in_layers.2.", "time_emb_pr
                 "norm2.": "out_layers.0.", "conv2.": "out_layers.3.", "conv_shortcut.": "skip_connection."}
 
 
-def to_sgm_unet(key: str) -> str:
+def to_sgm_unet(key: str, prefixes: dict[str, str] = UNET_PREFIXES) -> str:
+    """Our UNet name -> sgm's (`prefixes`: the module prefixes of the layout; bench_gcd_convert.py makes SVD's)."""
     if key.startswith("camera_embedder."):
         return "conditioner.embedders.5." + key[len("camera_embedder."):]
-    prefix = max((p for p in UNET_PREFIXES if key.startswith(p)), key=len)
+    prefix = max((p for p in prefixes if key.startswith(p)), key=len)
     rest = key[len(prefix):]
     if "resnets" in prefix:
         for ours, theirs in (("spatial_res_block.", ""), ("temporal_res_block.", "time_stack.")):
@@ -74,7 +75,7 @@ def to_sgm_unet(key: str) -> str:
     if "attentions" in prefix:
         rest = rest.replace("temporal_transformer_blocks.", "time_stack.")
         rest = rest.replace("time_pos_embed.linear_1.", "time_pos_embed.0.").replace("time_pos_embed.linear_2.", "time_pos_embed.2.")
-    return "model.diffusion_model." + UNET_PREFIXES[prefix] + rest
+    return "model.diffusion_model." + prefixes[prefix] + rest
 
 
 def to_sgm_vae(key: str, levels: int) -> str:

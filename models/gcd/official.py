@@ -161,7 +161,8 @@ def read_official(ckpt: Path, config: Path | None = None) -> Conversion:
     with torch.device("meta"):
         model = gcd_model.GCDModel.from_configs(configs)
     sd = read_lightning_state(ckpt)
-    parts = convert_state_dict(sd, configs["unet"], len(configs["vae"]["block_out_channels"]))
+    # the built UNet's full config: official_configs() leaves SVD's block layout to the class defaults
+    parts = convert_state_dict(sd, dict(model.unet.config), len(configs["vae"]["block_out_channels"]))
     if "quant_conv.weight" not in parts["vae"]:  # sgm's VAE has none: the identity
         c = model.vae.quant_conv.weight.shape[0]
         parts["vae"]["quant_conv.weight"] = torch.eye(c).view(c, c, 1, 1)
