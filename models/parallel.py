@@ -8,7 +8,7 @@ the result equals one process on the whole batch. bf16 autocast on CUDA (`autoca
 (metrics, resume states, the model); the time budget is rank 0's clock (`agree`), so every process stops at
 the same step. Resume reads the state file on every process: multi-node runs need a shared --out folder.
 
-Launch (see docs/training.md): `torchrun --nproc_per_node 8 -m monodyn_cli train gcd ...`. The environment
+Launch with torchrun, one process per GPU (commands in docs/training.md). The environment
 variables torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) select the process group;
 NCCL on CUDA, gloo on the CPU.
 """
