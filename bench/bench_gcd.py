@@ -66,6 +66,9 @@ def heldout(args) -> None:
             from models.gcd.method import GCDRenderer
 
             renderer = GCDRenderer(renderer.model, scene, options, torch.device("cpu"))
+        # the held-out cameras turn about the synthetic world's z; `render --orbit` paths turn about the cameras'
+        # mean image-up, and GCD measures with the up its paths use: here that is z
+        renderer.up = torch.tensor([0.0, 0.0, 1.0])
         times = scene.times
         for az in azimuths:
             from monodyn_cli.synth.scene import heldout_name
@@ -110,7 +113,8 @@ def clip_probe(args) -> None:
     import cv2
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from models.gcd.method import GCDRenderOptions, load_model, resolve_weights
+    from models.gcd.method import GCDRenderOptions, resolve_weights
+    from models.gcd.model import GCDModel
     from monodyn_cli.synth import SynthConfig, generate_scene
 
     frames = []
@@ -125,7 +129,7 @@ def clip_probe(args) -> None:
     clip = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
                                                           num_attention_heads=4, patch_size=8, image_size=64,
                                                           projection_dim=64, hidden_act="gelu")).eval()
-    model = load_model(resolve_weights(GCDRenderOptions(gcd_checkpoint=args.model)))
+    model = GCDModel.load(resolve_weights(GCDRenderOptions(gcd_checkpoint=args.model)).path)
     with torch.no_grad():
         from models.gcd.model import FrameEncoder
 

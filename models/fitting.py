@@ -79,14 +79,23 @@ class Budget:
 
 
 def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, checkpoint_every: int = 0,
-            resume: bool = False, log_every: int = 10) -> Path:
+            resume: bool = False, log_every: int = 10, parallel=None) -> Path:
     """Run `task` until the budget ends, then `task.save(out, ...)`; returns `out`.
+
+    parallel: a `models.parallel.Parallel` when several processes train together: only rank 0 writes (metrics,
+    resume states, the result) and reports progress, and rank 0's clock ends a time budget for all.
 
     checkpoint_every: steps between resume states (0 = none). resume: continue from `out/train_state.pt` when
     it exists (else start over). log_every: steps between metrics lines / progress calls (and at the end)."""
+    from models.parallel import Parallel
+
+    parallel = parallel or Parallel()
+    main = parallel.is_main
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+    parallel.barrier()
     state_path, metrics_path = out / STATE_FILE, out / METRICS_FILE
     step, elapsed, metrics = 0, 0.0, {}
     if resume and state_path.exists():
@@ -96,23 +105,25 @@ def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, 
             raise InputError(f"{state_path} is from another monodyn version; fit again without --resume")
         task.load_state_dict(state["task"])
         step, elapsed, metrics = int(state["step"]), float(state["elapsed"]), dict(state["metrics"])
-        _truncate_metrics(metrics_path, step)
-    else:
+        parallel.barrier()  # every process has read the state before rank 0 may overwrite it
+        if main:
+            _truncate_metrics(metrics_path, step)
+    elif main:
         state_path.unlink(missing_ok=True)
         metrics_path.unlink(missing_ok=True)
 
     log = _MetricsLog(metrics_path)
     start = time.perf_counter() - elapsed  # elapsed seconds carry across resume
     logged = step
-    while step < budget.steps and budget.progress(step, time.perf_counter() - start) < 1.0:
-        metrics = task.train_step(step, budget.progress(step, time.perf_counter() - start))
+    while step < budget.steps and budget.progress(step, parallel.agree(time.perf_counter() - start)) < 1.0:
+        metrics = task.train_step(step, budget.progress(step, parallel.agree(time.perf_counter() - start)))
         step += 1
         seconds = time.perf_counter() - start
-        if log_every > 0 and step % log_every == 0:
+        if main and log_every > 0 and step % log_every == 0:
             log.write(step, seconds, metrics)
             progress(step, budget.steps, **metrics)
             logged = step
-        if checkpoint_every > 0 and step % checkpoint_every == 0 and step < budget.steps:
+        if main and checkpoint_every > 0 and step % checkpoint_every == 0 and step < budget.steps:
             state = {"format": STATE_FORMAT, "step": step, "elapsed": seconds, "metrics": metrics,
                      "task": task.state_dict()}
             atomic_write(state_path, lambda p: torch.save(state, p))
@@ -120,12 +131,14 @@ def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, 
     finish = getattr(task, "finish", None)
     extra = finish(step) if finish is not None else {}
     seconds = time.perf_counter() - start
-    if extra or logged != step:
-        metrics = {**metrics, **extra}
-        log.write(step, seconds, metrics)
-    progress(step, budget.steps, **metrics)
-    task.save(out, step, seconds)
-    state_path.unlink(missing_ok=True)  # after the checkpoint: a kill in between resumes and saves again
+    if main:
+        if extra or logged != step:
+            metrics = {**metrics, **extra}
+            log.write(step, seconds, metrics)
+        progress(step, budget.steps, **metrics)
+        task.save(out, step, seconds)
+        state_path.unlink(missing_ok=True)  # after the checkpoint: a kill in between resumes and saves again
+    parallel.barrier()
     return out
 
 

@@ -60,10 +60,11 @@ RESNET_INNER = {"norm1.": "in_layers.0.", "conv1.": "in_layers.2.", "time_emb_pr
                 "norm2.": "out_layers.0.", "conv2.": "out_layers.3.", "conv_shortcut.": "skip_connection."}
 
 
-def to_sgm_unet(key: str) -> str:
+def to_sgm_unet(key: str, prefixes: dict[str, str] = UNET_PREFIXES) -> str:
+    """Our UNet name -> sgm's (`prefixes`: the module prefixes of the layout; bench_gcd_convert.py makes SVD's)."""
     if key.startswith("camera_embedder."):
         return "conditioner.embedders.5." + key[len("camera_embedder."):]
-    prefix = max((p for p in UNET_PREFIXES if key.startswith(p)), key=len)
+    prefix = max((p for p in prefixes if key.startswith(p)), key=len)
     rest = key[len(prefix):]
     if "resnets" in prefix:
         for ours, theirs in (("spatial_res_block.", ""), ("temporal_res_block.", "time_stack.")):
@@ -74,7 +75,7 @@ def to_sgm_unet(key: str) -> str:
     if "attentions" in prefix:
         rest = rest.replace("temporal_transformer_blocks.", "time_stack.")
         rest = rest.replace("time_pos_embed.linear_1.", "time_pos_embed.0.").replace("time_pos_embed.linear_2.", "time_pos_embed.2.")
-    return "model.diffusion_model." + UNET_PREFIXES[prefix] + rest
+    return "model.diffusion_model." + prefixes[prefix] + rest
 
 
 def to_sgm_vae(key: str, levels: int) -> str:
@@ -164,11 +165,16 @@ def test_openclip_mapping():
         assert torch.equal(v, sd[k]), k
 
 
-def test_official_checkpoint_file_loads_through_the_mapping(tmp_path, tiny, monkeypatch):
-    """A Lightning-style file ({"state_dict": sgm keys}) goes through read_lightning_state + the mapping."""
-    from models.gcd import method as gcd_method
-    from models.gcd import model as gcd_model
+def tiny_official():
+    """Tiny sizes standing in for SVD's (with a tiny CLIP, as the official model)."""
+    c = small_configs(**TINY)
+    c["gcd"].image_encoder, c["image_encoder"] = "clip", TINY_CLIP
+    return c
 
+
+def write_official(path, tiny) -> GCDModel:
+    """A Lightning-style file ({"state_dict": sgm keys, optimizer leftovers}) of the tiny model with a tiny CLIP;
+    returns the model it holds."""
     cfg = small_configs(**TINY)
     sgm = {to_sgm_unet(k): v for k, v in tiny.unet.state_dict().items()}
     levels = len(cfg["vae"]["block_out_channels"])
@@ -178,25 +184,124 @@ def test_official_checkpoint_file_loads_through_the_mapping(tmp_path, tiny, monk
         if re.search(r"attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$", k):
             v = v[:, :, None, None]
         sgm[to_sgm_vae(k, levels)] = v
-    path = tmp_path / "tiny_gradual_max90.ckpt"
-    torch.save({"state_dict": sgm, "global_step": 1}, path)
-
-    def tiny_official():  # tiny sizes standing in for SVD's (with a tiny CLIP, as the official model)
-        c = small_configs(**TINY)
-        c["gcd"].radius_scale, c["gcd"].image_encoder, c["image_encoder"] = 15.0, "clip", TINY_CLIP
-        return c
-
-    monkeypatch.setattr(gcd_model, "official_configs", tiny_official)
     clip = GCDModel.from_configs(tiny_official(), seed=1).image_encoder
     for k, v in to_openclip(clip.state_dict(), 2).items():
         sgm[f"conditioner.embedders.0.open_clip.model.visual.{k}"] = v
-    torch.save({"state_dict": sgm, "global_step": 1}, path)
-    loaded = gcd_method.load_model(path)
-    assert torch.equal(loaded.image_encoder.visual_projection.weight, clip.visual_projection.weight)
+    torch.save({"state_dict": sgm, "global_step": 1, "optimizer_states": [{"x": torch.zeros(3)}]}, path)
+    return GCDModel(tiny.cfg, tiny.unet, tiny.vae, clip)
+
+
+OFFICIAL_YAML = """model:
+  base_learning_rate: 2e-5
+data:
+  params:
+    frame_width: 64
+    frame_height: 48
+    model_frames: 14
+    radius_range: [12.0, 18.0]
+    delta_azimuth_range: [-180.0, 180.0]
+    delta_elevation_range: [-60.0, 60.0]
+    delta_radius_range: [-3.0, 3.0]
+    move_time: 0
+    cond_aug: 0.02
+"""
+
+
+def run_cli(args):
+    from typer.testing import CliRunner
+
+    from monodyn_cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_weights_convert_gcd_from_the_name(tmp_path, tiny, monkeypatch):
+    """`monodyn weights convert gcd` on a file in the official layout: settings from the name (and says so), fp16
+    UNet and CLIP, fp32 VAE; the folder loads into the same functions (up to fp16 rounding)."""
+    from safetensors import safe_open
+
+    from models.gcd import model as gcd_model
+
+    monkeypatch.setattr(gcd_model, "official_configs", tiny_official)
+    ckpt = tmp_path / "tiny_gradual_max90.ckpt"
+    source = write_official(ckpt, tiny)
+    before = ckpt.read_bytes()
+    result = run_cli(["weights", "convert", "gcd", ckpt, "--out", tmp_path / "conv", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "file name" in result.output and "gradual" in result.output
+    assert ckpt.read_bytes() == before  # the user's file is only read
+    out = tmp_path / "conv"
+    dtypes = {}
+    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "image_encoder/model"):
+        with safe_open(str(out / f"{part}.safetensors"), "pt") as f:
+            dtypes[part.split("/")[0]] = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {"unet": {torch.float16}, "vae": {torch.float32}, "image_encoder": {torch.float16}}
+    loaded = GCDModel.load(out)
+    cfg = loaded.cfg
+    assert cfg.mode == "gradual" and cfg.motion_norm == (90.0, 30.0) and cfg.radius_scale == 15.0
+    assert cfg.max_delta == (90.0, 30.0, pytest.approx(0.2)) and cfg.notes["settings_from"] == "file name"
+    for a, b in ((loaded.unet, source.unet), (loaded.image_encoder, source.image_encoder)):
+        for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(x, y.half().float()), k
+    for (k, x), y in zip(loaded.vae.state_dict().items(), source.vae.state_dict().values(), strict=True):
+        assert torch.equal(x, y) if not k.startswith("quant_conv") else True, k
+    assert torch.equal(loaded.vae.quant_conv.weight[:, :, 0, 0], torch.eye(8))  # sgm has none: the identity
     frames, _ = clip_inputs()
     assert loaded.image_tokens(frames).shape == (1, 4, 1, 32)
-    assert torch.equal(loaded.unet.aux_label_emb[2].weight, tiny.unet.aux_label_emb[2].weight)
-    assert torch.equal(loaded.vae.quant_conv.weight[:, :, 0, 0], torch.eye(8))
+    # a name without the settings, and no YAML: one line asking for --config
+    bad = tmp_path / "mystery.ckpt"
+    bad.write_bytes(before)
+    result = run_cli(["weights", "convert", "gcd", bad, "--out", tmp_path / "c2", "--quiet"])
+    assert result.exit_code == 1 and "--config" in result.output and "Traceback" not in result.output
+
+
+def test_weights_convert_gcd_reads_the_yaml(tmp_path, tiny, monkeypatch):
+    """The training YAML wins over the name: max180 ranges, direct mode (move_time 0), its frame size."""
+    from models.gcd import model as gcd_model
+    from models.gcd.official import settings_from_yaml
+
+    monkeypatch.setattr(gcd_model, "official_configs", tiny_official)
+    monkeypatch.setenv("MONODYN_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "kubric_gradual_max90.ckpt"
+    write_official(ckpt, tiny)
+    yml = tmp_path / "train.yaml"
+    yml.write_text(OFFICIAL_YAML)
+    s = settings_from_yaml(yml)
+    assert (s.max_azimuth, s.max_elevation, s.max_radius, s.radius_scale, s.mode) == (180, 60, 3, 15, "direct")
+    result = run_cli(["weights", "convert", "gcd", ckpt, "--config", yml, "--quiet"])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "cache" / "gcd" / "kubric_gradual_max90"  # the default: the cache, found by render
+    cfg = GCDModel.load(folder).cfg
+    assert cfg.mode == "direct" and cfg.motion_norm == (180.0, 60.0) and (cfg.width, cfg.height) == (64, 48)
+    yml.write_text("data:\n  params:\n    move_time: 13\n")
+    result = run_cli(["weights", "convert", "gcd", ckpt, "--config", yml, "--out", tmp_path / "c3", "--quiet"])
+    assert result.exit_code == 1 and "delta_azimuth_range" in result.output
+
+
+def test_render_weights_resolution(tmp_path, tiny, monkeypatch):
+    """A raw *.ckpt is refused with the convert command; of several converted folders the newest wins and the
+    notice names the others."""
+    import os
+
+    from models.gcd.method import GCDRenderOptions, resolve_weights
+
+    monkeypatch.delenv("MONODYN_GCD", raising=False)
+    monkeypatch.setenv("MONODYN_CACHE", str(tmp_path))
+    cache = tmp_path / "gcd"
+    cache.mkdir()
+    (cache / "kubric_gradual_max90.ckpt").write_bytes(b"x")
+    with pytest.raises(InputError, match="monodyn weights convert gcd"):
+        resolve_weights(GCDRenderOptions())
+    with pytest.raises(InputError, match="monodyn weights convert gcd"):
+        resolve_weights(GCDRenderOptions(gcd_checkpoint=str(cache / "kubric_gradual_max90.ckpt")))
+    for i, name in enumerate(("a_old", "b_new")):
+        tiny.save(cache / name)
+        os.utime(cache / name / "gcd.json", ns=(10**18 + i, 10**18 + i))
+    w = resolve_weights(GCDRenderOptions())
+    assert w.path == cache / "b_new"
+    assert "a_old" in w.notice and "kubric_gradual_max90.ckpt" in w.notice and "--gcd-checkpoint" in w.notice
+    assert resolve_weights(GCDRenderOptions(gcd_checkpoint=str(cache / "a_old"))).path == cache / "a_old"
+    assert "shipped" in resolve_weights(GCDRenderOptions(gcd_weights="small")).notice
 
 
 # ---- camera embedding, files -----------------------------------------------------------------------------
@@ -242,13 +347,11 @@ def orbit_cameras(azimuths, elevation=20.0, radius=5.0, center=(0.0, 0.0, 0.4), 
 
 def test_camera_deltas_analytic():
     from models.cameras import scene_look_at as look_at_point
-    from models.gcd.geometry import camera_deltas, image_up
+    from models.gcd.geometry import camera_deltas
 
     inputs = orbit_cameras([0.0, 10.0, 20.0, 30.0])
     center = look_at_point(inputs)
     assert torch.allclose(center, torch.tensor([0.0, 0.0, 0.4]), atol=1e-4)
-    up = image_up(inputs)
-    assert float(up[2]) > 0.9
     # rotated 30 degrees about the look-at point (counter-clockwise seen from above): Δaz = 30
     d = camera_deltas(inputs, orbit_cameras([30.0, 40.0, 50.0, 60.0]), center, torch.tensor([0.0, 0.0, 1.0]))
     assert torch.allclose(d[:, 0], torch.full((4,), 30.0), atol=1e-3)
@@ -306,17 +409,15 @@ def test_train_steps_lower_the_loss_and_resume_is_exact(tmp_path):
         return m, DiffusionTask(m, inputs, deltas, z, c, lr=2e-3, seed=0, warmup=1)
 
     _, task = make()
-    idx = torch.tensor([0])
-    with torch.no_grad():
-        torch.manual_seed(0)
+    with torch.no_grad():  # the same draw (clip, dropout, σ, noise) before and after
         task.gen.manual_seed(5)
-        before = float(task.loss(idx, 0.0)[0])
+        before = float(task.loss(task.draw(), 0.0)[0])
     task.gen.manual_seed(0)
     for step in range(6):
         task.train_step(step, 0.0)
     with torch.no_grad():
         task.gen.manual_seed(5)
-        after = float(task.loss(idx, 0.0)[0])
+        after = float(task.loss(task.draw(), 0.0)[0])
     assert after < before
     # same seed -> same weights, also across a resume
     _, t1 = make()
@@ -367,18 +468,23 @@ def test_missing_official_weights_message(tmp_path, monkeypatch):
         resolve_weights(GCDRenderOptions())
 
 
-def test_renderer_on_a_scene(tmp_path, tiny, monkeypatch):
-    from models.gcd.method import GCDMethod, GCDRenderOptions
+def scene_of(cams, T, H=48, W=64, seed=0):
     from models.scene import Scene
+
+    frames = (np.random.default_rng(seed).random((T, H, W, 3)) * 255).astype(np.uint8)
+    return Scene(frames=frames, timestamps=np.arange(T) / 12.0, cameras=cams, center=np.array([0.0, 0.0, 0.4], np.float32))
+
+
+def test_renderer_on_a_scene(tmp_path, tiny):
+    from models.gcd.method import GCDMethod, GCDRenderOptions
 
     tiny.save(tmp_path / "m")
     T = 5
-    cams = orbit_cameras(torch.linspace(0, 20, T))
-    frames = (np.random.default_rng(0).random((T, 48, 64, 3)) * 255).astype(np.uint8)
-    scene = Scene(frames=frames, timestamps=np.arange(T) / 12.0, cameras=cams, center=np.array([0.0, 0.0, 0.4], np.float32))
+    # level cameras: their mean image-up is the world's z, about which the targets turn
+    scene = scene_of(orbit_cameras(torch.linspace(0, 20, T), elevation=0.0), T)
     renderer = GCDMethod().load(None, scene, GCDRenderOptions(gcd_checkpoint=str(tmp_path / "m"), steps=2), "cpu")
-    assert renderer.chunk == 14
-    targets = orbit_cameras(torch.linspace(30, 50, 3))
+    assert renderer.chunk == 14 and renderer.mode == "direct" and str(tmp_path / "m") in renderer.notice
+    targets = orbit_cameras(torch.linspace(30, 50, 3), elevation=0.0)
     out = renderer.render(targets, torch.tensor([0.0, 0.5, 1.0]))
     assert out.rgb.shape == (3, 48, 64, 3) and out.depth.shape == (3, 48, 64) and bool((out.alpha == 1).all())
     idx, d = renderer.deltas(targets, torch.tensor([0.0, 0.5, 1.0]))
@@ -386,6 +492,44 @@ def test_renderer_on_a_scene(tmp_path, tiny, monkeypatch):
     assert torch.allclose(d[:, 0], torch.tensor([30.0, 30.0, 30.0]), atol=1e-2)
     with pytest.raises(InputError, match="range"):
         renderer.render(orbit_cameras([0.0], elevation=89.0), torch.tensor([0.0]))
+
+
+def test_renderer_centre_crops_to_the_model_aspect(tmp_path, tiny):
+    """A 16:9 clip into the 4:3 model: the centred 4:3 box of each frame goes in (not a squashed frame), and the
+    output fills the same box of the target image, alpha 0 outside."""
+    from models.gcd.method import GCDRenderer, GCDRenderOptions, center_crop_box
+
+    assert center_crop_box(36, 64, 4 / 3) == (0, 8, 36, 48)
+    assert center_crop_box(64, 48, 4 / 3) == (14, 0, 36, 48)
+    T = 3
+    cams = orbit_cameras(torch.linspace(0, 20, T))
+    cams = Cameras(intrinsics_from_fov(64, 36, 55.0).expand(T, 3, 3).clone(), cams.w2c, 64, 36)
+    scene = scene_of(cams, T, H=36, W=64)
+    renderer = GCDRenderer(tiny, scene, GCDRenderOptions(steps=1), torch.device("cpu"))
+    x = renderer.input_frames(torch.tensor([1]))
+    box = torch.from_numpy(scene.frames[1, :, 8:56].astype(np.float32) / 255.0).permute(2, 0, 1)
+    expect = torch.nn.functional.interpolate(box[None], size=(48, 64), mode="bilinear", align_corners=False,
+                                             antialias=True) * 2 - 1
+    assert torch.allclose(x, expect, atol=1e-6)
+    out = renderer.render(cams[:2], torch.tensor([0.0, 1.0]))
+    assert bool((out.alpha[:, :, 8:56] == 1).all()) and float(out.alpha[:, :, :8].sum() + out.alpha[:, :, 56:].sum()) == 0
+    assert float(out.rgb[:, :, :8].abs().sum()) == 0 and float(out.rgb[:, :, 8:56].std()) > 0
+
+
+def test_an_orbit_path_reaches_gcd_as_a_pure_azimuth_change(tiny):
+    """Pitched input cameras (looking down 35 degrees, spread over 20 degrees of azimuth): `monodyn render
+    --orbit 30` turns about the paths' up, and GCD measures the same up: Δelevation 0, Δazimuth 0..30."""
+    from models.gcd.method import GCDRenderer, GCDRenderOptions
+    from monodyn_cli.paths import orbit
+
+    T = 6
+    cams = orbit_cameras(torch.linspace(0, 20, T), elevation=35.0)
+    scene = scene_of(cams, T)
+    renderer = GCDRenderer(tiny, scene, GCDRenderOptions(), torch.device("cpu"))
+    path = orbit(scene.cameras, renderer.center, degrees=30.0, n_frames=T, times=torch.zeros(T))
+    _, d = renderer.deltas(path.cameras, path.times)
+    assert torch.allclose(d[:, 0], torch.linspace(0, 30, T), atol=1e-3)
+    assert torch.allclose(d[:, 1:], torch.zeros(T, 2), atol=1e-3)
 
 
 def test_cli_train_gcd_tiny(tmp_path):

@@ -27,6 +27,7 @@ from models.dyst.data import Batch, TrainingSet, real_batch, synth_batch
 from models.dyst.model import DyST, count_parameters
 from models.errors import InputError
 from models.files import atomic_write
+from models.parallel import Parallel
 
 
 @dataclass
@@ -94,9 +95,12 @@ class DySTTask:
     """One training run (FitTask protocol of models/fitting.py)."""
 
     def __init__(self, data: TrainingSet, model_cfg: DySTConfig, cfg: TrainConfig, device: str | torch.device = "cpu",
-                 info: dict | None = None):
+                 info: dict | None = None, parallel: Parallel | None = None):
         cfg.validate()
         model_cfg.validate()
+        self.parallel = parallel or Parallel(device=torch.device(device))
+        self.parallel.check_batch(cfg.batch)
+        device = self.parallel.device
         if (data.width, data.height) != (model_cfg.width, model_cfg.height):
             raise InputError(f"training set is {data.width}x{data.height} but the model is "
                              f"{model_cfg.width}x{model_cfg.height}; rebuild the set or change --width/--height")
@@ -121,21 +125,38 @@ class DySTTask:
         else:
             b = synth_batch(self.rng, self.data, self.cfg.batch, self.cfg.rays, self.cfg.swap,
                             self.model_cfg.input_views, self.cfg.dynamic_fraction, self.cfg.nearest)
+        return b
+
+    def _shard(self, b: Batch, pos: torch.Tensor) -> Batch:
+        """The items `pos` of a global batch, on this process's device."""
+        fields = {}
         for name in ("inputs", "camera_source", "dynamics_source", "xy", "rgb", "reference", "d_azimuth",
                      "d_elevation"):
             v = getattr(b, name)
-            if v is not None:
-                setattr(b, name, v.to(self.device))
-        return b
+            fields[name] = None if v is None else v[pos].to(self.device)
+        return Batch(**fields, same_sources=b.same_sources)
+
+    def gradients(self, step: int) -> dict[str, float]:
+        """Draw a global batch (the same on every process), compute this process's shards' gradients and average
+        them over the processes. The orbit head's loss is normalised by its shard's latent variance."""
+        par = self.parallel
+        self.model.train()
+        b = self.next_batch(step)
+        self.opt.zero_grad(set_to_none=True)
+        metrics: dict[str, float] = {}
+        for pos in par.shards(self.cfg.batch):
+            with par.autocast():
+                loss, m = batch_loss(self.model, self._shard(b, pos), self.cfg.head_weight)
+            (loss / par.accumulate).backward()
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + v / par.accumulate
+        par.average_gradients(list(self.model.parameters()))
+        return metrics
 
     def train_step(self, step: int, progress: float) -> dict[str, float]:
-        self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = self._lr(step, progress)
-        b = self.next_batch(step)
-        loss, metrics = batch_loss(self.model, b, self.cfg.head_weight)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        metrics = self.gradients(step)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         # the log samples every 20th step, which with real_every=4 is always a real batch: keep running means

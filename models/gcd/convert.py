@@ -224,8 +224,9 @@ def read_lightning_state(path: Path) -> dict[str, Tensor]:
     return sd
 
 
-def load_into(module: torch.nn.Module, state: dict[str, Tensor], what: str, source: Path) -> None:
-    """Strict load with a readable error listing a few missing / unexpected keys."""
+def check_state(module: torch.nn.Module, state: dict[str, Tensor], what: str, source: Path) -> None:
+    """A readable error listing a few missing / unexpected / wrongly shaped keys (`module` may live on the meta
+    device: only names and shapes are compared)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -233,4 +234,3 @@ def load_into(module: torch.nn.Module, state: dict[str, Tensor], what: str, sour
     if missing or unexpected or bad:
         raise InputError(f"{source}: the {what} weights do not match the official GCD architecture "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]})")
-    module.load_state_dict(state, strict=True)

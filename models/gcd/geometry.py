@@ -4,9 +4,10 @@ GCD conditions on (Δazimuth, Δelevation, Δradius) of the output camera relati
 on a sphere about the point they look at (Kubric: (0, 0, 1), z up). A monodyn scene has SfM cameras in an
 arbitrary frame, so here: the look-at point is where the input cameras' optical axes meet when that lies in
 front of them at the content's depth (else the median content depth along the mean view), "up" is the input
-cameras' mean image-up, azimuth is counter-clockwise about up seen from above, elevation is above the
-horizontal plane through the look-at point, and Δr is relative (r_target / r_input - 1) because SfM scale is
-arbitrary. The look-at point is `Scene.look_at_point`, the one `monodyn render`'s paths use.
+cameras' mean image-up (`models.cameras.mean_image_up`, the axis the render paths orbit about), azimuth is
+counter-clockwise about up seen from above, elevation is above the horizontal plane through the look-at
+point, and Δr is relative (r_target / r_input - 1) because SfM scale is arbitrary. The look-at point is
+`Scene.look_at_point`, the one `monodyn render`'s paths use.
 """
 
 from __future__ import annotations
@@ -19,26 +20,6 @@ from models.cameras import Cameras
 from models.errors import InputError
 
 MAX_LOOK_AWAY_DEG = 20.0  # a target camera's optical axis may miss the look-at point by at most this
-
-
-def image_up(cams: Cameras) -> Float[Tensor, "3"]:
-    """The world's up direction as the cameras see it.
-
-    Cameras without roll have horizontal x axes, so up is the direction perpendicular to all of them: when
-    the x axes spread over azimuth (a clear smallest eigenvector of their scatter), that direction, signed
-    like the image-up axes; otherwise (one viewing direction, e.g. a static camera) the mean image-up (-y)
-    axis, which leans back by the camera's pitch."""
-    c2w = torch.linalg.inv(cams.w2c.double())
-    mean_up = -c2w[:, :3, 1].mean(0)
-    if float(mean_up.norm()) < 1e-6:
-        raise InputError("cannot tell which way is up: the input cameras' image-up axes cancel out")
-    right = c2w[:, :3, 0]
-    evals, evecs = torch.linalg.eigh(right.T @ right / len(right))
-    if float(evals[0]) < 0.1 * float(evals[1]) and float(evals[1]) > 1e-6:
-        up = evecs[:, 0] * torch.sign(evecs[:, 0] @ mean_up)
-    else:
-        up = mean_up
-    return (up / up.norm()).float()
 
 
 def spherical(eyes: Float[Tensor, "N 3"], center: Float[Tensor, "3"], up: Float[Tensor, "3"],

@@ -1,9 +1,11 @@
 """`GCDMethod`: the registry's entry for `monodyn render --method gcd` (pretrained: no per-video fit).
 
-Weights, in order: `--gcd-checkpoint PATH` (an official Lightning `*.ckpt`, or a folder written by `monodyn
-train gcd`), `$MONODYN_GCD`, the cache (`~/.cache/monodyn/gcd/`: such a folder or a `*.ckpt` in it), then
-the small model shipped in this repository (`models/gcd/pretrained/gcd-small`). `--gcd-weights official`
-skips the shipped model and says exactly what to download when no official file is found.
+Weights, in order: `--gcd-checkpoint PATH`, `$MONODYN_GCD`, the cache (`~/.cache/monodyn/gcd/`, where
+`monodyn weights convert gcd` puts converted official checkpoints), then the small model shipped in this
+repository (`models/gcd/pretrained/gcd-small`). Each is a model folder (gcd.json + unet/ vae/ image_encoder/)
+or a folder of them: the newest wins and the renderer's `notice` names it and the others. An official
+Lightning `*.ckpt` is refused with the one command that converts it (reading 20 GB per render is what the
+conversion avoids). `--gcd-weights official` skips the shipped model and says what to download.
 
 The renderer holds the clip's `Scene`. Each `render` call gets up to 14 target cameras (one GCD window) with
 normalised times; for each it takes the input frame nearest in time and that frame's camera, converts the
@@ -18,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from models.cameras import Cameras
+from models.cameras import Cameras, mean_image_up
 from models.errors import InputError, WeightsNotFoundError
-from models.gcd.model import FORMAT_VERSION, GCDModel
+from models.gcd.model import CONFIG_FILE, FORMAT_VERSION, GCDModel
 from models.registry import RenderOutput, times_per_camera, weights_key
 from models.scene import Scene
 
@@ -39,14 +42,15 @@ WEIGHTS = ("auto", "small", "official")
 @dataclass
 class GCDRenderOptions:
     gcd_checkpoint: str | None = None
-    """GCD weights: an official Lightning *.ckpt or a folder from `monodyn train gcd` (default: $MONODYN_GCD,
-    then ~/.cache/monodyn/gcd, then the small model shipped with monodyn)."""
+    """GCD weights: a model folder (from `monodyn weights convert gcd` or `monodyn train gcd`) or a folder of them
+    (default: $MONODYN_GCD, then ~/.cache/monodyn/gcd, then the small model shipped with monodyn)."""
     gcd_weights: str = "auto"
     """Which weights when no --gcd-checkpoint is given: auto (env, cache, then the shipped small model),
     small (the shipped model) or official (env or cache only; an error says what to download)."""
-    mode: str = "direct"
+    mode: str | None = None
     """direct: every output frame shows its own target camera. gradual: within each 14-frame window the camera
-    moves from the input view to the target (frame k gets k/13 of its offset; GCD's 'gradual' setting)."""
+    moves from the input view to the target (frame k gets k/13 of its offset; GCD's 'gradual' setting).
+    Default: the model's own (gradual for a converted kubric_gradual_* checkpoint, else direct)."""
     steps: int = 25
     """Euler steps of the EDM sampler."""
     cfg_min: float = 1.0
@@ -60,7 +64,7 @@ class GCDRenderOptions:
     a higher PSNR; 1 = one sharp sample, as GCD renders."""
 
     def validate(self) -> None:
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.gcd_weights not in WEIGHTS:
             raise InputError(f"--gcd-weights must be one of {', '.join(WEIGHTS)}, got {self.gcd_weights!r}")
@@ -79,93 +83,112 @@ def cache_folder() -> Path:
     return Path(os.environ.get("MONODYN_CACHE", Path.home() / ".cache" / "monodyn")).expanduser() / "gcd"
 
 
-def _usable(path: Path) -> Path | None:
-    """A GCD model folder, an official *.ckpt, or the single *.ckpt inside a folder."""
+def _convert_hint(ckpt: Path) -> str:
+    return (f"{ckpt} is an official Lightning checkpoint: convert it once with `monodyn weights convert gcd {ckpt}` "
+            f"(add --config TRAIN.yaml when you have its training YAML), then render loads the converted folder")
+
+
+def candidates(folder: Path) -> list[Path]:
+    """Converted model folders (gcd.json) in `folder` and one level below, newest first; official *.ckpt
+    files after them."""
+    if (folder / CONFIG_FILE).exists():
+        return [folder]
+    if not folder.is_dir():
+        return []
+    models = sorted((p for p in folder.iterdir() if (p / CONFIG_FILE).exists()),
+                    key=lambda p: (-(p / CONFIG_FILE).stat().st_mtime_ns, p.name))
+    return models + sorted(folder.glob("*.ckpt"))
+
+
+@dataclass
+class Weights:
+    path: Path
+    notice: str  # one line saying which weights, and which others were passed over
+
+
+def _pick(path: Path, origin: str) -> Weights:
+    """The weights at `path` (a model folder, or a folder holding several): the newest converted folder."""
     if path.is_file():
-        return path
-    if (path / "gcd.json").exists():
-        return path
-    ckpts = sorted(path.glob("*.ckpt")) if path.is_dir() else []
-    return ckpts[0] if ckpts else None
+        if path.suffix == ".ckpt":
+            raise InputError(_convert_hint(path))
+        raise WeightsNotFoundError(f"{origin} {path}: not a GCD model folder (no {CONFIG_FILE})")
+    found = candidates(path)
+    if not found:
+        raise WeightsNotFoundError(f"{origin} {path}: no GCD model folder (with {CONFIG_FILE}) in it")
+    if found[0].suffix == ".ckpt":
+        raise InputError(_convert_hint(found[0]))
+    others = [p.name for p in found[1:]]
+    notice = f"GCD weights: {found[0]} ({origin})"
+    if others:
+        notice += (f"; also found {', '.join(others)} (the newest converted folder wins: pass --gcd-checkpoint "
+                   f"to choose)")
+    return Weights(found[0], notice)
 
 
-def resolve_weights(options: GCDRenderOptions) -> Path:
+def resolve_weights(options: GCDRenderOptions) -> Weights:
     """Where the weights come from (see the module docstring); a precise error when nowhere."""
     if options.gcd_checkpoint:
-        path = Path(options.gcd_checkpoint).expanduser()
-        found = _usable(path) if path.exists() else None
-        if found is None:
-            raise WeightsNotFoundError(f"--gcd-checkpoint {path}: not a GCD *.ckpt nor a folder with gcd.json")
-        return found
+        return _pick(Path(options.gcd_checkpoint).expanduser(), "--gcd-checkpoint")
     if options.gcd_weights != "small":
         env = os.environ.get(ENV)
         if env:
             path = Path(env).expanduser()
-            found = _usable(path) if path.exists() else None
-            if found is None:
-                raise WeightsNotFoundError(f"{ENV}={env}: not a GCD *.ckpt nor a folder with gcd.json")
-            return found
+            if not path.exists():
+                raise WeightsNotFoundError(f"{ENV}={env}: no such file or folder")
+            return _pick(path, ENV)
         cache = cache_folder()
-        if cache.exists() and (found := _usable(cache)) is not None:
-            return found
+        if candidates(cache):
+            return _pick(cache, "cache")
         if options.gcd_weights == "official":
             raise WeightsNotFoundError(
-                f"GCD official weights not found: download {OFFICIAL_SOURCE} (about 20 GB), then pass "
-                f"--gcd-checkpoint PATH, set {ENV}=PATH, or put the file in {cache}/")
-    if (BUNDLED / "gcd.json").exists():
-        return BUNDLED
+                f"GCD official weights not found: download {OFFICIAL_SOURCE} (about 20 GB), convert it once with "
+                f"`monodyn weights convert gcd FILE` (it lands in {cache}/), or pass --gcd-checkpoint FOLDER or set "
+                f"{ENV}=FOLDER")
+    if (BUNDLED / CONFIG_FILE).exists():
+        return Weights(BUNDLED, f"GCD weights: the small model shipped with monodyn ({BUNDLED.name})")
     raise WeightsNotFoundError(
         f"no GCD weights: the small model is not in this installation ({BUNDLED}); make it with `monodyn train "
-        f"gcd --out {BUNDLED}`, or download {OFFICIAL_SOURCE} and pass --gcd-checkpoint PATH, set {ENV}=PATH or "
-        f"put it in {cache_folder()}/")
+        f"gcd --out {BUNDLED}`, or download {OFFICIAL_SOURCE} and convert it with `monodyn weights convert gcd FILE`")
 
 
-def load_model(path: Path) -> GCDModel:
-    """A GCD model from our folder format or from an official Lightning checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        return GCDModel.load(path)
-    from models.gcd.convert import convert_state_dict, load_into, read_lightning_state
-    from models.gcd.model import official_configs
-
-    sd = read_lightning_state(path)
-    configs = official_configs()
-    if "max180" in path.name:
-        configs["gcd"].motion_norm = (180.0, 60.0)
-    model = GCDModel.from_configs(configs)
-    parts = convert_state_dict(sd, configs["unet"], len(configs["vae"]["block_out_channels"]))
-    vae_state = parts["vae"]
-    if "quant_conv.weight" not in vae_state:  # sgm's VAE has none: the identity
-        c = model.vae.quant_conv.weight.shape[0]
-        vae_state["quant_conv.weight"] = torch.eye(c).view(c, c, 1, 1)
-        vae_state["quant_conv.bias"] = torch.zeros(c)
-    load_into(model.unet, parts["unet"], "UNet", path)
-    load_into(model.vae, vae_state, "VAE", path)
-    load_into(model.image_encoder, parts["image_encoder"], "CLIP image encoder", path)
-    return model.eval()
+def center_crop_box(height: int, width: int, aspect: float) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of the largest centred box of `aspect` = width / height."""
+    if width > aspect * height:
+        w = max(1, round(aspect * height))
+        return 0, (width - w) // 2, height, w
+    h = max(1, round(width / aspect))
+    return (height - h) // 2, 0, h, width
 
 
 class GCDRenderer:
-    """Holds a GCD model and the clip; renders one window of up to 14 target cameras per call."""
+    """Holds a GCD model and the clip; renders one window of up to 14 target cameras per call.
+
+    Frames are centre-cropped to the model's aspect (as the official data is) before resizing; the output fills
+    the same centred box of the target image, with alpha 0 outside it. The look-at point and "up" are those the
+    render paths use (`Scene.look_at_point`, `mean_image_up`), so an orbit reaches GCD as a pure Δazimuth."""
 
     def __init__(self, model: GCDModel, scene: Scene, options: GCDRenderOptions, device: torch.device,
-                 cache_key: str | None = None):
-        from models.gcd.geometry import image_up
-
+                 cache_key: str | None = None, notice: str | None = None):
         self.model, self.scene, self.options, self.device = model.to(device), scene, options, device
         self.chunk = model.cfg.num_frames
         self.cache_key = cache_key  # sampling is deterministic for a seed: the CLI caches the frames
+        self.notice = notice
+        self.mode = options.mode or model.cfg.mode
         self.center = scene.look_at_point()
-        self.up = image_up(scene.cameras)
+        self.up = mean_image_up(scene.cameras)
+
+    @property
+    def aspect(self) -> float:
+        return self.model.cfg.width / self.model.cfg.height
 
     def input_frames(self, idx: Tensor) -> Float[Tensor, "N 3 h w"]:
-        """The input frames at `idx`, resized to the model's size, in [-1, 1]."""
+        """The input frames at `idx`, centre-cropped to the model's aspect and resized to its size, in [-1, 1]."""
         cfg = self.model.cfg
-        x = torch.from_numpy(np.asarray(self.scene.frames[idx.numpy()], dtype=np.float32) / 255.0)
-        x = x.permute(0, 3, 1, 2)
+        top, left, h, w = center_crop_box(self.scene.height, self.scene.width, self.aspect)
+        x = np.asarray(self.scene.frames[idx.numpy()])[:, top:top + h, left:left + w]
+        x = torch.from_numpy(x.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
         if x.shape[-2:] != (cfg.height, cfg.width):
-            x = torch.nn.functional.interpolate(x, size=(cfg.height, cfg.width), mode="bilinear",
-                                                align_corners=False, antialias=True)
+            x = F.interpolate(x, size=(cfg.height, cfg.width), mode="bilinear", align_corners=False, antialias=True)
         return x * 2 - 1
 
     def deltas(self, cameras: Cameras, times: Float[Tensor, " N"]) -> tuple[Tensor, Float[Tensor, "N 3"]]:
@@ -182,17 +205,20 @@ class GCDRenderer:
 
     @torch.no_grad()
     def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
-        """rgb (N,H,W,3) in [0,1] at the cameras' size; depth is zeros (GCD predicts no geometry); alpha ones."""
+        """rgb (N,H,W,3) in [0,1] at the cameras' size; depth is zeros (GCD predicts no geometry); alpha is 1 in
+        the centred box of the model's aspect and 0 outside."""
         from models.gcd.sampling import sample
 
         times = times_per_camera(times, len(cameras)).cpu()
         T = self.model.cfg.num_frames
+        H, W = cameras.height, cameras.width
+        top, left, h, w = center_crop_box(H, W, self.aspect)
         rgb = []
         for s in range(0, len(cameras), T):  # windows of T (the CLI already hands over one window per call)
             cams, t = cameras[s:s + T], times[s:s + T]
             n = len(cams)
             idx, d = self.deltas(cams, t)
-            if self.options.mode == "gradual":
+            if self.mode == "gradual":
                 d = d * torch.linspace(0.0, 1.0, T)[:n, None]
             pad = T - n  # a short last window: repeat its last frame
             idx = torch.cat([idx, idx[-1:].expand(pad)])
@@ -203,13 +229,15 @@ class GCDRenderer:
                 out = sample(self.model, frames, d[None].to(self.device), steps=self.options.steps,
                              cfg_min=self.options.cfg_min, cfg_max=self.options.cfg_max, seed=self.options.seed + k)
                 x = x + (out[0, :n].float().cpu() + 1) / 2 / self.options.samples
-            if x.shape[-2:] != (cameras.height, cameras.width):
-                x = torch.nn.functional.interpolate(x, size=(cameras.height, cameras.width), mode="bilinear",
-                                                    align_corners=False)
+            if x.shape[-2:] != (h, w):
+                x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
             rgb.append(x.clamp(0, 1).permute(0, 2, 3, 1))
-        rgb = torch.cat(rgb)
-        N, H, W = rgb.shape[:3]
-        return RenderOutput(rgb=rgb, depth=torch.zeros(N, H, W), alpha=torch.ones(N, H, W))
+        box = torch.cat(rgb)
+        N = len(box)
+        rgb, alpha = torch.zeros(N, H, W, 3), torch.zeros(N, H, W)
+        rgb[:, top:top + h, left:left + w] = box
+        alpha[:, top:top + h, left:left + w] = 1.0
+        return RenderOutput(rgb=rgb, depth=torch.zeros(N, H, W), alpha=alpha)
 
 
 class GCDMethod:
@@ -227,9 +255,7 @@ class GCDMethod:
 
         options = options or GCDRenderOptions()
         options.validate()
-        path = Path(ckpt) if ckpt is not None else resolve_weights(options)
-        model = load_model(path)
-        if model.cfg.version != self.version:
-            raise InputError(f"{path}: GCD model format {model.cfg.version}, expected {self.version}: retrain with "
-                             f"`monodyn train gcd` or re-download the weights")
-        return GCDRenderer(model, scene, options, resolve_device(device), weights_key(self.name, path, options))
+        weights = _pick(Path(ckpt), "checkpoint") if ckpt is not None else resolve_weights(options)
+        model = GCDModel.load(weights.path)
+        return GCDRenderer(model, scene, options, resolve_device(device), weights_key(self.name, weights.path, options),
+                           weights.notice)

@@ -67,6 +67,9 @@ class GCDConfig:
     p_std: float = 1.6
     max_delta: tuple[float, float, float] = (180.0, 45.0, 0.3)
     """The largest |Δazimuth| (deg), |Δelevation| (deg) and |Δr / r| the model was trained for; beyond is an error."""
+    mode: str = "direct"
+    """The camera trajectory the model renders by default: "direct" or "gradual" (the official checkpoints are
+    trained for one of them; the small model for both)."""
     vae_space: str = "rgb"
     """What the VAE codes: "rgb" (SVD, the official weights) or "opponent" (luma + `chroma_gain` x two chroma
     channels: a small 4x VAE trained for minutes drops chroma in RGB but keeps it here, docs/gcd.md)."""

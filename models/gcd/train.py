@@ -29,6 +29,7 @@ from torch import Tensor
 
 from models.files import atomic_write
 from models.gcd.model import GCDModel
+from models.parallel import Parallel
 
 
 def to_pixels(frames: UInt8[np.ndarray, "*B H W 3"]) -> Float[Tensor, "*B 3 H W"]:
@@ -49,33 +50,47 @@ class VAETask:
     """Reconstruction training of the temporal-decoder VAE on `snippet`-frame pieces of the clips."""
 
     def __init__(self, model: GCDModel, frames: UInt8[np.ndarray, "N T H W 3"], *, lr: float = 1e-3,
-                 batch: int = 2, snippet: int = 4, kl: float = 1e-6, seed: int = 0, total_steps: int = 1000):
-        self.model, self.frames = model, frames
+                 batch: int = 2, snippet: int = 4, kl: float = 1e-6, seed: int = 0, total_steps: int = 1000,
+                 parallel: Parallel | None = None):
+        self.parallel = parallel or Parallel()
+        self.parallel.check_batch(batch)
+        self.model, self.frames = model.to(self.parallel.device), frames
         self.batch, self.snippet, self.kl, self.total = batch, snippet, kl, total_steps
         self.opt = torch.optim.Adam(model.vae.parameters(), lr=lr)
         self.lr = lr
         self.gen = torch.Generator().manual_seed(seed)
 
     def train_step(self, step: int, progress: float) -> dict[str, float]:
-        vae = self.model.vae.train()
+        vae, par = self.model.vae.train(), self.parallel
         N, T = self.frames.shape[:2]
         clips = torch.randint(0, N, (self.batch,), generator=self.gen)
         starts = torch.randint(0, T - self.snippet + 1, (self.batch,), generator=self.gen)
-        x = torch.stack([to_pixels(self.frames[int(c), int(s):int(s) + self.snippet]) for c, s in zip(clips, starts, strict=True)])
+        x_all = torch.stack([to_pixels(self.frames[int(c), int(s):int(s) + self.snippet])
+                             for c, s in zip(clips, starts, strict=True)])
+        coded_all = self.model.to_vae_space(x_all)  # the loss is taken there: in the opponent space chroma weighs more
+        sample = coded_all.new_empty(0)
         for g in self.opt.param_groups:
             g["lr"] = self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        coded = self.model.to_vae_space(x)  # the loss is taken there: in the opponent space chroma weighs more
-        dist = vae.encode(coded.flatten(0, 1)).latent_dist
-        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=self.gen)
-        rec = vae.decode(z, num_frames=self.snippet).sample.reshape(x.shape)
-        loss = F.mse_loss(rec, coded) + 0.1 * (rec - coded).abs().mean() + self.kl * dist.kl().mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total, mse = 0.0, 0.0
+        for pos in par.shards(self.batch):
+            x, coded = x_all[pos].to(par.device), coded_all[pos].to(par.device)
+            with par.autocast():
+                dist = vae.encode(coded.flatten(0, 1)).latent_dist
+                if not sample.numel():  # the posterior noise of the whole global batch, drawn once
+                    sample = torch.randn((self.batch * self.snippet, *dist.mean.shape[1:]), generator=self.gen)
+                eps = sample.view(self.batch, self.snippet, *dist.mean.shape[1:])[pos].flatten(0, 1).to(par.device)
+                z = dist.mean + dist.std * eps
+                rec = vae.decode(z, num_frames=self.snippet).sample.reshape(x.shape).float()
+                loss = F.mse_loss(rec, coded) + 0.1 * (rec - coded).abs().mean() + self.kl * dist.kl().mean()
+            (loss / par.accumulate).backward()
+            total += float(loss.detach()) / par.accumulate
+            with torch.no_grad():
+                mse += float(F.mse_loss(self.model.from_vae_space(rec), x)) / par.accumulate
+        par.average_gradients(list(vae.parameters()))
         self.opt.step()
-        with torch.no_grad():
-            mse = F.mse_loss(self.model.from_vae_space(rec), x)
-        psnr = 10 * math.log10(4.0 / max(float(mse), 1e-10))  # RGB pixels span 2
-        return {"loss": float(loss.detach()), "psnr": psnr}
+        psnr = 10 * math.log10(4.0 / max(mse, 1e-10))  # RGB pixels span 2
+        return {"loss": total, "psnr": psnr}
 
     def state_dict(self) -> dict:
         return {"vae": self.model.vae.state_dict(), "opt": self.opt.state_dict(), "gen": self.gen.get_state()}
@@ -97,7 +112,8 @@ class VAETask:
 def latent_scale(model: GCDModel, frames: np.ndarray, clips: int = 16) -> float:
     """1 / std of the VAE latents (posterior mode) over a few clips: SVD's 0.18215 for our VAE."""
     model.vae.eval()
-    z = torch.cat([model.encode_latents(to_pixels(frames[i:i + 1])) for i in range(min(clips, len(frames)))])
+    dev = next(model.vae.parameters()).device
+    z = torch.cat([model.encode_latents(to_pixels(frames[i:i + 1]).to(dev)).cpu() for i in range(min(clips, len(frames)))])
     return float(1.0 / z.std().clamp(min=1e-6))
 
 
@@ -106,24 +122,32 @@ def encode_pairs(model: GCDModel, inputs: np.ndarray, targets: np.ndarray, seed:
                  progress=None) -> tuple[Tensor, Tensor]:
     """(scaled target latents (P,T,4,h,w), unscaled conditioning latents of the noise-augmented inputs)."""
     model.vae.eval()
+    dev = next(model.vae.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     zs, cs = [], []
     for i in range(len(inputs)):
         x = to_pixels(inputs[i:i + 1])
-        zs.append(model.encode_latents(to_pixels(targets[i:i + 1])) * model.latent_scale)
-        cs.append(model.encode_latents(x + model.cfg.cond_aug * torch.randn(x.shape, generator=gen)))
+        x = (x + model.cfg.cond_aug * torch.randn(x.shape, generator=gen)).to(dev)
+        zs.append(model.encode_latents(to_pixels(targets[i:i + 1]).to(dev)).cpu() * model.latent_scale)
+        cs.append(model.encode_latents(x).cpu())
         if progress is not None:
             progress(i + 1)
     return torch.cat(zs), torch.cat(cs)
 
 
 class DiffusionTask:
-    """GCD's diffusion training of the UNet and the image encoder (the VAE is frozen)."""
+    """GCD's diffusion training of the UNet and the image encoder (the VAE is frozen).
+
+    Every random draw (clips, dropout, σ, noise) is made for the global batch; each process computes its shards
+    of it (`Parallel`), so N processes give the gradient one process would on the whole batch."""
 
     def __init__(self, model: GCDModel, inputs: np.ndarray, deltas: np.ndarray, target_latents: Tensor,
                  cond_latents: Tensor, *, lr: float = 4e-4, batch: int = 1, dropout: float = 0.1,
-                 focus_top: float = 0.1, focus_share: float = 0.5, seed: int = 0, warmup: int = 100):
-        self.model, self.inputs = model, inputs
+                 focus_top: float = 0.1, focus_share: float = 0.5, seed: int = 0, warmup: int = 100,
+                 parallel: Parallel | None = None):
+        self.parallel = parallel or Parallel()
+        self.parallel.check_batch(batch)
+        self.model, self.inputs = model.to(self.parallel.device), inputs
         self.deltas = torch.as_tensor(np.array(deltas), dtype=torch.float32)  # a copy: the set is memory-mapped
         self.z, self.c = target_latents, cond_latents
         self.batch, self.dropout, self.focus_top, self.focus_share = batch, dropout, focus_top, focus_share
@@ -132,18 +156,29 @@ class DiffusionTask:
         self.lr, self.warmup = lr, warmup
         self.gen = torch.Generator().manual_seed(seed)
 
-    def loss(self, idx: Tensor, progress: float) -> tuple[Tensor, dict]:
-        m, cfg, g = self.model, self.model.cfg, self.gen
-        z0, concat, d = self.z[idx], self.c[idx], self.deltas[idx]
+    def draw(self) -> dict[str, Tensor]:
+        """The random choices of one global batch: clips, dropout masks, σ per clip, noise."""
+        g, B = self.gen, self.batch
+        idx = torch.randint(0, len(self.z), (B,), generator=g)
+        T = self.z.shape[1]
+        keep_tokens = (torch.rand(B, T, generator=g) >= self.dropout).float()
+        keep_concat = (torch.rand(B, T, generator=g) >= self.dropout).float()
+        sigma = (self.model.cfg.p_mean + self.model.cfg.p_std * torch.randn(B, generator=g)).exp()
+        noise = torch.randn((B, *self.z.shape[1:]), generator=g)
+        return {"idx": idx, "keep_tokens": keep_tokens, "keep_concat": keep_concat, "sigma": sigma, "noise": noise}
+
+    def loss(self, draw: dict[str, Tensor], progress: float) -> tuple[Tensor, dict]:
+        """GCD's loss on the clips of `draw` (a global batch or a shard of it; the mean over its clips)."""
+        m, dev = self.model, self.parallel.device
+        idx = draw["idx"]
+        z0, concat, d = self.z[idx].to(dev), self.c[idx].to(dev), self.deltas[idx].to(dev)
         B, T = z0.shape[:2]
-        tokens = m.image_tokens(to_pixels(self.inputs[idx.numpy()]))
-        keep = (torch.rand(B, T, generator=g) >= self.dropout).float()
-        tokens = tokens * keep[..., None, None]
-        keep = (torch.rand(B, T, generator=g) >= self.dropout).float()
-        concat = concat * keep[..., None, None, None]
-        sigma = (cfg.p_mean + cfg.p_std * torch.randn(B, generator=g)).exp()
-        noised = z0 + sigma.view(B, 1, 1, 1, 1) * torch.randn(z0.shape, generator=g)
-        pred = m.denoise(noised, sigma, tokens, concat, m.micro_conditioning(d), d)
+        tokens = m.image_tokens(to_pixels(self.inputs[idx.numpy()]).to(dev))
+        tokens = tokens * draw["keep_tokens"].to(dev)[..., None, None]
+        concat = concat * draw["keep_concat"].to(dev)[..., None, None, None]
+        sigma = draw["sigma"].to(dev)
+        noised = z0 + sigma.view(B, 1, 1, 1, 1) * draw["noise"].to(dev)
+        pred = m.denoise(noised, sigma, tokens, concat, m.micro_conditioning(d), d).float()
         w = ((sigma ** 2 + 1) / sigma ** 2).view(B, 1)
         err = ((pred - z0) ** 2).reshape(B * T, -1)
         frac = min(1.0, progress / self.focus_share) if self.focus_share > 0 else 1.0
@@ -152,19 +187,31 @@ class DiffusionTask:
         loss = (w * per_frame).mean()
         return loss, {"mse": float(err.detach().mean()), "sigma": float(sigma.mean())}
 
-    def train_step(self, step: int, progress: float) -> dict[str, float]:
+    def gradients(self, step: int, progress: float) -> dict[str, float]:
+        """Draw a global batch, compute this process's shards' gradients and average them over the processes."""
+        par = self.parallel
         self.model.unet.train()
         self.model.image_encoder.train()
-        idx = torch.randint(0, len(self.z), (self.batch,), generator=self.gen)
+        draw = self.draw()
+        self.opt.zero_grad(set_to_none=True)
+        info = {"loss": 0.0, "mse": 0.0, "sigma": 0.0}
+        for pos in par.shards(self.batch):
+            with par.autocast():
+                loss, more = self.loss({k: v[pos] for k, v in draw.items()}, progress)
+            (loss / par.accumulate).backward()
+            for k, v in (("loss", float(loss.detach())), *more.items()):
+                info[k] += v / par.accumulate
+        par.average_gradients(self.params)
+        return info
+
+    def train_step(self, step: int, progress: float) -> dict[str, float]:
         lr = self.lr * min(1.0, (step + 1) / self.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for grp in self.opt.param_groups:
             grp["lr"] = lr
-        loss, info = self.loss(idx, progress)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        info = self.gradients(step, progress)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
-        return {"loss": float(loss.detach()), **info}
+        return info
 
     def state_dict(self) -> dict:
         return {"unet": self.model.unet.state_dict(), "enc": self.model.image_encoder.state_dict(),

@@ -159,6 +159,8 @@ def _render(*, workspace, method, impl, options, kind, orbit, bullet_time, dolly
                  "png": outputs.folder(out.with_suffix(""), replaceable=_png_folder) if png else None}
         camera_file = outputs.file(out.with_name(out.stem + "-camera_path.json"))
         renderer = impl.load(ckpt, scene, options, dev)
+        if getattr(renderer, "notice", None):  # which pretrained weights, when several could be meant
+            stdout.print(renderer.notice, markup=False)
         start = time.perf_counter()
         result = render_cache.render_frames(renderer, method, scene, cams, times, dev, RichProgress(quiet),
                                             f"render {method} {label}", ws.root, keep_depth=depth)

@@ -53,7 +53,10 @@ def train_dyst(
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of every batch draw."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from --out's resume state."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between resume states."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun: each process "
+                                                        "takes the GPU of its LOCAL_RANK)."),
+    accumulate: int = typer.Option(1, "--accumulate", help="Micro-batches per optimizer step on each process "
+                                                           "(gradient accumulation; --batch counts all processes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
 ) -> None:
@@ -82,31 +85,42 @@ def train_dyst(
     clips = [] if no_real else find_clips(real if real else default_real_dirs())
     data_root = data_dir or cache_dir() / "dyst"
     check_output(data_root, folder=True, option="--data-dir", replaceable=lambda p: True)  # a cache: its own files only
+    from models.parallel import Parallel
+
+    parallel = Parallel.from_env(device, accumulate)
+    parallel.check_batch(batch)
+    if not parallel.is_main:  # rank 0 owns the output folder; the others follow its barriers
+        _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, parallel, checkpoint_every,
+               resume, True)
+        return
     with Outputs() as outputs:
         outputs.work_folder(out, keep=lambda p: (p / STATE_FILE).exists())
-        folder = _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, device, checkpoint_every,
-                        resume, quiet)
+        folder = _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, parallel,
+                        checkpoint_every, resume, quiet)
         outputs.commit()
     stdout.print(f"wrote {out} (training set {folder})", markup=False)
 
 
-def _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, device, checkpoint_every, resume,
+def _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget, parallel, checkpoint_every, resume,
            quiet) -> Path:
     import time
 
-    from models.devices import resolve_device
     from models.dyst.data import load_training_set
     from models.dyst.train import DySTTask
     from models.fitting import run_fit
     from monodyn_cli.dyst_data import TRAIN_SEED0, build_set
 
     progress = RichProgress(quiet)
-    with progress.task("dyst training set", scenes + len(clips)) as advance:
-        folder = build_set(data_root, "train", scenes, TRAIN_SEED0, height, width, clips, advance)
+    if parallel.is_main:  # one process builds the cached set, the others then read it
+        with progress.task("dyst training set", scenes + len(clips)) as advance:
+            build_set(data_root, "train", scenes, TRAIN_SEED0, height, width, clips, advance)
+    parallel.barrier()
+    folder = build_set(data_root, "train", scenes, TRAIN_SEED0, height, width, clips, lambda n=1, **k: None)
     data = load_training_set(folder)
-    dev = resolve_device(device)
-    task = DySTTask(data, model_cfg, cfg, dev, info={"data": str(folder), "scenes": scenes,
-                                                     "real": data.real_names, "device": str(dev)})
+    dev = parallel.device
+    task = DySTTask(data, model_cfg, cfg, dev, info={"data": str(folder), "scenes": scenes, "real": data.real_names,
+                                                     "device": str(dev), "processes": parallel.world},
+                    parallel=parallel)
     start = time.perf_counter()
     with progress.task("train dyst", budget.steps) as advance:
         last = [0]
@@ -115,6 +129,8 @@ def _train(out, data_root, scenes, height, width, clips, model_cfg, cfg, budget,
             advance(step - last[0], **{k: v for k, v in metrics.items() if k in ("loss", "psnr_synth", "psnr_real")})
             last[0] = step
 
-        run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=20)
-    stdout.print(f"trained DyST for {time.perf_counter() - start:.0f}s this run")
+        run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=20,
+                parallel=parallel)
+    if parallel.is_main:
+        stdout.print(f"trained DyST for {time.perf_counter() - start:.0f}s this run")
     return folder

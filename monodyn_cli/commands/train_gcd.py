@@ -11,6 +11,8 @@ everything that determines them) and reused.
 
 Stages (each resumable, `--resume`): the VAE (`stage-vae/`), then the diffusion model (UNet + image
 encoder) into OUT (a diffusers-style folder `monodyn render --method gcd --gcd-checkpoint OUT` loads).
+Under torchrun both stages train data-parallel (`models/parallel.py`; bf16 autocast on CUDA); docs/training.md
+has the commands for 1 GPU, 8 GPUs and several nodes.
 """
 
 from __future__ import annotations
@@ -124,7 +126,12 @@ def train_gcd(
     steps: int = typer.Option(100000, help="Diffusion training steps (the time budget usually ends first)."),
     minutes: float = typer.Option(38.0, help="Diffusion time budget in minutes (0 = none)."),
     lr: float = typer.Option(4e-4, help="Adam learning rate of the diffusion model (cosine decay, 100 warm-up steps)."),
-    batch: int = typer.Option(1, help="Clips per diffusion step."),
+    batch: int = typer.Option(1, help="Clips per diffusion step, over all processes (a multiple of processes x "
+                                      "--accumulate)."),
+    accumulate: int = typer.Option(1, help="Micro-batches per optimizer step on each process (gradient accumulation)."),
+    vae_batch: int = typer.Option(2, help="Snippets per VAE step, over all processes."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process takes the GPU of "
+                                            "its LOCAL_RANK)."),
     seed: int = typer.Option(0, help="Seed of the weights and of the training order (and of the data set)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     checkpoint_every: int = typer.Option(200, help="Steps between resume states."),
@@ -151,7 +158,8 @@ def train_gcd(
     check_range("--minutes", minutes, 0, 10**6)
     check_range("--vae-minutes", vae_minutes, 0, 10**6)
     check_range("--lr", lr, 0, 1, low_open=True)
-    check_range("--batch", batch, 1, 4096)
+    check_range("--batch", batch, 1, 1 << 20)
+    check_range("--vae-batch", vae_batch, 1, 1 << 20)
     check_range("--checkpoint-every", checkpoint_every, 0, 10**9)
     check_range("--width", width, 16, 4096)
     check_range("--height", height, 16, 4096)
@@ -161,16 +169,25 @@ def train_gcd(
     down = 2 ** (len(vch) - 1) * 2 ** (len(ch) - 1)
     if width % down or height % down:
         raise InputError(f"--width/--height must be multiples of {down} for these channel settings, got {width}x{height}")
+    from models.parallel import Parallel
+
+    parallel = Parallel.from_env(device, accumulate)
+    parallel.check_batch(batch)
+    parallel.check_batch(vae_batch)
+    check_output(data, folder=True, option="--data", replaceable=lambda p: True)  # a cache: its own files only
+    if not parallel.is_main:  # rank 0 owns the output folder; the others follow its barriers
+        _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
+               vae_batch, seed, resume, checkpoint_every, True, parallel)
+        return
     with Outputs() as outputs:
         outputs.work_folder(out, keep=lambda p: any(p.rglob(STATE_FILE)) or (p / "stage-vae" / "stage.json").exists())
-        check_output(data, folder=True, option="--data", replaceable=lambda p: True)  # a cache: its own files only
         _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
-               seed, resume, checkpoint_every, quiet)
+               vae_batch, seed, resume, checkpoint_every, quiet, parallel)
         outputs.commit()
 
 
-def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch, seed,
-           resume, checkpoint_every, quiet) -> None:
+def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
+           vae_batch, seed, resume, checkpoint_every, quiet, parallel) -> None:
     import shutil
 
     import torch
@@ -183,6 +200,9 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
     torch.manual_seed(seed)
     start = time.perf_counter()
     dcfg = pair_config(pairs, seed, width, height, frames)
+    if parallel.is_main:  # one process makes the cached set, the others then read it
+        load_or_make_pairs(data, dcfg, progress)
+    parallel.barrier()
     ds = load_or_make_pairs(data, dcfg, progress)
     t_data = time.perf_counter() - start
 
@@ -191,11 +211,13 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
     configs["unet"]["num_frames"] = frames
     configs["gcd"].notes = {"data": dcfg, "channels": list(ch), "vae_channels": list(vch)}
     model = GCDModel.from_configs(configs, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for p in (out / "stage-vae", out / "unet", out / "vae", out / "image_encoder"):
-            shutil.rmtree(p, ignore_errors=True)
-        (out / "gcd.json").unlink(missing_ok=True)
+    if parallel.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for p in (out / "stage-vae", out / "unet", out / "vae", out / "image_encoder"):
+                shutil.rmtree(p, ignore_errors=True)
+            (out / "gcd.json").unlink(missing_ok=True)
+    parallel.barrier()
 
     # 1. the VAE
     vae_dir = out / "stage-vae"
@@ -209,11 +231,11 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
                 advance(step - last[0], **{k: metrics[k] for k in ("loss", "psnr") if k in metrics})
                 last[0] = step
 
-            run_fit(VAETask(model, frames_all, seed=seed, total_steps=vae_steps), vae_dir, budget, report,
-                    checkpoint_every=checkpoint_every, resume=resume)
+            run_fit(VAETask(model, frames_all, seed=seed, total_steps=vae_steps, batch=vae_batch, parallel=parallel),
+                    vae_dir, budget, report, checkpoint_every=checkpoint_every, resume=resume, parallel=parallel)
     from diffusers import AutoencoderKLTemporalDecoder
 
-    model.vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir / "vae", low_cpu_mem_usage=False)
+    model.vae = AutoencoderKLTemporalDecoder.from_pretrained(vae_dir / "vae", low_cpu_mem_usage=False).to(parallel.device)
     vae_info = json.loads((vae_dir / "stage.json").read_text())
     for p in model.vae.parameters():
         p.requires_grad_(False)
@@ -221,7 +243,7 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
     # 2. the diffusion model
     with progress.task("encode pairs", pairs) as advance:
         z, c = encode_pairs(model, ds["inputs"], ds["targets"], seed=seed, progress=lambda n: advance(1))
-    task = DiffusionTask(model, ds["inputs"], ds["deltas"], z, c, lr=lr, batch=batch, seed=seed)
+    task = DiffusionTask(model, ds["inputs"], ds["deltas"], z, c, lr=lr, batch=batch, seed=seed, parallel=parallel)
     budget = Budget(steps, minutes or None)
     t0 = time.perf_counter()
     with progress.task("diffusion", steps) as advance:
@@ -233,7 +255,10 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
 
         model.cfg.notes.update({"vae_steps": vae_info["steps"], "vae_seconds": round(vae_info["seconds"], 1),
                                 "data_seconds": round(t_data, 1)})
-        run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=10)
+        run_fit(task, out, budget, report, checkpoint_every=checkpoint_every, resume=resume, log_every=10,
+                parallel=parallel)
+    if not parallel.is_main:
+        return
     stdout.print(f"trained GCD in {(time.perf_counter() - start) / 60:.1f} min (data {t_data:.0f} s, VAE "
                  f"{vae_info['seconds']:.0f} s, {vae_info['steps']} steps; diffusion {time.perf_counter() - t0:.0f} s)")
     stdout.print(f"wrote {out}  (use: monodyn render --method gcd --gcd-checkpoint {out})", markup=False)
