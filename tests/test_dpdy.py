@@ -121,18 +121,22 @@ def test_fit_lowers_the_loss_and_renders_the_training_views(fitted):
     assert float(share[moving].mean()) > 0.7 and float(share[~moving].mean()) < 0.1
 
 
-def test_guidance_hook_sees_novel_view_renders_and_steers_the_fit(tmp_path):
+def test_guidance_hook_sees_the_task_each_step_and_steers_the_fit(tmp_path):
+    from models.dpdy.guidance import novel_cameras
+
     scene = scene_from(synth())
     seen = []
 
-    def towards_white(render, cameras, times):
-        seen.append((render.rgb.shape, len(cameras), times.shape))
-        return (1 - render.rgb).abs().mean()
+    def towards_white(task, step, progress):  # renders its own novel view, as models/priors/hook.py does
+        seen.append(step)
+        d = task.data
+        cams = novel_cameras(scene.cameras[:1], torch.as_tensor(task.arch["center"]), torch.tensor([15.0]), 32, 0.1)
+        return {"white": 5.0 * (1 - task.model.render_cameras(cams, d.times[:1]).rgb).abs().mean()} if step % 2 else {}
 
-    cfg = tiny_config(steps=30, guidance_every=2, guidance_size=32, guidance_weight=5.0)
+    cfg = tiny_config(steps=30, prior="none")
     DpDyMethod().fit(scene, cfg, tmp_path / "g", Recorder(), guidance=towards_white)
     DpDyMethod().fit(scene, cfg, tmp_path / "plain", Recorder())
-    assert len(seen) == 15 and seen[0][0] == (1, 24, 32, 3)
+    assert seen == list(range(30))
     cams = orbit_cameras(scene.cameras[:1], torch.tensor([2.0]), torch.tensor([15.0]))
     bright = [float(get_method("dpdy").load(tmp_path / k, scene, None, "cpu").render(cams, scene.times[:1]).rgb.mean())
               for k in ("g", "plain")]

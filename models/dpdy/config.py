@@ -107,17 +107,46 @@ class DpDyConfig:
     temporal_opacity: bool = True
     """Let dynamic Gaussians fade in and out over time (Spacetime Gaussians); off: they exist at every time."""
 
-    # ---- novel-view guidance (used only when a guidance hook is given to fit) ---------------------------
-    guidance_weight: float = 1.0
-    """Weight of the guidance term on novel-view renders (only when a guidance hook is set)."""
-    guidance_every: int = 4
-    """Render novel views for the guidance hook every this many steps."""
-    guidance_views: int = 1
-    """Novel views per guidance step."""
-    guidance_size: int = 64
-    """Long side in pixels of the guidance renders."""
-    guidance_max_degrees: float = 20.0
-    """Novel views orbit the input camera about its look-at point by up to this many degrees."""
+    # ---- diffusion priors on novel views (models/priors) ------------------------------------------------
+    prior: str = "auto"
+    """RGB-D prior on novel views: auto = LDM3D when its weights are found (--prior-checkpoint, $MONODYN_LDM3D,
+    ~/.cache/monodyn/ldm3d-4c, the Hugging Face cache of Intel/ldm3d-4c), else the small prior shipped with
+    monodyn; ldm3d (an error says what to download when missing), small, or none (off)."""
+    prior_checkpoint: str = ""
+    """ldm3d: a folder with LDM3D's vae/ unet/ text_encoder/ tokenizer/ scheduler/; small: a folder written by
+    `monodyn train prior` (default: the shipped one)."""
+    prior_lora: str = ""
+    """ldm3d: the folder of its LoRA fine-tune on this clip (monodyn fit makes it once per clip, as the workspace's
+    prior_lora stage, and fills this in)."""
+    prior_lora_steps: int = 200
+    """ldm3d: LoRA fine-tune steps on the clip's frames and depths (DreamBooth-style)."""
+    prior_lora_rank: int = 4
+    """ldm3d: LoRA rank."""
+    prior_model_size: int = 256
+    """ldm3d / animatediff: long side in pixels at which renders enter the diffusion model (512 is LDM3D's own)."""
+    video_prior: str = "none"
+    """Video prior on short novel-view clips: none, or animatediff (SD 1.5 + motion adapter; its weights resolve
+    like LDM3D's: --video-prior-checkpoint / $MONODYN_ANIMATEDIFF, --video-prior-base / $MONODYN_ANIMATEDIFF_BASE)."""
+    video_prior_checkpoint: str = ""
+    """animatediff: the motion adapter folder (guoyww/animatediff-motion-adapter-v1-5-2)."""
+    video_prior_base: str = ""
+    """animatediff: the Stable Diffusion 1.5 folder it animates."""
+    video_prior_weight: float = 0.1
+    """Weight of the video prior relative to the image prior."""
+    prior_weight: float = 1.0
+    """Full weight of the prior's loss (it ramps up from 0 at --prior-start over a fifth of the schedule)."""
+    prior_every: int = 10
+    """Apply the prior every this many steps (its cost on a CPU: see docs/prior.md)."""
+    prior_start: float = 0.3
+    """Share of the schedule before the prior acts (the fit first settles on the input views)."""
+    prior_views: int = 1
+    """Novel views per prior step."""
+    prior_size: int = 64
+    """Long side in pixels of the novel-view renders the prior sees (and lifts from)."""
+    prior_max_degrees: float = 90.0
+    """Novel views orbit an input camera about its look-at point by up to this many degrees (the angles you render)."""
+    prior_lift: int = 256
+    """Most new Gaussians lifted per novel view where its render is empty (0 = distil only)."""
 
     def validate(self) -> None:
         """Raise InputError naming the first option out of range (before any work)."""
@@ -132,13 +161,22 @@ class DpDyConfig:
                   ("opacity_reset_every", 0 <= self.opacity_reset_every <= 1, "in [0, 1]"),
                   ("max_gaussians", self.max_gaussians >= 1, ">= 1"),
                   ("ssim_weight", 0 <= self.ssim_weight <= 1, "in [0, 1]"),
-                  ("guidance_size", self.guidance_size >= 8, ">= 8"), ("track_window", self.track_window >= 1, ">= 1"),
+                  ("prior", self.prior in ("auto", "ldm3d", "small", "none"), "one of auto, ldm3d, small, none"),
+                  ("video_prior", self.video_prior in ("none", "animatediff"), "one of none, animatediff"),
+                  ("prior_size", 8 <= self.prior_size <= 4096, "within 8..4096"),
+                  ("prior_model_size", 32 <= self.prior_model_size <= 4096, "within 32..4096"),
+                  ("prior_every", self.prior_every >= 1, ">= 1"), ("prior_views", self.prior_views >= 1, ">= 1"),
+                  ("prior_start", 0 <= self.prior_start <= 1, "in [0, 1]"),
+                  ("prior_max_degrees", 0 < self.prior_max_degrees <= 180, "in (0, 180]"),
+                  ("prior_lift", self.prior_lift >= 0, ">= 0"), ("prior_lora_steps", self.prior_lora_steps >= 1, ">= 1"),
+                  ("prior_lora_rank", self.prior_lora_rank >= 1, ">= 1"),
+                  ("track_window", self.track_window >= 1, ">= 1"),
                   ("track_points", self.track_points >= 1, ">= 1"),
                   ("osn_scale", self.osn_scale in ("centre", "near", "far", "off"), "one of centre, near, far, off")]
         for name in ("lr_means", "lr_scales", "lr_quats", "lr_opacity", "lr_colors", "lr_motion", "lr_motion_weights",
                      "depth_weight", "track_weight", "mask_weight", "motion_smooth_weight", "grow_grad2d",
                      "long_track_weight", "isometry_weight",
-                     "guidance_weight"):
+                     "prior_weight", "video_prior_weight"):
             v = getattr(self, name)
             checks.append((name, v == v and 0 <= v < float("inf"), "finite and >= 0"))
         for name, ok, rule in checks:

@@ -1,8 +1,9 @@
-"""DpDy's novel-view guidance hook: the type of the hook, and the novel cameras it is shown.
+"""DpDy's novel-view guidance hook: the type of the hook, and the novel cameras it renders.
 
 DpDy's priors (score distillation from an RGB-D diffusion model and a video diffusion model) act on renders
-from cameras the video never had. The fit calls `guidance(render, cameras, times) -> scalar loss` on renders
-from input cameras orbited about their look-at point (`novel_cameras`).
+from cameras the video never had. The fit calls `guidance(task, step, progress) -> {name: loss}` at the start
+of every step (models/priors/hook.py: `NovelViewPrior`); the hook renders input cameras orbited about their
+look-at point (`novel_cameras`) itself, may add Gaussians, and returns its loss terms ({} when it rests).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from models.cameras import Cameras
 
-Guidance = Callable[..., Tensor]  # (models.registry.RenderOutput, Cameras, times (N,)) -> scalar loss
+Guidance = Callable[..., dict[str, Tensor]]  # (DpDyTask, step, progress) -> {loss name: scalar}
 
 
 def rotation_about_axis(axis: Float[Tensor, "N 3"], angle: Float[Tensor, " N"]) -> Float[Tensor, "N 3 3"]:

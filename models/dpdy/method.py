@@ -10,6 +10,8 @@ Checkpoint directory (`out`):
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import torch
@@ -25,10 +27,13 @@ from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance
 from models.dpdy.task import CONFIG, VERSION, WEIGHTS, DpDyTask
 from models.errors import InputError
+from models.files import atomic_write
 from models.fitting import Budget, run_fit
 from models.gaussians.model import DynamicGaussians
 from models.registry import FitProgress, NoRenderOptions, RenderOutput, times_per_camera
 from models.scene import Scene
+
+PRIOR_STATS = "prior.json"
 
 
 def load_model(ckpt: Path, device: str | torch.device = "cpu") -> tuple[DynamicGaussians, dict]:
@@ -78,12 +83,34 @@ class DpDyMethod:
             guidance: Guidance | None = None) -> Path:
         """Fit the static + dynamic Gaussians to `scene`, writing a checkpoint directory into `out`.
 
-        guidance(render, cameras, times) -> scalar: an optional prior on novel-view renders (e.g. SDS), added
-        with cfg.guidance_weight every cfg.guidance_every steps."""
+        guidance(task, step, progress) -> {name: loss}: the hook on novel views; default: the prior of cfg.prior
+        (models/priors/build.py). Its time and the Gaussians it lifted go to `prior.json` in `out`."""
         cfg.validate()
-        task = DpDyTask(scene, cfg, resolve_device(cfg.device), guidance)
-        return run_fit(task, Path(out), Budget(cfg.steps, cfg.minutes or None), progress,
-                       checkpoint_every=cfg.checkpoint_every, resume=resume)
+        device = resolve_device(cfg.device)
+        if guidance is None:
+            from models.priors.build import build_prior
+
+            guidance = build_prior(cfg, device)
+        task = DpDyTask(scene, cfg, device, guidance)
+        start = time.perf_counter()
+        run_fit(task, Path(out), Budget(cfg.steps, cfg.minutes or None), progress,
+                checkpoint_every=cfg.checkpoint_every, resume=resume)
+        stats = getattr(guidance, "stats", None)
+        if stats is not None:
+            info = {**stats.names, "calls": stats.calls, "seconds": round(stats.seconds, 2), "lifted": stats.lifted,
+                    "fit_seconds_this_run": round(time.perf_counter() - start, 2)}
+            atomic_write(Path(out) / PRIOR_STATS, lambda p: p.write_text(json.dumps(info, indent=2)))
+        return Path(out)
+
+    def fit_notes(self, ckpt: Path) -> list[str]:
+        """What the prior did (printed by `monodyn fit`)."""
+        path = Path(ckpt) / PRIOR_STATS
+        if not path.exists():
+            return []
+        s = json.loads(path.read_text())
+        share = 100 * s["seconds"] / max(s["fit_seconds_this_run"], 1e-9)
+        return [f"prior {s['prior']} (video prior {s['video']}): {s['calls']} steps, {s['seconds']:.1f}s "
+                f"({share:.0f}% of the fit), {s['lifted']} Gaussians lifted into unseen parts"]
 
     def load(self, ckpt: Path | None, scene: Scene | None = None, options: NoRenderOptions | None = None,
              device: str | torch.device = "auto") -> DpDyRenderer:

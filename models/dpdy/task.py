@@ -4,8 +4,8 @@ Loss terms: photometric (L1 + D-SSIM), depth (metric against SfM points, affine-
 predictions), 2D tracks (each pixel's rendered 3D position at the neighbouring frame, projected with that
 frame's camera, must land where the optical flow carries it: this constrains motion and, through the camera's
 own motion, the depth of the static scene), masks (the dynamic Gaussians' share of a pixel against the
-moving-object masks), smoothness of the motion bases, and an optional guidance hook on novel-view renders
-(where DpDy's diffusion prior plugs in).
+moving-object masks), smoothness of the motion bases, and an optional guidance hook (DpDy's diffusion priors,
+models/priors/hook.py) that renders novel views itself and returns its loss terms.
 
 Determinism: every random draw comes from one torch.Generator saved with the parameters, the optimizer and the
 densification statistics, so a resumed fit continues exactly where an uninterrupted one would be.
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from models.cameras import Cameras, pixel_grid
 from models.dpdy.config import DpDyConfig
-from models.dpdy.guidance import Guidance, novel_cameras
+from models.dpdy.guidance import Guidance
 from models.files import atomic_write
 from models.gaussians.init import InitOptions, initialise
 from models.gaussians.losses import (
@@ -154,6 +154,8 @@ class DpDyTask:
     def train_step(self, step: int, progress: float) -> dict[str, float]:
         c, d = self.cfg, self.data
         self._apply_schedule(progress)
+        # first: a prior may add Gaussians, which the input view's render must then include
+        prior = self.guidance(self, step, progress) if self.guidance is not None else {}
         t = int(torch.randint(0, d.T, (1,), generator=self.gen, device=self.device))
         other = self._other_frame(t)
         pose_t = self.model.dynamic_pose(float(d.times[t]))
@@ -188,8 +190,7 @@ class DpDyTask:
         if c.motion_smooth_weight > 0 and len(self.model.dynamic):
             losses["smooth"] = c.motion_smooth_weight * motion_smoothness(
                 self.model.bases.translations, self.model.bases.rotations, self.radius)
-        if self.guidance is not None and step % max(c.guidance_every, 1) == 0:
-            losses["guidance"] = c.guidance_weight * self._guidance()
+        losses.update(prior)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,16 +234,6 @@ class DpDyTask:
                 sel &= ~d.moving[t]  # SfM points are static; a point on a moving object is an outlier
             return metric_disparity_loss(out["depth"][sel], prior[sel], self.radius)
         return affine_invariant_loss(1.0 / out["depth"][sel].clamp(min=1e-6), 1.0 / prior[sel])
-
-    def _guidance(self) -> Tensor:
-        c, d = self.cfg, self.data
-        n = max(1, c.guidance_views)
-        frames = torch.randint(0, d.T, (n,), generator=self.gen, device=self.device)
-        degrees = (torch.rand(n, generator=self.gen, device=self.device) * 2 - 1) * c.guidance_max_degrees
-        cams = novel_cameras(Cameras(d.K[frames], d.w2c[frames], d.W, d.H),
-                             torch.as_tensor(self.arch["center"], device=self.device), degrees, c.guidance_size,
-                             0.1 * self.radius)
-        return self.guidance(self.model.render_cameras(cams, d.times[frames]), cams, d.times[frames])
 
     def _densify(self, step: int, progress: float, meta: dict, metrics: dict) -> None:
         means2d = meta["means2d"]

@@ -76,6 +76,7 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.fits import fit_cached
     from monodyn_cli.outputs import Outputs
+    from monodyn_cli.priors import prepare_prior
     from monodyn_cli.scene_loader import load_scene, resolve_workspace
     from monodyn_cli.workspace import Workspace
 
@@ -108,6 +109,8 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
         log = RunLog(ws.root, "eval")
         progress = RichProgress(quiet, log)
         start = time.perf_counter()
+        if impl.Config is not None:
+            prepare_prior(ws, cfg, train_scene, progress, log)
         ckpt = None if impl.Config is None else fit_cached(ws, method, impl, cfg, train_scene, keys, progress,
                                                            resume=False, force=False, log=log, tag=tag)
         fit_seconds = time.perf_counter() - start

@@ -45,6 +45,7 @@ def fit(
                          f"{name}` (train it with `monodyn train {name}`)")
     from monodyn_cli.console import RichProgress, RunLog, stdout
     from monodyn_cli.fits import fit_cached
+    from monodyn_cli.priors import prepare_prior
     from monodyn_cli.scene_loader import load_scene, resolve_workspace
 
     ws = resolve_workspace(workspace)
@@ -52,8 +53,12 @@ def fit(
     placed = osn_placements(ws, name, cfg)
     with ws.lock():
         log = RunLog(ws.root, "fit")
-        out = fit_cached(ws, name, impl, cfg, scene, input_keys, RichProgress(quiet, log), resume, force, log)
+        progress = RichProgress(quiet, log)
+        prior = prepare_prior(ws, cfg, scene, progress, log)  # before the key: it names the prior actually used
+        out = fit_cached(ws, name, impl, cfg, scene, input_keys, progress, resume, force, log)
         log.close()
+    if prior:
+        stdout.print(prior, markup=False, highlight=False)
     for note in getattr(impl, "fit_notes", lambda ckpt: [])(out):  # e.g. objects a fit left in the background
         stdout.print(f"note: {note}", markup=False, highlight=False)
     if placed:

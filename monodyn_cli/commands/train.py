@@ -16,7 +16,7 @@ train_app = typer.Typer(
 )
 
 # modules with a `register(train_app)`; keep their top-level imports light (no torch) so --help stays fast
-TRAINERS: tuple[str, ...] = ("train_dyst", "train_gcd")
+TRAINERS: tuple[str, ...] = ("train_dyst", "train_gcd", "train_prior")
 
 
 def register(app: typer.Typer) -> None:
