@@ -14,19 +14,39 @@ LORA_VERSION = 1
 LORA_FRAMES = 24  # frames (evenly spread) the fine-tune sees
 
 
-def prepare_prior(ws, cfg, scene, progress, log) -> str | None:
+def prepare_prior(ws, cfg, scene, keys: dict[str, str], progress, log) -> str | None:
     """Resolve cfg.prior ('auto' -> 'ldm3d' or 'small') and, for ldm3d, run or reuse the LoRA stage and put its
-    folder into cfg.prior_lora. Returns a line saying which prior the fit uses (None for a method without one)."""
+    folder into cfg.prior_lora; adds the prior's identity to the fit's input `keys` (the LoRA stage's key, or a
+    digest of the small prior's weights: a retrained prior is a new fit). Returns a line saying which prior the
+    fit uses (None for a method without one)."""
     if not hasattr(cfg, "prior"):
         return None
     from models.priors.build import resolve_prior
 
     cfg.prior = resolve_prior(cfg.prior, cfg.prior_checkpoint)
-    if cfg.prior == "ldm3d" and not cfg.prior_lora:
-        cfg.prior_lora = str(lora_stage(ws, cfg, scene, progress, log).path)
+    if cfg.prior == "ldm3d":
+        if not cfg.prior_lora:
+            stage = lora_stage(ws, cfg, scene, progress, log)
+            cfg.prior_lora, keys["prior_lora"] = str(stage.path), stage.key
+    elif cfg.prior == "small":
+        keys["prior"] = small_prior_digest(cfg.prior_checkpoint)
     if cfg.prior == "small" and not cfg.prior_checkpoint:
         return "prior: the small shipped RGB-D prior (no LDM3D weights found; see `monodyn fit --help` for them)"
     return f"prior: {cfg.prior}" + (f", video prior: {cfg.video_prior}" if cfg.video_prior != "none" else "")
+
+
+def small_prior_digest(folder: str = "") -> str:
+    import hashlib
+    from pathlib import Path
+
+    from models.errors import InputError
+    from models.priors.conditioned import SHIPPED
+
+    path = Path(folder or SHIPPED) / "model.safetensors"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise InputError(f"--prior-checkpoint {folder}: not a prior written by `monodyn train prior` ({e})") from None
 
 
 def lora_stage(ws, cfg, scene, progress, log):

@@ -5,6 +5,8 @@ error, and the shipped prior against a trivial fill on scenes it never saw."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,6 @@ from models.cameras import Cameras, intrinsics_from_fov, look_at
 from models.errors import WeightsNotFoundError
 from models.priors.rgbd import DisparityRange, backward_warp
 from models.priors.sds import sds_loss, x0_from_eps
-
 
 # ---- tiny diffusers / transformers parts of the real classes ---------------------------------------------------
 
@@ -218,3 +219,79 @@ def test_animatediff_video_sds_reaches_every_frame_of_the_clip(sd15_folder, adap
     clip = torch.rand(4, 3, 24, 32, requires_grad=True)
     VideoScore(parts, size=32)(clip, torch.Generator().manual_seed(0)).backward()
     assert all(float(clip.grad[f].abs().sum()) > 0 for f in range(4))
+
+
+# ---- the shipped prior ------------------------------------------------------------------------------------------
+
+def test_shipped_prior_fills_holes_of_an_unseen_scene_better_than_a_flat_fill():
+    from models.priors.conditioned import ConditionedScore, load_conditioned_prior
+    from monodyn_cli.prior_data import synth_pairs
+
+    p = synth_pairs(777, 48, 64)  # a scene seed far from the training seeds (5000..)
+    t = lambda a: torch.as_tensor(np.asarray(a, np.float32))
+    rgb, alpha = t(p["render"]).permute(0, 3, 1, 2), t(p["alpha"])[:, None]
+    score = ConditionedScore(load_conditioned_prior())
+    _, x0, _ = score(rgb, alpha, t(p["render_disp"])[:, None], t(p["reference"]).permute(0, 3, 1, 2),
+                     torch.Generator().manual_seed(0), fill=True)
+    target, holes = t(p["target"]).permute(0, 3, 1, 2), (alpha < 0.5).expand(-1, 3, -1, -1)
+    flat = (rgb * alpha).sum((2, 3), keepdim=True) / alpha.sum((2, 3), keepdim=True).clamp_min(1)  # mean seen colour
+    psnr = lambda pred: float(-10 * torch.log10(((pred - target)[holes] ** 2).mean()))
+    assert psnr(x0) > psnr(flat.expand_as(rgb)) + 1.0, (psnr(x0), psnr(flat.expand_as(rgb)))
+
+
+def test_conditioned_score_gradient_points_from_the_render_to_the_estimate():
+    from models.priors.conditioned import ConditionedPrior, ConditionedScore
+
+    torch.manual_seed(0)
+    score = ConditionedScore(ConditionedPrior().eval())
+    rgb = torch.rand(2, 3, 12, 20, requires_grad=True)  # not divisible by 8: padded and cropped back
+    disp = torch.rand(2, 1, 12, 20)
+    loss, x0, _ = score(rgb, torch.ones(2, 1, 12, 20), disp, torch.rand(2, 3, 12, 20), torch.Generator().manual_seed(1))
+    loss.backward()
+    expected = 2 * ((rgb * 2 - 1) - (x0 * 2 - 1)) / (2 * 12 * 20)  # d/d rgb of 0.5 |x - x0|^2, x = 2 rgb - 1
+    torch.testing.assert_close(rgb.grad, expected.detach(), atol=1e-6, rtol=1e-4)
+
+
+# ---- the hook in a fit ------------------------------------------------------------------------------------------
+
+def test_hook_lifts_gaussians_into_unseen_parts_and_keeps_the_input_views(tmp_path):
+    from test_dpdy import Recorder, scene_from, synth, tiny_config
+
+    from models.dpdy.method import DpDyMethod
+    from models.registry import get_method
+
+    scene = scene_from(synth())
+    rec = Recorder()
+    common = dict(steps=60, prior_every=3, prior_start=0.0, prior_size=32, prior_lift=64)  # step 0: weight 0
+    DpDyMethod().fit(scene, tiny_config(prior="small", **common), tmp_path / "p", rec)
+    DpDyMethod().fit(scene, tiny_config(prior="none", **common), tmp_path / "n", Recorder())
+    stats = json.loads((tmp_path / "p" / "prior.json").read_text())
+    assert stats["prior"] == "small" and stats["calls"] == 19 and stats["lifted"] > 0
+    assert any("prior" in m for _, m in rec.calls)
+    assert DpDyMethod().fit_notes(tmp_path / "p")[0].startswith("prior small")
+    psnr = {}
+    for k in ("p", "n"):
+        res = get_method("dpdy").load(tmp_path / k, scene, None, "cpu").render(scene.cameras, scene.times)
+        psnr[k] = float(-10 * torch.log10(((res.rgb - torch.as_tensor(scene.frames).float() / 255) ** 2).mean()))
+    assert psnr["p"] > psnr["n"] - 1.0, psnr
+
+
+def test_fit_with_ldm3d_caches_its_lora_stage(ldm3d_folder, tmp_path, monkeypatch):
+    from conftest import preprocessed_synth
+    from typer.testing import CliRunner
+
+    from monodyn_cli.app import app
+
+    ws = preprocessed_synth(tmp_path, seed=4, frames=6, width=64, height=48)
+    monkeypatch.setenv("MONODYN_LDM3D", str(ldm3d_folder))
+    args = ["fit", "-w", str(ws), "-q", "--steps", "12", "--prior-every", "3", "--prior-start", "0",
+            "--prior-lora-steps", "3", "--prior-model-size", "32", "--static-points", "500", "--dynamic-points", "100"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "prior: ldm3d" in first.output and "prior ldm3d" in first.output
+    (lora,) = (ws / "prior_lora").iterdir()
+    assert (lora / "lora.safetensors").exists() and (lora / "manifest.json").exists()
+    stamp = (lora / "manifest.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, [*args, "--steps", "13"])  # another fit of the same clip: the fine-tune is reused
+    assert again.exit_code == 0, again.output
+    assert (lora / "manifest.json").stat().st_mtime_ns == stamp and len(list((ws / "prior_lora").iterdir())) == 1

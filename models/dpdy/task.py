@@ -24,7 +24,7 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor
 
-from models.cameras import Cameras, pixel_grid
+from models.cameras import pixel_grid
 from models.dpdy.config import DpDyConfig
 from models.dpdy.guidance import Guidance
 from models.files import atomic_write

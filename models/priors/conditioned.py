@@ -4,7 +4,7 @@ A generator trained from scratch on a few minutes of CPU predicts the mean of wh
 is told what the fit already knows at the novel view: the render (rgb, alpha, normalised disparity) and the
 nearest input frame. It then only has to inpaint the empty parts and sharpen the blurred ones. Input channels:
 
-    noisy RGB-D x_t (4: rgb and normalised disparity in [-1, 1], plus sigma * noise), render rgb (3, [-1, 1]),
+    noisy RGB-D x_t (4: the render's rgb and normalised disparity in [-1, 1], plus sigma * noise), render rgb (3),
     render alpha (1), render disparity (1, normalised, 0 where alpha is low), nearest input frame (3), log sigma (1)
 
 Output: the clean RGB-D image x0 (4 channels in [-1, 1]); a denoiser in the x0 parameterisation, so the
@@ -139,7 +139,7 @@ class ConditionedScore:
                  fill: bool = False) -> tuple[Tensor, Float[Tensor, "B 3 H W"], Float[Tensor, "B 1 H W"]]:
         """(loss, x0 rgb in [0,1], x0 normalised disparity). Sides are padded to multiples of 8 and cropped back."""
         B, _, H, W = rgb.shape
-        x = torch.cat([rgb * 2 - 1, (disparity.clamp(-0.25, 1.25) * 2 - 1)], 1)
+        x = torch.cat([rgb * 2 - 1, ((disparity * alpha).clamp(-0.25, 1.25) * 2 - 1)], 1)  # as in training
         lo, hi = self.sigmas
         u = torch.rand(B, generator=generator).to(rgb.device)
         sigma = torch.full((B,), self.fill_sigma, device=rgb.device) if fill else lo + (hi - lo) * u

@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 
-def sds_loss(latents: Float[Tensor, "B *rest"], eps_pred: Float[Tensor, "B *rest"], noise: Float[Tensor, "B *rest"],
+def sds_loss(latents: Float[Tensor, "B ..."], eps_pred: Float[Tensor, "B ..."], noise: Float[Tensor, "B ..."],
              weight: Float[Tensor, " B"]) -> Float[Tensor, ""]:
     """Scalar loss whose gradient with respect to `latents` is weight[b] * (eps_pred - noise)[b] / B."""
     shape = (-1,) + (1,) * (latents.dim() - 1)
@@ -30,8 +30,8 @@ def sample_timesteps(n: int, num_train_timesteps: int, generator: torch.Generato
     return torch.randint(a, b, (n,), generator=generator).to(device)
 
 
-def x0_from_eps(noisy: Float[Tensor, "B *rest"], eps: Float[Tensor, "B *rest"], alpha_bar: Float[Tensor, " B"]
-                ) -> Float[Tensor, "B *rest"]:
+def x0_from_eps(noisy: Float[Tensor, "B ..."], eps: Float[Tensor, "B ..."], alpha_bar: Float[Tensor, " B"]
+                ) -> Float[Tensor, "B ..."]:
     """The clean latents implied by a noise prediction: (z_t - sqrt(1 - a) eps) / sqrt(a)."""
     shape = (-1,) + (1,) * (noisy.dim() - 1)
     a = alpha_bar.view(shape)

@@ -1,9 +1,11 @@
 """Training of the shipped RGB-D prior (`monodyn train prior`): a conditional denoiser in the x0 parameterisation.
 
 Each step draws a batch of pairs (monodyn_cli/prior_data.py), flips half of them left-right, blurs each render
-by a random amount (a fit's render is softer than the frame it was fitted to), noises the target RGB-D at a
-log-uniform level and regresses the clean target: L1 on rgb, L1 on the normalised disparity where the pair has
-depth, the empty pixels of the render weighted `HOLE_WEIGHT` times (they are what the prior is for).
+by a random amount (a fit's render is softer than the frame it was fitted to), noises the *render's* RGB-D at a
+log-uniform level - as score distillation will: the noisy input is always the fit's render, never the truth, so
+the prior cannot lean on a noised copy of the answer and has to inpaint from the conditions - and regresses the
+clean target: L1 on rgb, L1 on the normalised disparity where the pair has depth, the empty pixels of the render
+weighted `HOLE_WEIGHT` times (they are what the prior is for).
 Runs through models/fitting.run_fit (budgets, resume, metrics.jsonl).
 """
 
@@ -31,6 +33,7 @@ class PriorTrainConfig:
     lr: float = 1e-3
     seed: int = 0
     width: int = 32  # model channels (PriorSizes.width)
+    init: str = ""  # start from the weights in this folder (a prior written by `monodyn train prior`)
 
 
 class PairSet:
@@ -68,7 +71,8 @@ def batch_loss(model: ConditionedPrior, b: dict[str, Tensor], sigma: Tensor, noi
                ) -> tuple[Tensor, dict[str, float]]:
     """The training loss of one batch (see the module docstring) and its parts."""
     render = blur(b["render"] * 0.5 + 0.5, blur_sigma) * 2 - 1  # blurred as premultiplied colour over black
-    x_t = b["target"] + sigma[:, None, None, None] * noise
+    x = torch.cat([render, (b["disparity"] * b["alpha"]).clamp(-0.25, 1.25) * 2 - 1], 1)
+    x_t = x + sigma[:, None, None, None] * noise
     x0 = model(x_t, render, b["alpha"], b["disparity"], b["reference"], sigma)
     weight = 1 + (HOLE_WEIGHT - 1) * (b["alpha"] < 0.5).float()
     rgb = ((x0[:, :3] - b["target"][:, :3]).abs() * weight).mean()
@@ -78,7 +82,7 @@ def batch_loss(model: ConditionedPrior, b: dict[str, Tensor], sigma: Tensor, noi
     err = ((x0.detach()[:, :3] - b["target"][:, :3]) / 2) ** 2
     hole_psnr = -10 * math.log10(max(float((err * holes).sum()
                                            / (3 * holes.sum()).clamp_min(1)), 1e-10))
-    return rgb + disp, {"rgb": float(rgb), "disparity": float(disp), "hole_psnr": hole_psnr}
+    return rgb + disp, {"rgb": float(rgb.detach()), "disparity": float(disp.detach()), "hole_psnr": hole_psnr}
 
 
 class PriorTrainTask:
@@ -88,6 +92,10 @@ class PriorTrainTask:
         self.data, self.cfg, self.device, self.info = data, cfg, device, info or {}
         torch.manual_seed(cfg.seed)
         self.model = ConditionedPrior(PriorSizes(width=cfg.width)).to(device)
+        if cfg.init:
+            from models.priors.conditioned import load_conditioned_prior
+
+            self.model = load_conditioned_prior(Path(cfg.init), device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=1e-4)
         self.gen = torch.Generator().manual_seed(cfg.seed)
 

@@ -110,7 +110,7 @@ def _evaluate(protocol, method, impl, cfg, workspace, gt, cameras, lpips_weights
         progress = RichProgress(quiet, log)
         start = time.perf_counter()
         if impl.Config is not None:
-            prepare_prior(ws, cfg, train_scene, progress, log)
+            prepare_prior(ws, cfg, train_scene, keys, progress, log)
         ckpt = None if impl.Config is None else fit_cached(ws, method, impl, cfg, train_scene, keys, progress,
                                                            resume=False, force=False, log=log, tag=tag)
         fit_seconds = time.perf_counter() - start

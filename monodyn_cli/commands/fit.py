@@ -54,7 +54,7 @@ def fit(
     with ws.lock():
         log = RunLog(ws.root, "fit")
         progress = RichProgress(quiet, log)
-        prior = prepare_prior(ws, cfg, scene, progress, log)  # before the key: it names the prior actually used
+        prior = prepare_prior(ws, cfg, scene, input_keys, progress, log)  # before the key: it names the prior actually used
         out = fit_cached(ws, name, impl, cfg, scene, input_keys, progress, resume, force, log)
         log.close()
     if prior:

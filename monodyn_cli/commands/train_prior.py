@@ -39,6 +39,8 @@ def train_prior(
     channels: int = typer.Option(32, "--channels", help="Model channels at full resolution (x2, x3 below)."),
     batch: int = typer.Option(12, "--batch", help="Pairs per step."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW; warm-up, then cosine decay)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from the weights of this prior folder (e.g. "
+                                                            "models/priors/pretrained/rgbd-small) instead of random."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of every batch draw."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from --out's resume state."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between resume states."),
@@ -83,7 +85,8 @@ def train_prior(
             path = build_pairs(data_root, scenes, height, width, clips, real_pairs, advance)
         data = PairSet(path)
         dev = resolve_device(device)
-        task = PriorTrainTask(data, PriorTrainConfig(batch=batch, lr=lr, seed=seed, width=channels), dev,
+        task = PriorTrainTask(data, PriorTrainConfig(batch=batch, lr=lr, seed=seed, width=channels,
+                                                               init=str(init) if init else ""), dev,
                               info={"data": path.name, "pairs": data.n, "scenes": scenes,
                                     "real": [p.name for p in clips], "size": [width, height]})
         start = time.perf_counter()
