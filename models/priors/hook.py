@@ -3,8 +3,8 @@
 Every `every` steps after `start` of the schedule it renders `views` novel views - input cameras orbited about
 their look-at point by up to `max_degrees` (the angles a user renders), at `size` pixels - and:
 
-1. lifts: where a render is empty (alpha < 0.5) the prior's estimate of the clean RGB-D image there (at its
-   highest noise level: the conditions alone) becomes new static Gaussians (colour, depth mapped back through
+1. lifts: where a render is empty (alpha < 0.5) the prior's estimate of the clean RGB-D image there (its
+   `fill` estimate) becomes new static Gaussians (colour, depth mapped back through
    the render's disparity range), at most `lift` per view. No gradient reaches pixels no Gaussian covers, so
    this is how unseen parts get content at all. A point that would sit in front of what the view's input
    camera sees (its depth there < 0.9 x the fit's depth) is dropped: input views stay as they are.
