@@ -7,7 +7,8 @@ their look-at point by up to `max_degrees` (the angles a user renders), at `size
    `fill` estimate) becomes new static Gaussians (colour, depth mapped back through
    the render's disparity range), at most `lift` per view. No gradient reaches pixels no Gaussian covers, so
    this is how unseen parts get content at all. A point that would sit in front of what the view's input
-   camera sees (its depth there < 0.9 x the fit's depth) is dropped: input views stay as they are.
+   camera sees (its depth there < 0.9 x the fit's depth) is dropped: input views stay as they are. Nothing is
+   lifted where the fit leaves over BACKDROP of that input view empty itself (an object before a backdrop).
 2. distils: the loss of the image prior on the render (rgb + normalised disparity), and of the video prior on
    a short clip from one novel camera at consecutive times, times the weight, which ramps from 0 at `start`
    to `weight` at `start + RAMP` (the fit first settles on the input views).
@@ -35,6 +36,7 @@ from models.priors.rgbd import COVERED, DisparityRange, lift_pixels
 RAMP = 0.2  # share of the schedule over which the prior's weight rises to its full value
 OCCLUDES = 0.9  # a lifted point nearer than this share of the input render's depth would hide what it saw
 VIDEO_FRAMES = 4
+BACKDROP = 0.05  # share of the input view the fit leaves empty above which the scene has a backdrop: no lifting
 
 
 @dataclass
@@ -115,7 +117,9 @@ class NovelViewPrior:
         room = task.cfg.max_gaussians - len(model.static) - len(model.dynamic)
         for i in range(len(cams)):
             empty = torch.nonzero(out.alpha[i] < COVERED)
-            if len(empty) == 0 or room <= 0:
+            # where the fit leaves its own input view uncovered, the background colour is the content (an object
+            # in front of a backdrop): empty pixels there are background, not holes
+            if len(empty) == 0 or room <= 0 or float((seen.alpha[i] < COVERED).float().mean()) > BACKDROP:
                 continue
             keep = min(s.lift, len(empty), room)
             pick = empty[torch.randperm(len(empty), generator=task.gen, device=empty.device)[:keep]]
