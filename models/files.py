@@ -26,8 +26,14 @@ def temp_name(path: Path) -> Path:
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` writes the file at a temporary name in the same folder; it is fsynced and renamed onto `path`,
-    so readers see the old file or the new one, never a part. The temporary is removed if anything fails."""
+    so readers see the old file or the new one, never a part. The temporary is removed if anything fails.
+
+    A `path` that is itself a temporary (one that `monodyn_cli.outputs.Outputs` reserved and will rename into place)
+    is written directly: a temporary of a temporary would be one no journal names, left behind by a kill."""
     path = Path(path)
+    if TEMP.match(path.name):
+        write(path)
+        return path
     tmp = temp_name(path)
     try:
         write(tmp)

@@ -152,3 +152,15 @@ def test_bad_input_is_a_one_line_input_error(tmp_path, case, monkeypatch):
     with pytest.raises(InputError) as err:
         _decode(target, **kw)
     assert "\n" not in str(err.value)
+
+
+def test_frames_too_small_for_the_pipeline_are_refused_at_decode(tmp_path):
+    """8x8 frames used to pass decode and fail in the flow stage with OpenCV's own text; 16x16 go through."""
+    small = write_video(tmp_path / "small.mp4", pattern_frames(3, h=8, w=8), fps=10)
+    with pytest.raises(InputError, match=r"frames are 8x8, smaller than the 16 px .*larger video") as err:
+        _decode(small)
+    assert "\n" not in str(err.value)
+    wide = write_video(tmp_path / "wide.mp4", pattern_frames(3, h=32, w=96), fps=10)
+    with pytest.raises(InputError, match=r"frames are 24x8, .*after --max-side 24 \(the input is 96x32\): raise --max-side"):
+        decode(resolve_source(wide), DecodeConfig(max_side=24))
+    assert _decode(write_video(tmp_path / "ok.mp4", pattern_frames(3, h=16, w=16), fps=10))[0].shape == (3, 16, 16, 3)

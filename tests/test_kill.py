@@ -102,3 +102,36 @@ def test_export_killed_by_sigkill_leaves_no_folder_under_its_name_and_the_next_r
                          lambda: list(tmp_path.glob(".export.tmp-*")),
                          ["export", "-w", str(workspace), "-q", "--static-only"])
     assert not out.exists()
+
+
+WRITER = """
+import sys
+import numpy as np
+from monodyn_cli.outputs import Outputs
+from monodyn_cli.video_io import write_mp4
+outputs = Outputs(sys.argv[1])
+video = outputs.file(__import__("pathlib").Path(sys.argv[2]))
+noise = np.random.default_rng(0).integers(0, 255, (400, 256, 256, 3), dtype=np.uint8)  # slow to encode
+write_mp4(video, noise, 24.0)
+"""
+
+
+def test_a_kill_inside_write_mp4_leaves_only_temporaries_the_next_run_finds(tmp_path):
+    """write_mp4 into a reserved temporary writes it in place: a second temporary beside an --output outside the
+    workspace would be named by no journal and stay forever."""
+    ws, out = tmp_path / "ws", tmp_path / "elsewhere" / "orbit.mp4"
+    ws.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(ws), str(out)], cwd=ROOT,
+                            env={**os.environ, "MONODYN_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    encoding = lambda: out.parent.is_dir() and any(p.stat().st_size > 0 or p.name.count(".tmp-") > 1  # noqa: E731
+                                                   for p in out.parent.iterdir())
+    wait_for(encoding, proc, timeout=120.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from monodyn_cli.outputs import clean_stale, stale_outputs
+
+    left = sorted(out.parent.iterdir())
+    assert left and stale_outputs(ws) == left
+    clean_stale(ws)
+    assert not out.parent.exists()

@@ -27,6 +27,7 @@ NAME, VERSION = "decode", 1
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 IMAGE_SEQUENCE_FPS = 24.0  # assumed rate of a folder of frames (DAVIS is 24 fps)
+MIN_FRAME_SIDE = 16  # smaller frames break the flow stage (OpenCV's DIS needs 12 px) and leave SfM nothing to match
 
 
 @dataclass
@@ -222,6 +223,8 @@ def decode(source: Source, cfg: DecodeConfig, advance=lambda n=1: None
         frames.append(resize_max_side(img, cfg.max_side))
         times.append(t)
         advance(1)
+    if frames:
+        check_frame_size(frames[0].shape, native, cfg.max_side)
     if len(frames) < 2:
         what = "no frames" if not frames else "only one frame"
         raise InputError(f"{source.label} gives {what} after selection; monodyn needs a video of at least 2 frames"
@@ -232,6 +235,16 @@ def decode(source: Source, cfg: DecodeConfig, advance=lambda n=1: None
             "native_width": native[0], "native_height": native[1], "fps": round(float(fps), 4),
             "source": source.label, "source_kind": source.kind}
     return np.stack(frames), times_arr, meta
+
+
+def check_frame_size(shape: tuple[int, ...], native: tuple[int, int], max_side: int | None) -> None:
+    """Refuse frames (H, W, 3) whose short side is below MIN_FRAME_SIDE, naming --max-side when it shrank them."""
+    h, w = shape[:2]
+    if min(h, w) >= MIN_FRAME_SIDE:
+        return
+    cause = (f" after --max-side {max_side} (the input is {native[0]}x{native[1]}): raise --max-side"
+             if (w, h) != tuple(native) else ": use a larger video or larger images")
+    raise InputError(f"frames are {w}x{h}, smaller than the {MIN_FRAME_SIDE} px per side the pipeline needs{cause}")
 
 
 def estimate_count(source: Source) -> int | None:
