@@ -31,10 +31,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from models.errors import InputError, WeightsNotFoundError
-from models.weights import cache_dir
+from models.weights import KNOWN, cache_dir
 
 CHECKPOINT_ENV = "MONODYN_RAFT_CHECKPOINT"
-OFFICIAL_MODELS_URL = "https://www.dropbox.com/s/npt24nvhoojdr0n/models.zip"  # from the authors' download_models.sh
+OFFICIAL_MODELS_URL = KNOWN["raft-small"].url  # the authors' models.zip (download_models.sh)
 SMALL_FILE, LARGE_FILE = "raft-small.pth", "raft-things.pth"
 
 
@@ -665,18 +665,18 @@ def find_checkpoint(checkpoint: Path | str | None = None, small: bool | None = N
             raise WeightsNotFoundError(f"${CHECKPOINT_ENV}={env} does not exist; point it at raft-small.pth or "
                                        "raft-things.pth")
         return p
-    names = {True: [SMALL_FILE], False: [LARGE_FILE], None: [SMALL_FILE, LARGE_FILE]}[small]
+    specs = {True: ["raft-small"], False: ["raft-things"], None: ["raft-small", "raft-things"]}[small]
     tried = []
-    for name in names:
-        for candidate in (cache_dir() / name, cache_dir() / name.replace(".pth", ".safetensors")):
-            tried.append(str(candidate))
-            if candidate.is_file():
-                return candidate
-    want = " or ".join(names)
+    for name in specs:
+        for filename in KNOWN[name].filenames:
+            tried.append(str(cache_dir() / filename))
+            if (cache_dir() / filename).is_file():
+                return cache_dir() / filename
     raise WeightsNotFoundError(
-        f"RAFT weights not found (looked for {', '.join(tried)}). Download the authors' models.zip "
-        f"({OFFICIAL_MODELS_URL}, linked from github.com/princeton-vl/RAFT), unzip it and copy models/{want} "
-        f"to {cache_dir()}/, or pass --raft-checkpoint PATH / set {CHECKPOINT_ENV}; or use the DIS flow backend."
+        f"RAFT weights not found (looked for {', '.join(tried)}): run `monodyn weights fetch {specs[0]}`, or "
+        f"download the authors' models.zip ({OFFICIAL_MODELS_URL}, linked from github.com/princeton-vl/RAFT), "
+        f"unzip it and copy {' or '.join(KNOWN[n].member for n in specs)} to {cache_dir()}/, or pass "
+        f"--raft-checkpoint PATH / set {CHECKPOINT_ENV}; or use the DIS flow backend."
     )
 
 

@@ -29,12 +29,11 @@ from models.errors import InputError, WeightsNotFoundError
 from models.gcd.model import CONFIG_FILE, FORMAT_VERSION, GCDModel
 from models.registry import RenderOutput, times_per_camera, weights_key
 from models.scene import Scene
+from models.weights import KNOWN, cache_dir
 
-ENV = "MONODYN_GCD"
+ENV = KNOWN["gcd"].env
 BUNDLED = Path(__file__).resolve().parent / "pretrained" / "gcd-small"
-OFFICIAL_SOURCE = ("https://gcd.cs.columbia.edu/checkpoints/kubric_gradual_max90.ckpt (or kubric_direct_max90, "
-                   "kubric_gradual_max180, kubric_direct_max180; listed in the README of github.com/basilevh/gcd, "
-                   "'Pretrained models')")
+OFFICIAL_SOURCE = KNOWN["gcd"].source
 MODES = ("direct", "gradual")
 WEIGHTS = ("auto", "small", "official")
 
@@ -80,7 +79,8 @@ class GCDRenderOptions:
 
 
 def cache_folder() -> Path:
-    return Path(os.environ.get("MONODYN_CACHE", Path.home() / ".cache" / "monodyn")).expanduser() / "gcd"
+    """The cache folder `monodyn weights fetch gcd` fills; any *.ckpt or `monodyn train gcd` folder in it counts."""
+    return cache_dir() / Path(KNOWN["gcd"].filenames[0]).parent
 
 
 def _convert_hint(ckpt: Path) -> str:
@@ -141,9 +141,9 @@ def resolve_weights(options: GCDRenderOptions) -> Weights:
             return _pick(cache, "cache")
         if options.gcd_weights == "official":
             raise WeightsNotFoundError(
-                f"GCD official weights not found: download {OFFICIAL_SOURCE} (about 20 GB), convert it once with "
-                f"`monodyn weights convert gcd FILE` (it lands in {cache}/), or pass --gcd-checkpoint FOLDER or set "
-                f"{ENV}=FOLDER")
+                f"GCD official weights not found: `monodyn weights fetch gcd` downloads {KNOWN['gcd'].url} (about 20 "
+                f"GB; or download {OFFICIAL_SOURCE}), convert it once with `monodyn weights convert gcd FILE` (it lands "
+                f"in {cache}/), or pass --gcd-checkpoint FOLDER or set {ENV}=FOLDER")
     if (BUNDLED / CONFIG_FILE).exists():
         return Weights(BUNDLED, f"GCD weights: the small model shipped with monodyn ({BUNDLED.name})")
     raise WeightsNotFoundError(

@@ -80,15 +80,7 @@ def doctor(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on
         row(name, ok, detail)
     row("weights folder", weights.cache_dir().exists(), str(weights.cache_dir()))
     for spec in weights.KNOWN.values():
-        try:
-            path = weights.find_weights(spec)
-        except Exception as e:
-            row(f"weights {spec.name}", False, str(e))
-            continue
-        if path is None and spec.hub_id and weights.hf_cached(spec.hub_id):
-            row(f"weights {spec.name}", True, f"Hugging Face cache: {spec.hub_id}")
-        elif path is None:
-            row(f"weights {spec.name}", False, f"not found (${spec.env}, {weights.cache_dir()}); source: {spec.source}")
-        else:
-            row(f"weights {spec.name}", True, str(path))
+        found, how = weights.locate(spec)
+        row(f"weights {spec.name}", found is not None,
+            f"{found} ({how})" if found is not None else f"{how}: `monodyn weights fetch {spec.name}`")
     stdout.print(table)

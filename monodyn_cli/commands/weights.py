@@ -10,11 +10,12 @@ import typer
 
 weights_app = typer.Typer(
     name="weights",
-    help="Pretrained weights: convert an official checkpoint once into the folder monodyn loads.",
+    help="Pretrained weights: list what is found where, fetch from the official sources (nothing downloads unless "
+         "asked), print a path, convert an official checkpoint once into the folder monodyn loads.",
     no_args_is_help=True,
 )
 
-SUBCOMMANDS: tuple[str, ...] = ("weights_convert",)
+SUBCOMMANDS: tuple[str, ...] = ("weights_cache", "weights_convert")
 
 
 def register(app: typer.Typer) -> None:
