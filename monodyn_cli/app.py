@@ -4,7 +4,23 @@ from __future__ import annotations
 
 import typer
 
-from monodyn_cli.commands import batch, doctor, dyst, eval, export, fit, osn, preprocess, render, report, status, synth, train, weights
+from monodyn_cli.commands import (
+    batch,
+    doctor,
+    dyst,
+    eval,
+    export,
+    fit,
+    osn,
+    preprocess,
+    render,
+    report,
+    status,
+    synth,
+    train,
+    view,
+    weights,
+)
 
 app = typer.Typer(
     name="monodyn",
@@ -30,7 +46,7 @@ def _global_options(
         torch.set_num_threads(threads)
 
 
-for module in (preprocess, fit, render, export, eval, report, synth, train, osn, dyst, status, doctor, weights, batch):
+for module in (preprocess, fit, render, export, eval, report, synth, train, osn, dyst, status, doctor, weights, batch, view):
     module.register(app)
 
 
