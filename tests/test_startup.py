@@ -10,7 +10,8 @@ import pytest
 
 HEAVY = ("torch", "cv2", "scipy", "pycolmap", "av", "matplotlib", "diffusers", "transformers", "numba")
 COMMANDS = ["", "preprocess", "fit", "render", "eval", "export", "synth", "status", "doctor", "report", "train",
-            "train gcd", "train dyst", "osn", "dyst", "fit --method osn", "render --method osn"]
+            "train gcd", "train dyst", "osn", "dyst", "fit --method osn", "render --method osn", "view", "batch",
+            "weights", "weights list", "weights fetch", "weights path"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
