@@ -57,8 +57,9 @@ def fetch(spec: WeightSpec, meter: Meter, timeout: float = TIMEOUT_S) -> Path:
     if spec.member is None:
         return download(spec.url, target, meter, spec.name, sha256=spec.sha256, timeout=timeout)
     archive = cache_dir() / "downloads" / Path(urlsplit(spec.url).path).name
-    download(spec.url, archive, meter, spec.name, sha256=None, timeout=timeout,
-             by_hand=f"download {spec.url} on a machine with internet, unzip it and put {spec.member} at {target}")
+    if not archive.exists():  # complete archives only get this name; fetch_many drops it after the last member
+        download(spec.url, archive, meter, spec.name, sha256=None, timeout=timeout,
+                 by_hand=f"download {spec.url} on a machine with internet, unzip it and put {spec.member} at {target}")
     extract(archive, spec.member, target)
     return target
 

@@ -151,11 +151,13 @@ def test_no_network_is_one_clear_line(server, tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "model").exists()
 
 
-def test_a_zip_member_is_extracted_and_the_raft_loader_finds_it(server, tmp_path, monkeypatch):
+def test_zip_members_are_extracted_from_one_download_and_the_raft_loader_finds_them(server, tmp_path, monkeypatch):
     spec = replace(weights.KNOWN["raft-small"], url=f"{server.url}/models.zip")
+    other = replace(spec, name="other", filenames=("other",), member="models/x")
     monkeypatch.setitem(weights.KNOWN, "raft-small", spec)
-    [(_, path, err)] = weights_fetch.fetch_many([spec], Meter)
+    [(_, path, err), (_, other_path, _)] = weights_fetch.fetch_many([spec, other], Meter)
     assert err == "" and path == tmp_path / "cache" / "raft-small.pth" and path.read_bytes() == b"small"
+    assert other_path.read_bytes() == b"x" and [p for p, *_ in server.log] == ["/models.zip"]  # downloaded once
     assert not (tmp_path / "cache" / "downloads" / "models.zip").exists()  # the archive goes once extracted
     from models.raft import find_checkpoint
 
