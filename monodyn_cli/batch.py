@@ -1,4 +1,5 @@
-"""Many clips, one chain of commands each: `monodyn batch CLIPS... --run "preprocess, fit --method dpdy, render"`.
+"""Many clips, one chain of commands each: monodyn batch CLIPS... --run "CHAIN", e.g. the chain
+"preprocess, fit --method dpdy, render".
 
 A chain is a list of monodyn commands; every stage of every clip runs as its own `python -m monodyn_cli` process,
 so a stage that fails (or crashes) ends only its clip's chain, and its error line is kept. Locally the clips run one

@@ -3,9 +3,10 @@
 The splats are drawn by viser's own WebGL splat renderer in the browser: the server only sends the Gaussians when
 time (or an OSN scale) changes, and the static set of a DpDy fit is sent once, so a free camera moves at the
 browser's frame rate whatever the CPU does. Moving the time slider sends the dynamic Gaussians at that frame (the
-`update_seconds` of the viewer say how long the server takes per step). OSN's objects are placed at the scales of
-their sliders (starting from the default valid combination). "Save view" and "Save path" write nerfstudio
-camera_path.json files into `<workspace>/renders/` that `monodyn render --camera-path FILE` renders.
+`update_seconds` of the viewer say how long the server takes per step; viser's browser side redraws splats only
+when its camera moves, so each update also moves every client's camera by a sub-pixel step, see `_redraw`).
+OSN's objects are placed at the scales of their sliders (starting from the default valid combination). "Save
+view" and "Save path" write nerfstudio camera_path.json files into `<workspace>/renders/` that `monodyn render --camera-path FILE` renders.
 
 World axes are monodyn's (OpenCV-style SfM world); viser's cameras and frustums use the OpenCV convention too, so
 poses pass through unchanged; the viewer's "up" is the input cameras' mean image-up.
@@ -31,6 +32,7 @@ from monodyn_cli import paths
 VIEWABLE = ("dpdy", "osn")
 MAX_FRUSTUMS = 48  # input cameras drawn (evenly spaced over the clip)
 THUMBNAIL_SIDE = 96  # pixels of the frame image inside each frustum
+NUDGE = 1e-5  # scene units a camera moves to make the browser draw new splats (SfM scenes span ~1 to 100)
 
 
 @dataclass
@@ -282,7 +284,16 @@ class Viewer:
                                                                 s.opacities)
         else:
             self.moving.set_gaussians(s.centers, s.covariances, s.rgbs, s.opacities)
+            self._redraw()
         self.update_seconds.append(time.perf_counter() - start)
+
+    def _redraw(self) -> None:
+        """viser's browser side re-sorts and redraws the splats when its camera moves, not when they change (an
+        unchanged camera sent back is ignored): move each camera by a far sub-pixel step, alternating in sign so
+        that it never drifts."""
+        self._nudge = -getattr(self, "_nudge", -NUDGE)
+        for client in self.server.get_clients().values():
+            client.camera.position = np.asarray(client.camera.position) + self._nudge
 
     def pose_of(self, client) -> ViewPose:
         cam = client.camera

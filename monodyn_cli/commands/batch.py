@@ -1,5 +1,5 @@
-"""`monodyn batch CLIPS... --run "preprocess, fit --method dpdy --minutes 5, render --orbit 30"`: one chain of
-commands per clip, here (one clip after the other) or on a Ray cluster (`--ray`), with a live table of progress and
+"""monodyn batch CLIPS... --run "CHAIN" (e.g. "preprocess, fit --method dpdy --minutes 5, render --orbit 30"): one
+chain of commands per clip, here (one clip after the other) or on a Ray cluster (`--ray`), with a live table of progress and
 results. A failed clip does not stop the others; its error line is kept and the exit code is 1."""
 
 from __future__ import annotations
