@@ -203,6 +203,24 @@ class GCDRenderer:
         check_range(d, self.model.cfg.max_delta)
         return idx, d
 
+    def warp_conditioning(self, idx: Tensor, targets: Cameras, height: int, width: int) -> Float[Tensor, "1 T 5 h w"]:
+        """`GCDModel.warp_latents` of the input frames `idx` forward-warped by the clip's depth (the depth stage's)
+        into `targets` (images of height x width), cut to the model's centred box. Without depth every pixel is
+        invalid and the model renders from the cameras alone, as it learnt with warp dropout."""
+        from models.gcd.warp import warp_frames
+
+        cfg, sel = self.model.cfg, idx.numpy()
+        frames = torch.from_numpy(np.asarray(self.scene.frames[sel]).astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+        if self.scene.depth is None:
+            depth = torch.zeros(len(sel), self.scene.height, self.scene.width)
+        else:
+            depth = torch.from_numpy(np.asarray(self.scene.depth[sel], np.float32))
+        src = self.scene.cameras[idx]
+        dst = targets.to("cpu")
+        warped, mask = warp_frames(frames, depth, src.K, src.w2c, dst.K, dst.w2c, (height, width),
+                                   center_crop_box(height, width, self.aspect), (cfg.height, cfg.width))
+        return self.model.warp_latents(warped[None].to(self.device), mask[None].to(self.device))
+
     @torch.no_grad()
     def render(self, cameras: Cameras, times: Float[Tensor, " N"]) -> RenderOutput:
         """rgb (N,H,W,3) in [0,1] at the cameras' size; depth is zeros (GCD predicts no geometry); alpha is 1 in
@@ -224,10 +242,15 @@ class GCDRenderer:
             idx = torch.cat([idx, idx[-1:].expand(pad)])
             d = torch.cat([d, d[-1:].expand(pad, 3)])
             frames = self.input_frames(idx)[None].to(self.device)
+            warp = None
+            if self.model.cfg.warp:
+                targets = cams[torch.cat([torch.arange(n), torch.full((pad,), n - 1)])]
+                warp = self.warp_conditioning(idx, targets, H, W)
             x = 0
             for k in range(self.options.samples):
                 out = sample(self.model, frames, d[None].to(self.device), steps=self.options.steps,
-                             cfg_min=self.options.cfg_min, cfg_max=self.options.cfg_max, seed=self.options.seed + k)
+                             cfg_min=self.options.cfg_min, cfg_max=self.options.cfg_max, seed=self.options.seed + k,
+                             warp=warp)
                 x = x + (out[0, :n].float().cpu() + 1) / 2 / self.options.samples
             if x.shape[-2:] != (h, w):
                 x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)

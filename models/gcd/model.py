@@ -37,6 +37,7 @@ from models.errors import InputError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "gcd.json"
+WARP_CHANNELS = 5  # VAE latents of the warped frames (4) + the warp's validity mask at latent size (1)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -74,6 +75,10 @@ class GCDConfig:
     """What the VAE codes: "rgb" (SVD, the official weights) or "opponent" (luma + `chroma_gain` x two chroma
     channels: a small 4x VAE trained for minutes drops chroma in RGB but keeps it here, docs/gcd.md)."""
     chroma_gain: float = 3.0
+    warp: bool = False
+    """The UNet also takes the input frames warped into the target cameras by depth (`warp.py`): their VAE latents
+    and the validity mask, WARP_CHANNELS more input channels after the 8 (small models only; the official
+    architecture is GCD's)."""
     notes: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -223,12 +228,13 @@ class FrameEncoder(ModelMixin, ConfigMixin):
 # ---- configs ---------------------------------------------------------------------------------------------
 
 def small_configs(height: int = 48, width: int = 64, channels: tuple[int, ...] = (32, 64),
-                  vae_channels: tuple[int, ...] = (32, 64, 64), token_dim: int = 64) -> dict:
+                  vae_channels: tuple[int, ...] = (32, 64, 64), token_dim: int = 64, warp: bool = False) -> dict:
     """Configs of the small model trained here (the same classes as the official one).
 
     The VAE downsamples 2^(len(vae_channels) - 1) times (4x by default, as SVD's 8x is at 8x the size) and codes
     the opponent colour space: in RGB a 4x VAE of this class trained for minutes on a CPU keeps almost no
-    colour (docs/gcd.md). With 3+ UNet levels the first one has no transformer (spatial self-attention over
+    colour (docs/gcd.md). With `warp` the UNet takes WARP_CHANNELS more inputs (`GCDModel.warp_latents`).
+    With 3+ UNet levels the first one has no transformer (spatial self-attention over
     every latent pixel is the cost); the inner levels have them, as SVD's do.
     """
     n = len(channels)
@@ -240,8 +246,8 @@ def small_configs(height: int = 48, width: int = 64, channels: tuple[int, ...] =
         down = ("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * (n - 2) + ("DownBlockSpatioTemporal",)
     up = tuple("CrossAttnUpBlockSpatioTemporal" if "CrossAttn" in b else "UpBlockSpatioTemporal" for b in reversed(down))
     return {
-        "gcd": GCDConfig(height=height, width=width, vae_space="opponent"),
-        "unet": dict(in_channels=8, out_channels=4, block_out_channels=channels,
+        "gcd": GCDConfig(height=height, width=width, vae_space="opponent", warp=warp),
+        "unet": dict(in_channels=8 + (WARP_CHANNELS if warp else 0), out_channels=4, block_out_channels=channels,
                      down_block_types=down, up_block_types=up,
                      addition_time_embed_dim=32, projection_class_embeddings_input_dim=96, layers_per_block=1,
                      cross_attention_dim=token_dim, num_attention_heads=tuple(max(1, c // 32) for c in channels),
@@ -377,6 +383,14 @@ class GCDModel(nn.Module):
         noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
         return self.image_tokens(frames), self.encode_latents(frames + self.cfg.cond_aug * noise)
 
+    def warp_latents(self, warped: Float[Tensor, "B T 3 H W"], mask: Float[Tensor, "B T H W"]
+                     ) -> Float[Tensor, "B T 5 h w"]:
+        """The warp conditioning: VAE latents (posterior mode, unscaled) of the warped frames in [-1, 1] with
+        invalid pixels at 0, and the fraction of valid pixels under each latent pixel."""
+        z = self.encode_latents(warped * mask[:, :, None])
+        m = F.adaptive_avg_pool2d(mask.flatten(0, 1)[:, None].to(z.dtype), z.shape[-2:])
+        return torch.cat([z, m.reshape(*z.shape[:2], 1, *z.shape[-2:])], dim=2)
+
     def micro_conditioning(self, deltas_deg: Float[Tensor, "B T 3"]) -> Float[Tensor, "B 3"]:
         """[fps_id, motion bucket, cond_aug] per clip; the motion bucket is the camera move's size (GCD):
         255 * |(Δaz, Δel)| / |motion_norm| of the largest move in the clip, in degrees."""
@@ -393,9 +407,10 @@ class GCDModel(nn.Module):
                             self.cfg.radius_scale * deltas_deg[..., 2]], dim=-1)
 
     def denoise(self, x: Float[Tensor, "B T 4 h w"], sigma: Float[Tensor, " B"], tokens: Float[Tensor, "B T 1 D"],
-                concat: Float[Tensor, "B T 4 h w"], micro: Float[Tensor, "B 3"], deltas_deg: Float[Tensor, "B T 3"]
+                concat: Float[Tensor, "B T C h w"], micro: Float[Tensor, "B 3"], deltas_deg: Float[Tensor, "B T 3"]
                 ) -> Float[Tensor, "B T 4 h w"]:
-        """EDM denoiser with v-parameterisation (σ_data = 1): D(x) = c_skip x + c_out F(c_in x, c_noise)."""
+        """EDM denoiser with v-parameterisation (σ_data = 1): D(x) = c_skip x + c_out F(c_in x, c_noise).
+        `concat`: the input frames' latents, then (`cfg.warp`) the `warp_latents` (B T 9 h w in all)."""
         s = sigma.reshape(-1, 1, 1, 1, 1)
         c_skip, c_out, c_in = 1 / (s ** 2 + 1), -s / (s ** 2 + 1).sqrt(), 1 / (s ** 2 + 1).sqrt()
         c_noise = 0.25 * sigma.log()
@@ -413,3 +428,23 @@ def gradual_deltas(end: Float[Tensor, "*B 3"], num_frames: int) -> Float[Tensor,
     """GCD's gradual trajectory: frame t is lerp(0, end, t / (T - 1)) (frame 0 = the input view, last = end)."""
     w = torch.linspace(0.0, 1.0, num_frames, device=end.device)
     return end[..., None, :] * w[:, None]
+
+
+def with_warp_inputs(model: GCDModel) -> GCDModel:
+    """The same model taking the warp conditioning too (`GCDConfig.warp`): the UNet's first convolution gets
+    WARP_CHANNELS more input channels with zero weights, so the new model starts out computing exactly what
+    `model` computes and training can start from it."""
+    if model.cfg.warp:
+        return model
+    import copy
+
+    config = dict(model.unet.config)
+    config["in_channels"] = int(config["in_channels"]) + WARP_CHANNELS
+    unet = GCDUNet.from_config(config)
+    state = dict(model.unet.state_dict())
+    w = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], WARP_CHANNELS, *w.shape[2:])], dim=1)
+    unet.load_state_dict(state)
+    cfg = copy.deepcopy(model.cfg)
+    cfg.warp = True
+    return GCDModel(cfg, unet.to(w), model.vae, model.image_encoder)

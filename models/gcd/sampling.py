@@ -28,19 +28,26 @@ def edm_sigmas(steps: int, sigma_min: float = 0.002, sigma_max: float = 700.0, r
 @torch.no_grad()
 def sample(model: GCDModel, frames: Float[Tensor, "B T 3 H W"], deltas_deg: Float[Tensor, "B T 3"], *,
            steps: int = 25, cfg_min: float = 1.0, cfg_max: float = 1.5, seed: int = 0,
-           callback: Callable[[int], None] | None = None) -> Float[Tensor, "B T 3 H W"]:
+           warp: Float[Tensor, "B T 5 h w"] | None = None, callback: Callable[[int], None] | None = None
+           ) -> Float[Tensor, "B T 3 H W"]:
     """Output frames (pixels in [-1, 1]) for input frames in [-1, 1] and per-frame camera deltas
-    (Δazimuth deg, Δelevation deg, Δr relative). Deterministic for a seed (noise from a CPU generator)."""
+    (Δazimuth deg, Δelevation deg, Δr relative). Deterministic for a seed (noise from a CPU generator).
+    A model with `cfg.warp` also takes `warp`: `GCDModel.warp_latents` of the frames warped into the targets
+    (the unconditional pass zeroes it with the other image conditioning)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     device, dtype = frames.device, frames.dtype
     B, T = frames.shape[:2]
     noise = torch.randn(frames.shape, generator=gen).to(device, dtype)
     tokens = model.image_tokens(frames)
     concat = model.encode_latents(frames + model.cfg.cond_aug * noise)
+    if model.cfg.warp != (warp is not None):
+        raise ValueError("a model with cfg.warp samples with `warp`, others without it")
     micro = model.micro_conditioning(deltas_deg)
     cfg = model.cfg
     sigmas = edm_sigmas(steps, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(device)
     x = torch.randn(concat.shape, generator=gen).to(device, dtype) * (1 + sigmas[0] ** 2).sqrt()
+    if warp is not None:
+        concat = torch.cat([concat, warp.to(concat)], dim=2)
     scale = torch.linspace(cfg_min, cfg_max, T, device=device, dtype=dtype).view(1, T, 1, 1, 1)
     guided = not (cfg_min == 1.0 and cfg_max == 1.0)
     if guided:  # one batched pass: unconditional first, conditional second
