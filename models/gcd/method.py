@@ -172,6 +172,11 @@ class GCDRenderer:
         self.model, self.scene, self.options, self.device = model.to(device), scene, options, device
         self.chunk = model.cfg.num_frames
         self.cache_key = cache_key  # sampling is deterministic for a seed: the CLI caches the frames
+        if cache_key is not None and model.cfg.warp:  # the warp reads the depth stage's result: new depth, new frames
+            import hashlib
+
+            depth = b"none" if scene.depth is None else np.ascontiguousarray(scene.depth).tobytes()
+            self.cache_key = f"{cache_key}:depth-{hashlib.sha256(depth).hexdigest()[:16]}"
         self.notice = notice
         self.mode = options.mode or model.cfg.mode
         self.center = scene.look_at_point()

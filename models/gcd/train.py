@@ -11,6 +11,8 @@ Data: paired clips in memory (the CLI makes them from `monodyn synth` scenes): `
    (per frame, the kept fraction ramps 1.0 -> 0.1 over the first half of the run; loss = 0.9 top-k mean +
    0.1 mean); conditioning dropout p = 0.1 per frame on the image token and the concatenated latents. The
    VAE is frozen; target and conditioning latents are computed once (one noise-augmentation draw per clip).
+   A model with `cfg.warp` also conditions on the input frames warped into the output cameras (`warp_pairs`,
+   made once per pair with perturbed depth); the concatenation dropout drops them with the input latents.
 
 All randomness comes from a generator in the task state, so a run resumed from a kill gives the same weights.
 """
@@ -133,6 +135,29 @@ def encode_pairs(model: GCDModel, inputs: np.ndarray, targets: np.ndarray, seed:
         if progress is not None:
             progress(i + 1)
     return torch.cat(zs), torch.cat(cs)
+
+
+@torch.no_grad()
+def warp_pairs(model: GCDModel, inputs: np.ndarray, depth: np.ndarray, K: np.ndarray, w2c_in: np.ndarray,
+               w2c_out: np.ndarray, seed: int = 0, progress=None) -> Tensor:
+    """`GCDModel.warp_latents` (P,T,5,h,w) of each pair's input frames warped into its output cameras by the
+    exact depth made estimator-like (`perturb_depth`: scale and smooth errors, holes; one draw per pair)."""
+    from models.gcd.warp import perturb_depth, warp_frames
+
+    model.vae.eval()
+    dev = next(model.vae.parameters()).device
+    gen = torch.Generator().manual_seed(seed + 1)
+    cfg, out = model.cfg, []
+    for i in range(len(inputs)):
+        d = perturb_depth(torch.from_numpy(np.asarray(depth[i], np.float32)), gen)
+        k = torch.from_numpy(np.array(K[i]))
+        H, W = d.shape[-2:]
+        warped, mask = warp_frames(to_pixels(inputs[i]), d, k, torch.from_numpy(np.array(w2c_in[i])), k,
+                                   torch.from_numpy(np.array(w2c_out[i])), (H, W), (0, 0, H, W), (cfg.height, cfg.width))
+        out.append(model.warp_latents(warped[None].to(dev), mask[None].to(dev)).cpu())
+        if progress is not None:
+            progress(i + 1)
+    return torch.cat(out)
 
 
 class DiffusionTask:
