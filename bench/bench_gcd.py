@@ -49,7 +49,10 @@ def heldout(args) -> None:
     options = GCDRenderOptions(gcd_checkpoint=args.model, steps=args.steps, seed=args.seed, mode="direct",
                                samples=args.samples)
     method = GCDMethod()
-    per_az: dict[float, dict[str, list[float]]] = {a: {"gcd": [], "floor": []} for a in azimuths}
+    from monodyn_cli.metrics import sharpness, ssim
+
+    per_az: dict[float, dict[str, list[float]]] = {a: {k: [] for k in ("gcd", "floor", "ssim", "sharp", "floor_ssim")}
+                                                   for a in azimuths}
     window_seconds = []
     renderer = None
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -59,7 +62,7 @@ def heldout(args) -> None:
         sc = generate_scene(cfg)
         inp = sc.view("input")
         scene = Scene(frames=inp.rgb, timestamps=np.arange(cfg.frames) / cfg.fps, cameras=inp.cameras,
-                      center=np.asarray(sc.spec.centre, np.float32))
+                      center=np.asarray(sc.spec.centre, np.float32), depth=input_depth(inp.depth, args.depth, seed))
         if renderer is None:
             renderer = method.load(None, scene, options, "cpu")
         else:  # one model for every scene: only the clip changes
@@ -83,6 +86,10 @@ def heldout(args) -> None:
             pred = np.concatenate(frames)
             per_az[az]["gcd"].append(psnr(pred, gt.rgb))
             per_az[az]["floor"].append(psnr(inp.rgb, gt.rgb))
+            as_float = (lambda a: torch.from_numpy(a).float() / 255.0)  # noqa: E731
+            per_az[az]["ssim"].append(float(ssim(as_float(pred), as_float(gt.rgb)).mean()))
+            per_az[az]["floor_ssim"].append(float(ssim(as_float(inp.rgb), as_float(gt.rgb)).mean()))
+            per_az[az]["sharp"].append(float(sharpness(as_float(pred), as_float(gt.rgb)).mean()))
             if args.save_strips:
                 import cv2
 
@@ -93,17 +100,32 @@ def heldout(args) -> None:
         print(f"scene {seed}: " + ", ".join(f"az{a:g} gcd {per_az[a]['gcd'][-1]:.2f} floor "
                                             f"{per_az[a]['floor'][-1]:.2f}" for a in azimuths), flush=True)
     rows = [[f"{az:g}", float(np.mean(v["gcd"])), float(np.mean(v["floor"])),
-             float(np.mean(v["gcd"]) - np.mean(v["floor"]))] for az, v in per_az.items()]
+             float(np.mean(v["gcd"]) - np.mean(v["floor"])), float(np.mean(v["ssim"])), float(np.mean(v["floor_ssim"])),
+             float(np.mean(v["sharp"]))] for az, v in per_az.items()]
     if 5 in seeds:
         k = seeds.index(5)
         table("Seed 5 alone (the scene of bench_pipeline.py synth-moving)", ["Δazimuth", "GCD PSNR", "floor PSNR"],
               [[f"{az:g}", v["gcd"][k], v["floor"][k]] for az, v in per_az.items()])
     table(f"GCD on held-out synth scenes (seeds {args.seeds}, {args.frames} frames {args.width}x{args.height}, "
           f"{args.objects} objects, {args.steps} steps, {args.samples} sample(s), "
-          f"model {renderer.model.cfg.width}x{renderer.model.cfg.height})",
-          ["Δazimuth", "GCD PSNR", "floor PSNR", "GCD - floor"], rows)
+          f"model {renderer.model.cfg.width}x{renderer.model.cfg.height}, warp {renderer.model.cfg.warp}, "
+          f"depth {args.depth})",
+          ["Δazimuth", "GCD PSNR", "floor PSNR", "GCD - floor", "GCD SSIM", "floor SSIM", "sharpness"], rows)
     table("GCD sampling time on this CPU", ["threads", "seconds per 14-frame window (mean)", "windows"],
           [[torch.get_num_threads(), float(np.mean(window_seconds)), len(window_seconds)]])
+
+
+def input_depth(exact: np.ndarray, kind: str, seed: int) -> np.ndarray | None:
+    """The depth the renderer gets: the generator's (`exact`), estimator-like (`noisy`: `perturb_depth`, the
+    training perturbation) or none."""
+    if kind == "none":
+        return None
+    depth = np.where(np.isfinite(exact), exact, 0.0).astype(np.float32)
+    if kind == "noisy":
+        from models.gcd.warp import perturb_depth
+
+        depth = perturb_depth(torch.from_numpy(depth), torch.Generator().manual_seed(seed)).numpy()
+    return depth
 
 
 def clip_probe(args) -> None:
@@ -200,6 +222,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=1, help="average this many samples per view (render --samples)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--depth", choices=("exact", "noisy", "none"), default="noisy",
+                    help="depth for the warp of a warp-conditioned model (noisy: scale/smooth errors and holes)")
     ap.add_argument("--save-strips", default=None, help="folder for input / ground truth / GCD strips (PNG)")
     ap.add_argument("--clip-probe", action="store_true")
     ap.add_argument("--official-size", action="store_true")

@@ -26,7 +26,8 @@ import typer
 
 from monodyn_cli.console import RichProgress, handle_errors, stdout
 
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: the input views' depth and both cameras (for the warp conditioning)
+ARRAYS = ("inputs", "targets", "deltas", "modes", "seeds", "depth", "K", "w2c_in", "w2c_out")
 TEST_SEEDS_BELOW = 100_000  # training scenes use seeds >= this (the bundled sample is seed 0, benches use < 1000)
 
 
@@ -42,7 +43,8 @@ def pair_config(pairs: int, seed: int, width: int, height: int, frames: int) -> 
 
 def make_pairs(pairs: int, seed: int, width: int, height: int, frames: int, advance=None) -> dict:
     """Paired clips (see the module docstring): inputs/targets (P,T,H,W,3) uint8, deltas (P,T,3) float32,
-    modes (P,) 0 direct / 1 gradual, seeds (P,)."""
+    modes (P,) 0 direct / 1 gradual, seeds (P,); the input views' exact z-depth (P,T,H,W) float16, the
+    intrinsics K (P,T,3,3) of both cameras and their w2c_in / w2c_out (P,T,4,4) float32."""
     import numpy as np
     import torch
 
@@ -55,6 +57,9 @@ def make_pairs(pairs: int, seed: int, width: int, height: int, frames: int, adva
     targets = np.empty_like(inputs)
     deltas = np.empty((pairs, frames, 3), np.float32)
     modes = np.empty(pairs, np.int64)
+    depth = np.empty((pairs, frames, height, width), np.float16)
+    Ks = np.empty((pairs, frames, 3, 3), np.float32)
+    w2c_in, w2c_out = np.empty((pairs, frames, 4, 4), np.float32), np.empty((pairs, frames, 4, 4), np.float32)
     seeds = np.arange(pairs) + TEST_SEEDS_BELOW + seed * pairs
     up = torch.tensor([0.0, 0.0, 1.0])
     for p in range(pairs):
@@ -82,13 +87,17 @@ def make_pairs(pairs: int, seed: int, width: int, height: int, frames: int, adva
         w2c = look_at(eye_t, centre.expand(frames, 3), up.expand(frames, 3))
         dst = Cameras(src.K.clone(), w2c, width, height)
         spec.cameras["gcd_target"] = CameraRig("gcd_target", "heldout", dst)
-        inputs[p] = render_view(spec, "input").rgb
+        view = render_view(spec, "input")
+        inputs[p] = view.rgb
+        depth[p] = np.where(np.isfinite(view.depth), view.depth, 0.0)
+        Ks[p], w2c_in[p], w2c_out[p] = src.K.numpy(), src.w2c.numpy(), w2c.numpy()
         targets[p] = render_view(spec, "gcd_target").rgb
         deltas[p] = camera_deltas(src, dst, centre, up).numpy()
         modes[p] = int(gradual)
         if advance is not None:
             advance(1)
-    return {"inputs": inputs, "targets": targets, "deltas": deltas, "modes": modes, "seeds": seeds}
+    return {"inputs": inputs, "targets": targets, "deltas": deltas, "modes": modes, "seeds": seeds, "depth": depth,
+            "K": Ks, "w2c_in": w2c_in, "w2c_out": w2c_out}
 
 
 def load_or_make_pairs(root: Path, cfg: dict, progress: RichProgress) -> dict:
@@ -99,7 +108,7 @@ def load_or_make_pairs(root: Path, cfg: dict, progress: RichProgress) -> dict:
     folder = root / key
     if (folder / "manifest.json").exists():
         return {name: np.load(folder / f"{name}.npy", mmap_mode="r")
-                for name in ("inputs", "targets", "deltas", "modes", "seeds")}
+                for name in ARRAYS}
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with progress.task(f"training pairs ({cfg['pairs']})", cfg["pairs"]) as advance:
@@ -132,6 +141,11 @@ def train_gcd(
     vae_batch: int = typer.Option(2, help="Snippets per VAE step, over all processes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under torchrun: each process takes the GPU of "
                                             "its LOCAL_RANK)."),
+    warp: bool = typer.Option(True, "--warp/--no-warp", help="Also condition on the input frames warped into the "
+                              "output cameras by depth (the training depth gets noise and holes, so that estimated "
+                              "depth works at render time)."),
+    init: Path | None = typer.Option(None, "--init", help="Start from this model folder (its VAE, UNet and image "
+                                     "encoder; new warp inputs start at zero) and skip the VAE stage."),
     seed: int = typer.Option(0, help="Seed of the weights and of the training order (and of the data set)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
     checkpoint_every: int = typer.Option(200, help="Steps between resume states."),
@@ -177,24 +191,25 @@ def train_gcd(
     check_output(data, folder=True, option="--data", replaceable=lambda p: True)  # a cache: its own files only
     if not parallel.is_main:  # rank 0 owns the output folder; the others follow its barriers
         _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
-               vae_batch, seed, resume, checkpoint_every, True, parallel)
+               vae_batch, seed, resume, checkpoint_every, True, parallel, warp, init)
         return
     with Outputs() as outputs:
         outputs.work_folder(out, keep=lambda p: any(p.rglob(STATE_FILE)) or (p / "stage-vae" / "stage.json").exists())
         _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
-               vae_batch, seed, resume, checkpoint_every, quiet, parallel)
+               vae_batch, seed, resume, checkpoint_every, quiet, parallel, warp, init)
         outputs.commit()
 
 
 def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minutes, steps, minutes, lr, batch,
-           vae_batch, seed, resume, checkpoint_every, quiet, parallel) -> None:
+           vae_batch, seed, resume, checkpoint_every, quiet, parallel, warp=True, init=None) -> None:
     import shutil
 
     import torch
 
+    from models.errors import InputError
     from models.fitting import Budget, run_fit
-    from models.gcd.model import GCDModel, small_configs
-    from models.gcd.train import DiffusionTask, VAETask, encode_pairs
+    from models.gcd.model import GCDModel, small_configs, with_warp_inputs
+    from models.gcd.train import DiffusionTask, VAETask, encode_pairs, warp_pairs
 
     progress = RichProgress(quiet)
     torch.manual_seed(seed)
@@ -206,11 +221,22 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
     ds = load_or_make_pairs(data, dcfg, progress)
     t_data = time.perf_counter() - start
 
-    configs = small_configs(height=height, width=width, channels=ch, vae_channels=vch)
+    configs = small_configs(height=height, width=width, channels=ch, vae_channels=vch, warp=warp)
     configs["gcd"].num_frames = frames
     configs["unet"]["num_frames"] = frames
     configs["gcd"].notes = {"data": dcfg, "channels": list(ch), "vae_channels": list(vch)}
-    model = GCDModel.from_configs(configs, seed=seed)
+    if init is None:
+        model = GCDModel.from_configs(configs, seed=seed)
+    else:
+        model = GCDModel.load(init)
+        if (model.cfg.height, model.cfg.width, model.cfg.num_frames) != (height, width, frames):
+            raise InputError(f"--init {init} works at {model.cfg.width}x{model.cfg.height}, {model.cfg.num_frames} "
+                             f"frames; train with --width {model.cfg.width} --height {model.cfg.height} --frames "
+                             f"{model.cfg.num_frames}")
+        if model.cfg.warp and not warp:
+            raise InputError(f"--init {init} takes the warp conditioning: train it without --no-warp")
+        model = with_warp_inputs(model) if warp else model
+        model.cfg.notes = {**model.cfg.notes, "init": str(init), "data": dcfg}
     if parallel.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -222,6 +248,10 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
     # 1. the VAE
     vae_dir = out / "stage-vae"
     frames_all = ds["inputs"]
+    if init is not None:  # its VAE, as it is
+        model.vae.save_pretrained(vae_dir / "vae", safe_serialization=True)
+        if not (vae_dir / "stage.json").exists():
+            (vae_dir / "stage.json").write_text(json.dumps({"stage": "vae", "steps": 0, "seconds": 0.0, "init": str(init)}))
     if not (vae_dir / "stage.json").exists():
         budget = Budget(vae_steps, vae_minutes or None)
         with progress.task("vae", vae_steps) as advance:
@@ -243,6 +273,10 @@ def _train(out, data, pairs, width, height, frames, ch, vch, vae_steps, vae_minu
     # 2. the diffusion model
     with progress.task("encode pairs", pairs) as advance:
         z, c = encode_pairs(model, ds["inputs"], ds["targets"], seed=seed, progress=lambda n: advance(1))
+    if model.cfg.warp:
+        with progress.task("warp pairs", pairs) as advance:
+            c = torch.cat([c, warp_pairs(model, ds["inputs"], ds["depth"], ds["K"], ds["w2c_in"], ds["w2c_out"],
+                                         seed=seed, progress=lambda n: advance(1))], dim=2)
     task = DiffusionTask(model, ds["inputs"], ds["deltas"], z, c, lr=lr, batch=batch, seed=seed, parallel=parallel)
     budget = Budget(steps, minutes or None)
     t0 = time.perf_counter()
