@@ -51,7 +51,8 @@ def heldout(args) -> None:
     method = GCDMethod()
     from monodyn_cli.metrics import sharpness, ssim
 
-    per_az: dict[float, dict[str, list[float]]] = {a: {k: [] for k in ("gcd", "floor", "ssim", "sharp", "floor_ssim")}
+    per_az: dict[float, dict[str, list[float]]] = {a: {k: [] for k in ("gcd", "floor", "ssim", "sharp", "floor_ssim", "warp",
+                                                                       "warp_valid")}
                                                    for a in azimuths}
     window_seconds = []
     renderer = None
@@ -86,6 +87,15 @@ def heldout(args) -> None:
             pred = np.concatenate(frames)
             per_az[az]["gcd"].append(psnr(pred, gt.rgb))
             per_az[az]["floor"].append(psnr(inp.rgb, gt.rgb))
+            if scene.depth is not None:  # the warp itself as the prediction, its holes filled with the input frame
+                from models.gcd.warp import forward_warp
+
+                src = torch.from_numpy(inp.rgb).float().permute(0, 3, 1, 2)
+                warped, valid = forward_warp(src, torch.from_numpy(scene.depth), inp.cameras.K, inp.cameras.w2c,
+                                             gt.cameras.K, gt.cameras.w2c)
+                filled = torch.where(valid[:, None] > 0, warped, src).permute(0, 2, 3, 1).round().byte().numpy()
+                per_az[az]["warp"].append(psnr(filled, gt.rgb))
+                per_az[az]["warp_valid"].append(float(valid.mean()))
             as_float = (lambda a: torch.from_numpy(a).float() / 255.0)  # noqa: E731
             per_az[az]["ssim"].append(float(ssim(as_float(pred), as_float(gt.rgb)).mean()))
             per_az[az]["floor_ssim"].append(float(ssim(as_float(inp.rgb), as_float(gt.rgb)).mean()))
@@ -102,6 +112,10 @@ def heldout(args) -> None:
     rows = [[f"{az:g}", float(np.mean(v["gcd"])), float(np.mean(v["floor"])),
              float(np.mean(v["gcd"]) - np.mean(v["floor"])), float(np.mean(v["ssim"])), float(np.mean(v["floor_ssim"])),
              float(np.mean(v["sharp"]))] for az, v in per_az.items()]
+    if per_az[azimuths[0]]["warp"]:
+        table(f"The warp alone ({args.depth} depth; holes filled with the input frame)",
+              ["Δazimuth", "warp PSNR", "valid share"],
+              [[f"{az:g}", float(np.mean(v["warp"])), float(np.mean(v["warp_valid"]))] for az, v in per_az.items()])
     if 5 in seeds:
         k = seeds.index(5)
         table("Seed 5 alone (the scene of bench_pipeline.py synth-moving)", ["Δazimuth", "GCD PSNR", "floor PSNR"],
