@@ -53,39 +53,39 @@ VIEWS = {"stabilized0": "fixed cam", "heldout_az30": "30 deg", "heldout_az90": "
 METRICS = (("PSNR", "psnr"), ("mPSNR", "mpsnr"), ("dyn PSNR", "dpsnr"), ("SSIM", "ssim"), ("m-sharp", "msharpness"))
 
 
-def camera_error(ws: Path, scene: Path) -> tuple[float, float]:
-    """Worst rotation error (degrees) of the workspace's cameras against the true input cameras aligned as eval
-    aligns them, and the relative error of the focal length (%)."""
-    import torch
-
-    from monodyn_cli.evaluation import sim3_from_cameras, transform_cameras
+def load_pair(ws: Path, scene: Path):
+    """The workspace's scene and the ground truth's input view, each read once for the checks below."""
     from monodyn_cli.scene_loader import load_scene
     from monodyn_cli.synth import load_gt
     from monodyn_cli.workspace import Workspace
 
-    est, _ = load_scene(Workspace(ws))
-    true = load_gt(scene).view("input").cameras
+    return load_scene(Workspace(ws))[0], load_gt(scene).view("input")
+
+
+def camera_error(est, truth) -> tuple[float, float]:
+    """Worst rotation error (degrees) of the workspace scene's cameras against the true input cameras (the ground
+    truth's input view) aligned as eval aligns them, and the relative error of the focal length (%)."""
+    import torch
+
+    from monodyn_cli.evaluation import sim3_from_cameras, transform_cameras
+
+    true = truth.cameras
     aligned = transform_cameras(true, sim3_from_cameras(est.cameras, true)).w2c[:, :3, :3]
     cos = ((aligned @ est.cameras.w2c[:, :3, :3].transpose(1, 2)).diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2
     focal = float(est.cameras.K[:, 0, 0].median()) / (float(true.K[0, 0, 0]) * est.width / true.width)
     return float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).max()), 100 * (focal - 1)
 
 
-def mask_iou(ws: Path, scene: Path) -> float | None:
+def mask_iou(est, truth) -> float | None:
     """IoU of the segment stage's moving pixels (any object) with the ground truth's, over the whole clip (at the
     workspace's size): the moving content can only be as right as the masks that say what moves. None without a
     segment stage."""
     import cv2
     import numpy as np
 
-    from monodyn_cli.scene_loader import load_scene
-    from monodyn_cli.synth import load_gt
-    from monodyn_cli.workspace import Workspace
-
-    est, _ = load_scene(Workspace(ws))
     if est.instances is None:
         return None
-    true = np.asarray(load_gt(scene).view("input").instances) > 0
+    true = np.asarray(truth.instances) > 0
     size = (est.width, est.height)
     true = np.stack([cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in true])
     pred = np.asarray(est.instances) > 0
@@ -115,8 +115,9 @@ def bench_scene(kind: str, seed: int, work: Path, frames: int | None, size: tupl
     run(["fit", "-w", ws, "--method", "dpdy", *fit_args], work)
     run(["eval", "-w", ws, "--protocol", "synth", "--gt", scene, "--method", "dpdy", "--every", every, *fit_args], work)
     summary, folder = latest_eval(ws), latest_eval_dir(ws)
-    rot_err, focal_err = camera_error(ws, scene)
-    iou = mask_iou(ws, scene)
+    est, truth = load_pair(ws, scene)
+    rot_err, focal_err = camera_error(est, truth)
+    iou = mask_iou(est, truth)
     fit = fit_record(Path(summary["checkpoint"]))
     rows = []
     for view, s in summary["views"].items():

@@ -115,8 +115,11 @@ def run_fit(task: FitTask, out: Path, budget: Budget, progress: FitProgress, *, 
     log = _MetricsLog(metrics_path)
     start = time.perf_counter() - elapsed  # elapsed seconds carry across resume
     logged = step
-    while step < budget.steps and budget.progress(step, parallel.agree(time.perf_counter() - start)) < 1.0:
-        metrics = task.train_step(step, budget.progress(step, parallel.agree(time.perf_counter() - start)))
+    while step < budget.steps:
+        now = budget.progress(step, parallel.agree(time.perf_counter() - start))  # one clock read (a collective)
+        if now >= 1.0:
+            break
+        metrics = task.train_step(step, now)
         step += 1
         seconds = time.perf_counter() - start
         if main and log_every > 0 and step % log_every == 0:

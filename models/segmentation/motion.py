@@ -148,9 +148,10 @@ def fit_camera_model(flow: Float[np.ndarray, "H W 2"], valid: Bool[np.ndarray, "
         return CameraModel("none")
     # A fundamental matrix explains almost any flow where one object moves (the object reads as nearer or
     # farther along the epipolar lines), so it is used only when no homography explains the background.
-    ratio_h = float(np.mean(transfer_error(H, p, q) < cfg.ransac_px))
+    on_plane = transfer_error(H, p, q) < cfg.ransac_px
+    ratio_h = float(np.mean(on_plane))
     if ratio_h >= cfg.h_inlier_ratio:
-        return CameraModel("homography", H, ratio_h, *_further_planes(H, p, q, cfg, flow.shape[1], flow.shape[0]))
+        return CameraModel("homography", H, ratio_h, *_further_planes(~on_plane, p, q, cfg, flow.shape[1], flow.shape[0]))
     try:
         F, _ = cv2.findFundamentalMat(p.astype(np.float32), q.astype(np.float32), cv2.USAC_ACCURATE, cfg.ransac_px,
                                       0.999, 2000)
@@ -161,15 +162,15 @@ def fit_camera_model(flow: Float[np.ndarray, "H W 2"], valid: Bool[np.ndarray, "
     return CameraModel("fundamental", F, float(np.mean(sampson_distance(F, p, q) < cfg.ransac_px)))
 
 
-def _further_planes(H: np.ndarray, p: np.ndarray, q: np.ndarray, cfg: MotionConfig, width: int, height: int
+def _further_planes(left: np.ndarray, p: np.ndarray, q: np.ndarray, cfg: MotionConfig, width: int, height: int
                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Homographies of further static planes among the correspondences the main one leaves (a translating camera in
-    a room: the floor, then the walls, whose parallax would otherwise read as motion). A plane counts when it
+    """Homographies of further static planes among the correspondences `left` (N,) bool that the main one leaves
+    (a translating camera in a room: the floor, then the walls, whose parallax would otherwise read as motion).
+    A plane counts when it
     explains `plane_share` of all correspondences spread over `plane_extent` of the image's width or height:
     a moving object is compact, a wall is not. Each plane holds only in the cells of an 8x8 grid over the image where
     its inliers are (and their neighbours): an object passing in front of a wall elsewhere is not explained away."""
     planes, regions = [], []
-    left = transfer_error(H, p, q) >= cfg.ransac_px
     for _ in range(cfg.max_planes - 1):
         if left.sum() < max(8, cfg.plane_share * len(p)):
             break
@@ -186,7 +187,7 @@ def _further_planes(H: np.ndarray, p: np.ndarray, q: np.ndarray, cfg: MotionConf
             break
         planes.append(Hk)
         regions.append(_plane_region(p[inl], width, height))
-        left &= ~inl
+        left = left & ~inl
     return planes, regions
 
 
