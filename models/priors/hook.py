@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.cameras import Cameras, project
+from models.cameras import Cameras, project, unproject
 from models.dpdy.guidance import novel_cameras
 from models.gaussians.model import GAUSSIAN_PARAMS
 from models.gaussians.strategy import reindex_rows
-from models.priors.rgbd import COVERED, DisparityRange, lift_pixels
+from models.priors.rgbd import COVERED, DisparityRange
 
 RAMP = 0.2  # share of the schedule over which the prior's weight rises to its full value
 OCCLUDES = 0.9  # a lifted point nearer than this share of the input render's depth would hide what it saw
@@ -124,7 +124,8 @@ class NovelViewPrior:
             keep = min(s.lift, len(empty), room)
             pick = empty[torch.randperm(len(empty), generator=task.gen, device=empty.device)[:keep]]
             xy = pick.flip(-1).float() + 0.5
-            pts, pixel = lift_pixels(xy, depth[i][pick[:, 0], pick[:, 1]], cams.K[i], cams.w2c[i])
+            z_pick = depth[i][pick[:, 0], pick[:, 1]]
+            pts, pixel = unproject(xy, z_pick, cams.K[i], cams.w2c[i]), z_pick / cams.K[i, 0, 0]  # pixel: world size
             p_xy, z = project(pts, small.K[i], small.w2c[i])
             col, row = p_xy[:, 0].long(), p_xy[:, 1].long()
             inside = (z > 0) & (col >= 0) & (col < cams.width) & (row >= 0) & (row < cams.height)

@@ -71,8 +71,3 @@ def backward_warp(src_rgb: Float[Tensor, "H W 3"], src_depth: Float[Tensor, "H W
     seen = inside & ((src_z - z).abs() < rel_tol * z)
     return (rgb * seen[:, None]).reshape(h, w, 3), seen.reshape(h, w)
 
-
-def lift_pixels(xy: Float[Tensor, "P 2"], depth: Float[Tensor, " P"], K: Float[Tensor, "3 3"],
-                w2c: Float[Tensor, "4 4"]) -> tuple[Float[Tensor, "P 3"], Float[Tensor, " P"]]:
-    """World points of pixel centres `xy` at camera z `depth`, and the world size of one pixel there."""
-    return unproject(xy, depth, K, w2c), depth / K[0, 0]
